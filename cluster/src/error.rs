@@ -1,0 +1,24 @@
+//! Errors a node returns to the front ends. Each carries enough context to name the remedy;
+//! `micro-services` maps them to gRPC and HTTP statuses in one place.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The cluster cannot serve right now (no leader, no quorum, shutting down). Retryable.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    /// A command was invalid; nothing was applied.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The node's storage failed or is corrupt.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// Anything else that should not happen.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<micro_state::StorageError> for Error {
+    fn from(e: micro_state::StorageError) -> Self {
+        Error::Storage(e.0)
+    }
+}

@@ -1,0 +1,241 @@
+//! openraft's state machine: applies entries with [`micro_state::apply`] and commits each
+//! applied batch, with the applied log id and membership, in one atomic write.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use micro_log::Db;
+use micro_state::{codec, keys, Overlay, Read};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+
+use crate::snapshot;
+use crate::{LogId, Membership, TypeConfig};
+
+const META_APPLIED: &[u8] = &[keys::META, b'a'];
+const META_MEMBERSHIP: &[u8] = &[keys::META, b'm'];
+const SNAPSHOT_FILE: &str = "current.snap";
+
+type SResult<T> = Result<T, StorageError<u64>>;
+
+fn sm_read(e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn sm_write(e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn snap_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+/// Reads the applied log id and membership stored in the views keyspace.
+pub(crate) fn applied_meta<S: Read + ?Sized>(s: &S) -> SResult<(Option<LogId>, Membership)> {
+    let applied = match s.get(META_APPLIED).map_err(sm_read)? {
+        Some(b) => codec::decode(&b).map_err(sm_read)?,
+        None => None,
+    };
+    let membership = match s.get(META_MEMBERSHIP).map_err(sm_read)? {
+        Some(b) => codec::decode(&b).map_err(sm_read)?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+pub struct StateMachine {
+    db: Arc<Db>,
+    dir: PathBuf,
+    applied: Option<LogId>,
+    membership: Membership,
+}
+
+impl StateMachine {
+    pub fn open(db: Arc<Db>, dir: PathBuf) -> SResult<Self> {
+        std::fs::create_dir_all(&dir).map_err(snap_err)?;
+        let (applied, membership) = applied_meta(&*db)?;
+        Ok(StateMachine {
+            db,
+            dir,
+            applied,
+            membership,
+        })
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join(SNAPSHOT_FILE)
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
+pub(crate) fn write_file_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Builds snapshots from a consistent point-in-time view of the keyspace, so writes go on
+/// while it runs.
+pub struct Builder {
+    db: Arc<Db>,
+    dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
+    async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig>> {
+        let db = self.db.clone();
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || build(&db, &dir))
+            .await
+            .map_err(snap_err)?
+    }
+}
+
+fn build(db: &Db, dir: &std::path::Path) -> SResult<Snapshot<TypeConfig>> {
+    let mut w = snapshot::Writer::new();
+    let mut applied = None;
+    let mut membership = None;
+    db.for_each_state(|k, v| {
+        if k == META_APPLIED {
+            applied = Some(v.to_vec());
+        } else if k == META_MEMBERSHIP {
+            membership = Some(v.to_vec());
+        }
+        w.record(k, v);
+    })
+    .map_err(sm_read)?;
+    let last_log_id: Option<LogId> = match applied {
+        Some(b) => codec::decode(&b).map_err(sm_read)?,
+        None => None,
+    };
+    let last_membership: Membership = match membership {
+        Some(b) => codec::decode(&b).map_err(sm_read)?,
+        None => StoredMembership::default(),
+    };
+    let snapshot_id = match &last_log_id {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+        None => "empty".to_string(),
+    };
+    let bytes = w.finish(snapshot::Header {
+        snapshot_id: snapshot_id.clone(),
+        last_log_id,
+        membership: last_membership.clone(),
+        record_count: 0,
+    });
+    write_file_durably(&dir.join(SNAPSHOT_FILE), &bytes).map_err(snap_err)?;
+    tracing::info!(snapshot_id, bytes = bytes.len(), "built snapshot");
+    Ok(Snapshot {
+        meta: SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        },
+        snapshot: Box::new(bytes),
+    })
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(&mut self) -> SResult<(Option<LogId>, Membership)> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> SResult<Vec<Vec<micro_state::Outcome>>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let db = self.db.clone();
+        let mut ov = Overlay::new(&*db);
+        let mut out = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            let index = entry.log_id.index;
+            match entry.payload {
+                EntryPayload::Blank => out.push(Vec::new()),
+                EntryPayload::Normal(req) => {
+                    let res = micro_state::apply(&mut ov, index, &req)
+                        .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
+                    out.push(res);
+                }
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    ov.put(META_MEMBERSHIP.to_vec(), codec::encode(&self.membership));
+                    out.push(Vec::new());
+                }
+            }
+            last = Some(entry.log_id);
+        }
+        if let Some(last) = last {
+            ov.put(META_APPLIED.to_vec(), codec::encode(&Some(last)));
+            self.db.commit_state(ov.into_writes()).map_err(sm_write)?;
+            self.applied = Some(last);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        Builder {
+            db: self.db.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Vec<u8>>> {
+        Ok(Box::default())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, openraft::BasicNode>,
+        data: Box<Vec<u8>>,
+    ) -> SResult<()> {
+        let mut pairs = Vec::new();
+        let (header, _) = snapshot::parse(&data, |k, v| pairs.push((k.to_vec(), v.to_vec())))
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        if header.last_log_id != meta.last_log_id {
+            return Err(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &snapshot::Error::Header("header and metadata disagree on the last log id".into()),
+            )
+            .into());
+        }
+        self.db.replace_state(pairs).map_err(sm_write)?;
+        write_file_durably(&self.file(), &data).map_err(snap_err)?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
+        let bytes = match std::fs::read(self.file()) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snap_err(e)),
+        };
+        let header = snapshot::verify(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: header.last_log_id,
+                last_membership: header.membership,
+                snapshot_id: header.snapshot_id,
+            },
+            snapshot: Box::new(bytes),
+        }))
+    }
+}

@@ -1,0 +1,485 @@
+//! A running member: Raft, its storage, the peer server, and what the front ends call.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use micro_log::Db;
+use micro_state::{Command, Outcome, Request};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::machine::StateMachine;
+use crate::network::{CallError, Method, Network, Peer};
+use crate::store::LogStore;
+use crate::{now_ms, Error, NodeConfig, Raft};
+
+/// How long a client request may wait for a leader or a quorum before it is told the cluster
+/// is unavailable.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+const INFO_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// Why a leader-side call did not happen; crosses the wire from leader to follower.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardError {
+    /// Not the leader (maybe it knows who is). Nothing was proposed: safe to retry.
+    NotLeader { leader: Option<(u64, String)> },
+    Invalid { field: String, reason: String },
+    Unavailable(String),
+}
+
+/// One member's own view of itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub peer_address: String,
+    pub role: String,
+    pub state: String,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub grpc_address: String,
+    pub http_address: String,
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub node_id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) raft: Raft,
+    db: Arc<Db>,
+    cfg: NodeConfig,
+    peers: Mutex<HashMap<String, Peer>>,
+}
+
+/// A handle to the running node; cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+fn state_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+impl Node {
+    /// Opens the data dir, verifies the log, starts Raft and the peer server, and bootstraps
+    /// a new cluster if the data dir is empty.
+    pub async fn start(cfg: NodeConfig) -> anyhow::Result<Node> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let db = Db::open(&cfg.data_dir.join("db"))?;
+        // Refuse to serve from a damaged log: name the record and stop.
+        let records = db.verify_log()?;
+        tracing::info!(records, "log verified");
+
+        let log_store = LogStore::new(db.clone());
+        let fresh = !log_store.is_initialized()?;
+        let sm = StateMachine::open(db.clone(), cfg.data_dir.join("snapshots"))?;
+
+        let raft_config = openraft::Config {
+            cluster_name: "micro".into(),
+            heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.election_timeout.0.as_millis() as u64,
+            election_timeout_max: cfg.election_timeout.1.as_millis() as u64,
+            install_snapshot_timeout: 60_000,
+            max_payload_entries: 1024,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
+            ..Default::default()
+        }
+        .validate()?;
+        let network = Network {
+            token: cfg.cluster_token.clone(),
+        };
+        let raft = Raft::new(cfg.node_id, Arc::new(raft_config), network, log_store, sm).await?;
+
+        let inner = Arc::new(Inner {
+            raft: raft.clone(),
+            db,
+            cfg: cfg.clone(),
+            peers: Mutex::new(HashMap::new()),
+        });
+
+        let listener = tokio::net::TcpListener::bind(cfg.peer_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for peers on {}: {e}", cfg.peer_addr))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        {
+            let svc = crate::peer::server(inner.clone(), cfg.cluster_token.clone());
+            let mut rx = stop_rx.clone();
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tasks.push(tokio::spawn(async move {
+                let res = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!("peer server stopped: {e}");
+                }
+            }));
+        }
+
+        if fresh {
+            let members: BTreeMap<u64, BasicNode> = if cfg.initial_cluster.is_empty() {
+                BTreeMap::from([(cfg.node_id, BasicNode::new(cfg.advertised_peer()))])
+            } else {
+                cfg.initial_cluster
+                    .iter()
+                    .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                    .collect()
+            };
+            // Every founding member initialises with the same membership, so their first log
+            // entries are identical and any of them can win the first election.
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!("bootstrapped a new cluster"),
+                Err(RaftError::APIError(e)) => tracing::info!("not initialising: {e}"),
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            tracing::info!("resuming the existing cluster from the data dir");
+        }
+
+        tasks.push(tokio::spawn(ticker(inner.clone(), stop_rx)));
+        Ok(Node {
+            inner,
+            stop,
+            tasks: Arc::new(Mutex::new(tasks)),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.cfg.node_id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The node's views, for reads after [`Node::read_barrier`].
+    pub fn view(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// Proposes `cmds` as one entry and waits until it is committed and applied here or on
+    /// the leader. Returns the entry's log index and one outcome per command.
+    pub async fn write(&self, cmds: Vec<Command>) -> Result<(u64, Vec<Outcome>), Error> {
+        for c in &cmds {
+            if let Err(Outcome::Rejected { field, reason }) = c.validate() {
+                return Err(Error::Invalid { field, reason });
+            }
+        }
+        let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
+        loop {
+            let res = match self.inner.propose_here(cmds.clone()).await {
+                Err(ForwardError::NotLeader {
+                    leader: Some((id, addr)),
+                }) if id != self.id() => self.forward(&addr, &cmds).await,
+                other => other.map_err(Some),
+            };
+            match res {
+                Ok(r) => return Ok(r),
+                Err(Some(ForwardError::Invalid { field, reason })) => {
+                    return Err(Error::Invalid { field, reason })
+                }
+                Err(Some(ForwardError::Unavailable(m))) => return Err(Error::Unavailable(m)),
+                // Not proposed anywhere: wait for the leadership to settle, then retry.
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    self.inner.await_leader_change(deadline).await
+                }
+                Err(_) => {
+                    return Err(Error::Unavailable(
+                        "no leader could take the write within 10 s; check that a majority of members is up (`micro cluster status`)".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// `Err(None)`: nothing was proposed (retry); `Err(Some(e))`: a final answer.
+    async fn forward(
+        &self,
+        addr: &str,
+        cmds: &[Command],
+    ) -> Result<(u64, Vec<Outcome>), Option<ForwardError>> {
+        let peer = self.inner.peer(addr).map_err(|_| None)?;
+        match peer
+            .call::<_, Result<(u64, Vec<Outcome>), ForwardError>>(Method::Forward, &cmds, REQUEST_DEADLINE)
+            .await
+        {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(ForwardError::NotLeader { .. })) => Err(None),
+            Ok(Err(e)) => Err(Some(e)),
+            Err(CallError::Unreachable(_)) => Err(None),
+            // The leader may have applied it: do not retry, say the outcome is unknown.
+            Err(CallError::Failed(m)) => Err(Some(ForwardError::Unavailable(format!(
+                "the write was sent to the leader but no answer came back ({m}); it may or may not have been applied"
+            )))),
+        }
+    }
+
+    /// Waits until a read here reflects every write acknowledged before it started
+    /// (linearizable); a no-op for serializable reads.
+    pub async fn read_barrier(&self, linearizable: bool) -> Result<(), Error> {
+        if !linearizable {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
+        loop {
+            let res = match self.inner.read_index_here().await {
+                Err(ForwardError::NotLeader {
+                    leader: Some((id, addr)),
+                }) if id != self.id() => match self.inner.peer(&addr) {
+                    Ok(peer) => match peer
+                        .call::<_, Result<u64, ForwardError>>(Method::ReadIndex, &(), PEER_TIMEOUT)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+                    },
+                    Err(e) => Err(ForwardError::Unavailable(e)),
+                },
+                other => other,
+            };
+            match res {
+                Ok(index) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    return self
+                        .inner
+                        .raft
+                        .wait(Some(left))
+                        .applied_index_at_least(Some(index), "read index")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| Error::Unavailable(format!("waiting to apply the read index {index}: {e}")));
+                }
+                Err(ForwardError::Invalid { field, reason }) => {
+                    return Err(Error::Invalid { field, reason })
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("read index not available yet: {e:?}");
+                    self.inner.await_leader_change(deadline).await
+                }
+                Err(e) => {
+                    return Err(Error::Unavailable(format!(
+                        "no leader could confirm a read within 10 s ({e:?}); check that a majority of members is up"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Members, leader and progress, asking each member for its own view.
+    pub async fn status(&self) -> Status {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let mut members = Vec::new();
+        let calls = membership.nodes().map(|(id, node)| {
+            let id = *id;
+            let addr = node.addr.clone();
+            let role = if voters.contains(&id) { "voter" } else { "learner" };
+            let inner = self.inner.clone();
+            async move {
+                let mut s = if id == inner.cfg.node_id {
+                    inner.self_status()
+                } else {
+                    match inner.peer(&addr) {
+                        Ok(p) => p
+                            .call::<_, MemberStatus>(Method::Info, &(), INFO_TIMEOUT)
+                            .await
+                            .unwrap_or_else(|_| MemberStatus {
+                                id,
+                                state: "unreachable".into(),
+                                ..Default::default()
+                            }),
+                        Err(_) => MemberStatus {
+                            id,
+                            state: "unreachable".into(),
+                            ..Default::default()
+                        },
+                    }
+                };
+                s.id = id;
+                s.peer_address = addr;
+                s.role = role.into();
+                s
+            }
+        });
+        for s in futures::future::join_all(calls).await {
+            members.push(s);
+        }
+        Status {
+            node_id: self.id(),
+            leader: m.current_leader,
+            term: m.current_term,
+            members,
+        }
+    }
+
+    /// Stops Raft, the peer server and background tasks.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Inner {
+    fn peer(&self, addr: &str) -> Result<Peer, String> {
+        let mut peers = self.peers.lock().expect("peers lock");
+        if let Some(p) = peers.get(addr) {
+            return Ok(p.clone());
+        }
+        let p = Peer::new(addr, &self.cfg.cluster_token)?;
+        peers.insert(addr.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// Waits (bounded) for the leader to change or become known, instead of spinning.
+    async fn await_leader_change(&self, deadline: tokio::time::Instant) {
+        let mut rx = self.raft.metrics();
+        let before = rx.borrow_and_update().current_leader;
+        let until = deadline.min(tokio::time::Instant::now() + Duration::from_millis(500));
+        let _ = tokio::time::timeout_at(until, async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                let m = rx.borrow_and_update();
+                if m.current_leader.is_some() && m.current_leader != before {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    fn leader_hint(&self, leader_id: Option<u64>, node: Option<BasicNode>) -> ForwardError {
+        let leader = match (leader_id, node) {
+            (Some(id), Some(n)) => Some((id, n.addr)),
+            _ => None,
+        };
+        ForwardError::NotLeader { leader }
+    }
+
+    /// Proposes on this node if it is the leader, stamping the leader's clock.
+    pub(crate) async fn propose_here(
+        &self,
+        cmds: Vec<Command>,
+    ) -> Result<(u64, Vec<Outcome>), ForwardError> {
+        let req = Request {
+            time_ms: now_ms(),
+            cmds,
+        };
+        match self.raft.client_write(req).await {
+            Ok(resp) => {
+                if let Some(Outcome::Rejected { field, reason }) = resp.data.first() {
+                    return Err(ForwardError::Invalid {
+                        field: field.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                Ok((resp.log_id.index, resp.data))
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.leader_hint(f.leader_id, f.leader_node))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ForwardError::Unavailable(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(ForwardError::Unavailable(format!("raft stopped: {e}"))),
+        }
+    }
+
+    /// The read index, if this node is the leader and still has a quorum.
+    pub(crate) async fn read_index_here(&self) -> Result<u64, ForwardError> {
+        let fut = self.raft.get_read_log_id();
+        match tokio::time::timeout(PEER_TIMEOUT, fut).await {
+            Err(_) => Err(ForwardError::Unavailable("leader could not reach a quorum".into())),
+            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(self.leader_hint(f.leader_id, f.leader_node))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(ForwardError::Unavailable(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Unavailable(format!("raft stopped: {e}"))),
+        }
+    }
+
+    pub(crate) fn self_status(&self) -> MemberStatus {
+        let m = self.raft.metrics().borrow().clone();
+        MemberStatus {
+            id: self.cfg.node_id,
+            peer_address: self.cfg.advertised_peer(),
+            role: String::new(),
+            state: state_name(m.state).into(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            grpc_address: self.cfg.grpc_addr.clone(),
+            http_address: self.cfg.http_addr.clone(),
+        }
+    }
+}
+
+/// On the leader, proposes an empty entry when a record is due to expire and no other entry
+/// would carry the clock forward, so expiry (and what it triggers) happens on time.
+async fn ticker(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let is_leader = {
+            let m = inner.raft.metrics();
+            let m = m.borrow();
+            m.state == ServerState::Leader && m.current_leader == Some(inner.cfg.node_id)
+        };
+        if !is_leader {
+            continue;
+        }
+        let due = match micro_state::next_expiry(&*inner.db) {
+            Ok(Some(at)) => at <= now_ms(),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!("reading the expiry index: {e}");
+                false
+            }
+        };
+        if due {
+            if let Err(e) = inner.propose_here(Vec::new()).await {
+                tracing::debug!("tick not proposed: {e:?}");
+            }
+        }
+    }
+}

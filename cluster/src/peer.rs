@@ -1,0 +1,120 @@
+//! The server side of the peer protocol. Every call must carry the cluster token.
+
+use std::sync::Arc;
+
+use micro_proto::raft::peer_server::{Peer, PeerServer};
+use micro_proto::raft::{Chunk, Payload};
+use micro_state::codec;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::{BasicNode, Snapshot, SnapshotMeta, Vote};
+use serde::Serialize;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::network::{MAX_MESSAGE, TOKEN_HEADER};
+use crate::node::{ForwardError, Inner};
+use crate::TypeConfig;
+
+pub(crate) struct PeerService {
+    pub(crate) node: Arc<Inner>,
+}
+
+fn reply<T: Serialize>(v: &T) -> Result<Response<Payload>, Status> {
+    Ok(Response::new(Payload {
+        data: codec::encode(v),
+    }))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(p: &Payload) -> Result<T, Status> {
+    codec::decode(&p.data).map_err(|e| Status::invalid_argument(format!("bad payload: {e}")))
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The peer service wrapped in the token check.
+pub(crate) fn server(
+    node: Arc<Inner>,
+    token: String,
+) -> tonic::service::interceptor::InterceptedService<
+    PeerServer<PeerService>,
+    impl tonic::service::Interceptor + Clone,
+> {
+    let check = move |req: Request<()>| -> Result<Request<()>, Status> {
+        match req.metadata().get(TOKEN_HEADER) {
+            Some(t) if same(t.as_bytes(), token.as_bytes()) => Ok(req),
+            Some(_) => Err(Status::permission_denied(
+                "wrong cluster token: start every node with the same --cluster-token",
+            )),
+            None => Err(Status::unauthenticated(
+                "peer calls need the cluster token (x-micro-cluster-token)",
+            )),
+        }
+    };
+    let svc = PeerServer::new(PeerService { node })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    tonic::service::interceptor::InterceptedService::new(svc, check)
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        reply(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: VoteRequest<u64> = decode(req.get_ref())?;
+        reply(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn snapshot(&self, req: Request<Streaming<Chunk>>) -> Result<Response<Payload>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let (vote, meta): (Vote<u64>, SnapshotMeta<u64, BasicNode>) = codec::decode(&first.meta)
+            .map_err(|e| Status::invalid_argument(format!("bad snapshot metadata: {e}")))?;
+        let mut data = Vec::new();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.message().await? {
+            n += 1;
+            if crc32fast::hash(&chunk.data) != chunk.crc {
+                return Err(Status::data_loss(format!(
+                    "snapshot chunk {n} is corrupt: crc mismatch"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(data),
+        };
+        let res = self
+            .node
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&res)
+    }
+
+    async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let cmds: Vec<micro_state::Command> = decode(req.get_ref())?;
+        let res: Result<(u64, Vec<micro_state::Outcome>), ForwardError> =
+            self.node.propose_here(cmds).await;
+        reply(&res)
+    }
+
+    async fn read_index(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let res: Result<u64, ForwardError> = self.node.read_index_here().await;
+        reply(&res)
+    }
+
+    async fn info(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        reply(&self.node.self_status())
+    }
+}

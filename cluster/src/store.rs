@@ -1,0 +1,160 @@
+//! openraft's log storage on [`micro_log::Db`]: entries are bincode in checksummed frames;
+//! vote, committed and purged markers live in the `raft` column family.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use micro_log::Db;
+use micro_state::codec;
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{Entry, OptionalSend, RaftLogId, StorageError, StorageIOError, Vote};
+
+use crate::{LogId, TypeConfig};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const PURGED: &[u8] = b"purged";
+
+type SResult<T> = Result<T, StorageError<u64>>;
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageIOError::write_logs(&e).into()
+}
+
+/// The Raft log of one node. Clones share the same database.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    db: Arc<Db>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<Db>) -> Self {
+        LogStore { db }
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> SResult<Option<T>> {
+        match self.db.get_meta(key).map_err(read_err)? {
+            Some(b) => Ok(Some(codec::decode(&b).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether this node has ever voted or stored an entry (an existing member).
+    pub fn is_initialized(&self) -> SResult<bool> {
+        Ok(self.meta::<Vote<u64>>(VOTE)?.is_some()
+            || self.db.last_log().map_err(read_err)?.is_some()
+            || self.meta::<LogId>(PURGED)?.is_some())
+    }
+}
+
+pub(crate) fn decode_entry(index: u64, payload: &[u8]) -> SResult<Entry<TypeConfig>> {
+    codec::decode(payload).map_err(|e| {
+        StorageIOError::read_log_at_index(index, &micro_log::Error::Rocks {
+            path: String::new(),
+            message: format!("log record {index} does not decode: {e}"),
+        })
+        .into()
+    })
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> SResult<Vec<Entry<TypeConfig>>> {
+        let from = match range.start_bound() {
+            Bound::Included(&x) => x,
+            Bound::Excluded(&x) => x + 1,
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(&x) => x + 1,
+            Bound::Excluded(&x) => x,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.db
+            .read_log(from, to)
+            .map_err(read_err)?
+            .iter()
+            .map(|(i, p)| decode_entry(*i, p))
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> SResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId> = self.meta(PURGED)?;
+        let last = match self.db.last_log().map_err(read_err)? {
+            Some((i, p)) => Some(*decode_entry(i, &p)?.get_log_id()),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> SResult<()> {
+        // A vote must survive a crash, or a node could vote twice in one term.
+        self.db
+            .put_meta(VOTE, &codec::encode(vote), true)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> SResult<Option<Vote<u64>>> {
+        self.meta(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> SResult<()> {
+        // Only an optimisation on restart (apply up to it without waiting for a leader), so
+        // it rides on the next fsync instead of paying for its own.
+        self.db
+            .put_meta(COMMITTED, &codec::encode(&committed), false)
+            .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> SResult<Option<LogId>> {
+        Ok(self.meta::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> SResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| (e.log_id.index, codec::encode(&e)))
+            .collect();
+        self.db
+            .append(encoded.iter().map(|(i, p)| (*i, p.as_slice())))
+            .map_err(write_err)?;
+        // Durable only after the group-commit fsync; openraft waits for the callback before
+        // counting these entries towards a quorum.
+        self.db.sync_then(move |r| {
+            callback.log_io_completed(r.map_err(std::io::Error::other));
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> SResult<()> {
+        self.db.truncate_log(log_id.index).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> SResult<()> {
+        self.db
+            .purge_log(log_id.index, (PURGED, &codec::encode(&log_id)))
+            .map_err(write_err)
+    }
+}

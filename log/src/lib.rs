@@ -1,0 +1,338 @@
+//! `micro-log`: Micro's durable storage on RocksDB.
+//!
+//! One RocksDB instance per node with three column families:
+//! - `log`: the Raft log, key = index (u64 big-endian), value = a checksummed [`frame`];
+//! - `raft`: Raft metadata (vote, committed, last purged), written synced;
+//! - `state`: the views' keyspace ([`micro_state::Read`]), committed one atomic batch per
+//!   applied batch of entries, together with the applied log id.
+//!
+//! Durability: appends go to the memtable and WAL at once and are acknowledged by the
+//! [`Db::sync_then`] group-commit thread after one `fsync` of the WAL covers them. Because the
+//! WAL is shared by all column families, that fsync also covers every earlier state write.
+//!
+//! What it must never do: interpret log payloads (that is `micro-cluster`'s job) or skip a
+//! corrupt record: a checksum mismatch is an [`Error::Corrupt`] naming the index.
+
+pub mod frame;
+mod syncer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use micro_state::{Read, StorageError, WriteSet};
+use rocksdb::{ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+pub use frame::Error as FrameError;
+
+const CF_LOG: &str = "log";
+const CF_RAFT: &str = "raft";
+const CF_STATE: &str = "state";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("rocksdb at {path}: {message}")]
+    Rocks { path: String, message: String },
+    #[error("log record {index} is corrupt: {source}")]
+    Corrupt { index: u64, source: FrameError },
+    #[error("log key of {len} bytes is not an index")]
+    BadKey { len: usize },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A node's storage. Cheap to share behind an [`Arc`].
+pub struct Db {
+    db: Arc<DB>,
+    path: PathBuf,
+    syncer: syncer::Syncer,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn parse_index(key: &[u8]) -> Result<u64> {
+    let b: [u8; 8] = key.try_into().map_err(|_| Error::BadKey { len: key.len() })?;
+    Ok(u64::from_be_bytes(b))
+}
+
+impl Db {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Arc<Db>> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Bounded background work: this runs on small machines beside other services.
+        opts.increase_parallelism(2);
+        let cfs = [CF_LOG, CF_RAFT, CF_STATE];
+        let db = DB::open_cf(&opts, path, cfs).map_err(|e| Error::Rocks {
+            path: path.display().to_string(),
+            message: e.into_string(),
+        })?;
+        let db = Arc::new(db);
+        let syncer = syncer::Syncer::start(db.clone());
+        Ok(Arc::new(Db {
+            db,
+            path: path.to_path_buf(),
+            syncer,
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn rocks(&self, e: rocksdb::Error) -> Error {
+        Error::Rocks {
+            path: self.path.display().to_string(),
+            message: e.into_string(),
+        }
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // The column families are created in `open`; a missing one is a programming error.
+        self.db.cf_handle(name).expect("column family opened in Db::open")
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch, &wo).map_err(|e| self.rocks(e))
+    }
+
+    // ----- the Raft log -------------------------------------------------------------------
+
+    /// Writes log records (index, payload) without waiting for the disk; call
+    /// [`Db::sync_then`] to learn when they are durable.
+    pub fn append<'a>(&self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<()> {
+        let cf = self.cf(CF_LOG);
+        let mut batch = WriteBatch::default();
+        for (index, payload) in records {
+            batch.put_cf(cf, index_key(index), frame::encode(index, payload));
+        }
+        self.write(batch, false)
+    }
+
+    /// Calls `done` once everything written so far is on disk (one fsync may cover many
+    /// callers: group commit). `done` runs on the sync thread and must not block.
+    pub fn sync_then(&self, done: impl FnOnce(Result<(), String>) + Send + 'static) {
+        self.syncer.submit(Box::new(done));
+    }
+
+    /// Makes everything written so far durable before returning.
+    pub fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(|e| self.rocks(e))
+    }
+
+    /// Payloads of the records with `from <= index < to`, verified.
+    pub fn read_log(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        let start = index_key(from);
+        let iter = self.db.iterator_cf(
+            self.cf(CF_LOG),
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            let index = parse_index(&k)?;
+            if index >= to {
+                break;
+            }
+            let payload = frame::decode(index, &v).map_err(|source| Error::Corrupt { index, source })?;
+            out.push((index, payload.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The last record, verified.
+    pub fn last_log(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let mut iter = self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::End);
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(|e| self.rocks(e))?;
+                let index = parse_index(&k)?;
+                let payload = frame::decode(index, &v).map_err(|source| Error::Corrupt { index, source })?;
+                Ok(Some((index, payload.to_vec())))
+            }
+        }
+    }
+
+    /// Verifies every stored record's checksum; returns how many there are. A node runs this
+    /// before it starts so that it refuses to serve from a damaged log.
+    pub fn verify_log(&self) -> Result<u64> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            let index = parse_index(&k)?;
+            frame::decode(index, &v).map_err(|source| Error::Corrupt { index, source })?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Deletes records with index >= `from` (a follower's conflicting suffix), durably.
+    pub fn truncate_log(&self, from: u64) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(CF_LOG), index_key(from), index_key(u64::MAX));
+        batch.delete_cf(self.cf(CF_LOG), index_key(u64::MAX));
+        self.write(batch, true)
+    }
+
+    /// Deletes records with index <= `upto` together with writing `meta` (the new purged
+    /// marker), durably.
+    pub fn purge_log(&self, upto: u64, meta: (&[u8], &[u8])) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_RAFT), meta.0, meta.1);
+        batch.delete_range_cf(self.cf(CF_LOG), index_key(0), index_key(upto.saturating_add(1)));
+        self.write(batch, true)
+    }
+
+    /// The raw stored bytes of a log record (frame included). For tools and fault tests.
+    pub fn raw_log_record(&self, index: u64) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(CF_LOG), index_key(index))
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// Overwrites the raw stored bytes of a log record. For fault-injection tests only: it
+    /// bypasses the framing on purpose.
+    pub fn put_raw_log_record(&self, index: u64, raw: &[u8]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_LOG), index_key(index), raw);
+        self.write(batch, true)
+    }
+
+    // ----- Raft metadata ------------------------------------------------------------------
+
+    pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(CF_RAFT), key).map_err(|e| self.rocks(e))
+    }
+
+    /// Writes a metadata value, durably when `sync` (the vote must be).
+    pub fn put_meta(&self, key: &[u8], value: &[u8], sync: bool) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_RAFT), key, value);
+        self.write(batch, sync)
+    }
+
+    // ----- the views' keyspace ------------------------------------------------------------
+
+    /// Commits the writes of an applied batch in one atomic batch. Not synced on its own: the
+    /// log is the source of truth and a lost tail is re-applied from it after a crash.
+    pub fn commit_state(&self, writes: WriteSet) -> Result<()> {
+        let cf = self.cf(CF_STATE);
+        let mut batch = WriteBatch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.put_cf(cf, k, v),
+                None => batch.delete_cf(cf, k),
+            }
+        }
+        self.write(batch, false)
+    }
+
+    /// Replaces the whole keyspace with `pairs` in one atomic, durable batch (snapshot install).
+    pub fn replace_state(&self, pairs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let cf = self.cf(CF_STATE);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, [0u8].as_slice(), [0xFFu8; 16].as_slice());
+        for (k, v) in pairs {
+            batch.put_cf(cf, k, v);
+        }
+        self.write(batch, true)
+    }
+
+    /// Visits every pair of the keyspace as of one consistent point in time, while writes go on.
+    pub fn for_each_state(&self, mut visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        let snap = self.db.snapshot();
+        for item in snap.iterator_cf(self.cf(CF_STATE), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            visit(&k, &v);
+        }
+        Ok(())
+    }
+
+    /// Approximate bytes on disk, for status output.
+    pub fn size_on_disk(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| match e.metadata() {
+                            Ok(m) if m.is_dir() => walk(&e.path()),
+                            Ok(m) => m.len(),
+                            Err(_) => 0,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.path)
+    }
+}
+
+impl Read for Db {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db
+            .get_cf(self.cf(CF_STATE), key)
+            .map_err(|e| StorageError(e.into_string()))
+    }
+
+    fn scan(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_STATE));
+        if reverse {
+            match to {
+                Some(t) => {
+                    it.seek_for_prev(t);
+                    // seek_for_prev lands on `to` itself when present; `to` is exclusive.
+                    if it.valid() && it.key() == Some(t) {
+                        it.prev();
+                    }
+                }
+                None => it.seek_to_last(),
+            }
+        } else {
+            it.seek(from);
+        }
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if reverse {
+                if k < from {
+                    break;
+                }
+            } else if to.is_some_and(|t| k >= t) {
+                break;
+            }
+            if !visit(k, v) {
+                return Ok(());
+            }
+            if reverse {
+                it.prev();
+            } else {
+                it.next();
+            }
+        }
+        it.status().map_err(|e| StorageError(e.into_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

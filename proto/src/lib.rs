@@ -1,0 +1,23 @@
+//! `micro-proto`: Micro's wire contracts.
+//!
+//! `store` keeps Micro v3's package, message names and field numbers exactly, so Micro v3
+//! clients work unchanged; extensions use new numbers only. `cluster` is Micro's own service;
+//! `raft` is the internal peer protocol. [`FILE_DESCRIPTOR_SET`] describes all of them for
+//! the reflective HTTP gateway.
+
+#![allow(clippy::all, clippy::pedantic)]
+
+pub mod store {
+    tonic::include_proto!("store");
+}
+
+pub mod cluster {
+    tonic::include_proto!("cluster");
+}
+
+pub mod raft {
+    tonic::include_proto!("raft");
+}
+
+/// The encoded `FileDescriptorSet` of every service above.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

@@ -1,0 +1,152 @@
+//! What a log entry carries and what applying it returns.
+//!
+//! Changing any of these types changes the log format: add variants at the end, never reorder
+//! (bincode encodes enum variants by position), and add a golden-bytes test for the change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The application payload of one log entry: the commands of one client request, applied
+/// atomically, and the leader's wall clock when it proposed them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Request {
+    /// Leader wall clock in ms since the Unix epoch; the state clock is the max of all of them.
+    pub time_ms: u64,
+    /// Applied in order, all or nothing. Empty for a tick (advances the clock, purges).
+    pub cmds: Vec<Command>,
+}
+
+/// One metadata value of a store record, as Micro v3's `store.Field`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetaField {
+    pub kind: String,
+    pub value: String,
+}
+
+/// Writes a store record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Put {
+    pub db: String,
+    pub table: String,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub metadata: BTreeMap<String, MetaField>,
+    /// Time to live in ms from the entry's clock; 0 means no expiry.
+    pub ttl_ms: u64,
+}
+
+/// Deletes a store record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Delete {
+    pub db: String,
+    pub table: String,
+    pub key: String,
+}
+
+/// A guard of a [`Txn`]: the record's mod revision must equal `mod_revision` (0: absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Compare {
+    pub db: String,
+    pub table: String,
+    pub key: String,
+    pub mod_revision: u64,
+}
+
+/// Compare-and-swap: if every guard holds, apply `success`, else `failure`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Command>,
+    pub failure: Vec<Command>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(Put),
+    Delete(Delete),
+    Txn(Txn),
+}
+
+/// The result of one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The record now has this mod revision (the entry's log index).
+    Put { revision: u64 },
+    /// Whether a live record was deleted.
+    Deleted { existed: bool },
+    Txn {
+        succeeded: bool,
+        results: Vec<Outcome>,
+    },
+    /// The command was invalid; nothing of its request was applied.
+    Rejected { field: String, reason: String },
+}
+
+impl Command {
+    /// Checks the command's fields. Front ends call it before proposing; apply calls it again
+    /// so that a bad entry is rejected deterministically instead of half-applied.
+    pub fn validate(&self) -> Result<(), Outcome> {
+        match self {
+            Command::Put(p) => {
+                check_name("key", &p.key, true)?;
+                check_name("database", &p.db, false)?;
+                check_name("table", &p.table, false)?;
+                if p.value.len() > crate::MAX_VALUE_BYTES {
+                    return Err(reject(
+                        "value",
+                        format!(
+                            "is {} bytes; the limit is {} bytes",
+                            p.value.len(),
+                            crate::MAX_VALUE_BYTES
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Command::Delete(d) => {
+                check_name("key", &d.key, true)?;
+                check_name("database", &d.db, false)?;
+                check_name("table", &d.table, false)
+            }
+            Command::Txn(t) => {
+                for c in &t.compare {
+                    check_name("compare.key", &c.key, true)?;
+                    check_name("compare.database", &c.db, false)?;
+                    check_name("compare.table", &c.table, false)?;
+                }
+                for c in t.success.iter().chain(&t.failure) {
+                    if matches!(c, Command::Txn(_)) {
+                        return Err(reject("txn", "transactions cannot be nested".into()));
+                    }
+                    c.validate()?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn reject(field: &str, reason: String) -> Outcome {
+    Outcome::Rejected {
+        field: field.to_string(),
+        reason,
+    }
+}
+
+fn check_name(field: &str, value: &str, required: bool) -> Result<(), Outcome> {
+    if required && value.is_empty() {
+        return Err(reject(field, "must not be empty".into()));
+    }
+    if value.len() > crate::MAX_KEY_BYTES {
+        return Err(reject(
+            field,
+            format!(
+                "is {} bytes; the limit is {} bytes",
+                value.len(),
+                crate::MAX_KEY_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The key layout of the shared keyspace. The first byte names the view; integers are
+//! big-endian so byte order is numeric order. Strings are length-prefixed (u16) where another
+//! component follows them, so `("a", "bc")` and `("ab", "c")` never collide.
+
+/// Node-local bookkeeping of the state machine (clock, applied log id, membership).
+pub const META: u8 = 0x00;
+/// Store records: `STORE db table key`.
+pub const STORE: u8 = 0x01;
+/// Expiry index: `EXPIRY expiry_ms(u64) db table key`, value empty.
+pub const EXPIRY: u8 = 0x02;
+/// Record counts per table: `TABLES db table`, value u64 count.
+pub const TABLES: u8 = 0x03;
+
+/// The state machine clock (u64 ms, big-endian).
+pub const META_CLOCK: &[u8] = &[META, b'c'];
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Names are validated to fit MAX_KEY_BYTES (< u16::MAX) before they get here.
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// `db table` as it appears after the view byte.
+pub fn table_path(db: &str, table: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + db.len() + table.len());
+    push_str(&mut out, db);
+    push_str(&mut out, table);
+    out
+}
+
+/// Key of a store record.
+pub fn store_key(db: &str, table: &str, key: &str) -> Vec<u8> {
+    let mut out = vec![STORE];
+    out.extend_from_slice(&table_path(db, table));
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Prefix of all records of a table whose key starts with `prefix`.
+pub fn store_prefix(db: &str, table: &str, prefix: &str) -> Vec<u8> {
+    store_key(db, table, prefix)
+}
+
+/// Key of an expiry index entry for the store record `store_key`.
+pub fn expiry_key(expiry_ms: u64, store_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + store_key.len());
+    out.push(EXPIRY);
+    out.extend_from_slice(&expiry_ms.to_be_bytes());
+    out.extend_from_slice(&store_key[1..]);
+    out
+}
+
+/// Splits an expiry index key into (expiry_ms, store key).
+pub fn parse_expiry_key(key: &[u8]) -> Option<(u64, Vec<u8>)> {
+    if key.len() < 9 || key[0] != EXPIRY {
+        return None;
+    }
+    let ms = u64::from_be_bytes(key[1..9].try_into().ok()?);
+    let mut sk = vec![STORE];
+    sk.extend_from_slice(&key[9..]);
+    Some((ms, sk))
+}
+
+/// Key of a table's record count.
+pub fn tables_key(db: &str, table: &str) -> Vec<u8> {
+    let mut out = vec![TABLES];
+    push_str(&mut out, db);
+    out.extend_from_slice(table.as_bytes());
+    out
+}
+
+/// Prefix of the table counts of `db` (all databases when `None`).
+pub fn tables_prefix(db: Option<&str>) -> Vec<u8> {
+    let mut out = vec![TABLES];
+    if let Some(db) = db {
+        push_str(&mut out, db);
+    }
+    out
+}
+
+/// Reads a length-prefixed string at the start of `bytes`, returning it and the rest.
+pub fn take_str(bytes: &[u8]) -> Option<(String, &[u8])> {
+    if bytes.len() < 2 {
+        return None;
+    }
+    let n = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
+    let s = bytes.get(2..2 + n)?;
+    Some((String::from_utf8(s.to_vec()).ok()?, &bytes[2 + n..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_key_round_trips() {
+        let sk = store_key("db", "t", "k");
+        let ek = expiry_key(42, &sk);
+        assert_eq!(parse_expiry_key(&ek), Some((42, sk)));
+    }
+
+    #[test]
+    fn table_paths_do_not_collide() {
+        assert_ne!(store_key("a", "bc", ""), store_key("ab", "c", ""));
+    }
+}

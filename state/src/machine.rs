@@ -1,0 +1,98 @@
+//! `apply`: the one function that changes views. A pure function of (views, entry).
+
+use crate::command::{Command, Outcome, Request, Txn};
+use crate::keys;
+use crate::storage::{Overlay, Read, StorageError};
+use crate::views::store;
+
+/// The state clock: the largest leader time of any applied entry (ms), 0 before the first.
+pub fn clock_ms<S: Read + ?Sized>(s: &S) -> Result<u64, StorageError> {
+    Ok(match s.get(keys::META_CLOCK)? {
+        Some(b) => u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| StorageError("corrupt state clock".into()))?,
+        ),
+        None => 0,
+    })
+}
+
+/// When the next record expires (ms on the state clock), so the leader can propose a tick.
+pub fn next_expiry<S: Read + ?Sized>(s: &S) -> Result<Option<u64>, StorageError> {
+    store::next_expiry(s)
+}
+
+/// Applies the request of the entry at log index `index`.
+///
+/// First the state clock advances to `max(clock, req.time_ms)` and everything due by then is
+/// purged; then the commands run in order. If any command is invalid the whole request is
+/// rolled back (the purge stays: it belongs to the entry, not the request) and every outcome
+/// is the rejection.
+pub fn apply<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    index: u64,
+    req: &Request,
+) -> Result<Vec<Outcome>, StorageError> {
+    let clock = clock_ms(ov)?;
+    let now = clock.max(req.time_ms);
+    if now != clock {
+        ov.put(keys::META_CLOCK.to_vec(), now.to_be_bytes().to_vec());
+    }
+    store::purge_expired(ov, now)?;
+
+    for cmd in &req.cmds {
+        if let Err(rejected) = cmd.validate() {
+            return Ok(vec![rejected; req.cmds.len()]);
+        }
+    }
+    let mut out = Vec::with_capacity(req.cmds.len());
+    for cmd in &req.cmds {
+        out.push(apply_one(ov, index, now, cmd)?);
+    }
+    Ok(out)
+}
+
+fn apply_one<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    index: u64,
+    now: u64,
+    cmd: &Command,
+) -> Result<Outcome, StorageError> {
+    Ok(match cmd {
+        Command::Put(p) => Outcome::Put {
+            revision: store::put(ov, p, index, now)?,
+        },
+        Command::Delete(d) => Outcome::Deleted {
+            existed: store::delete(ov, d)?,
+        },
+        Command::Txn(t) => apply_txn(ov, index, now, t)?,
+    })
+}
+
+fn apply_txn<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    index: u64,
+    now: u64,
+    t: &Txn,
+) -> Result<Outcome, StorageError> {
+    let mut succeeded = true;
+    for c in &t.compare {
+        let sk = keys::store_key(store::db_name(&c.db), store::table_name(&c.table), &c.key);
+        let current = store::load(ov, &sk)?
+            .filter(|r| !r.expired(now))
+            .map_or(0, |r| r.mod_revision);
+        if current != c.mod_revision {
+            succeeded = false;
+            break;
+        }
+    }
+    let branch = if succeeded { &t.success } else { &t.failure };
+    let mut results = Vec::with_capacity(branch.len());
+    for cmd in branch {
+        results.push(apply_one(ov, index, now, cmd)?);
+    }
+    Ok(Outcome::Txn { succeeded, results })
+}
+
+#[cfg(test)]
+mod tests;

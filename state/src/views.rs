@@ -1,0 +1,4 @@
+//! One module per view. Each offers apply-side mutations (on an [`crate::Overlay`]) and
+//! read-side queries (on any [`crate::Read`]).
+
+pub mod store;
