@@ -345,8 +345,11 @@ impl Node {
             tracing::warn!("raft shutdown: {e}");
         }
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
-        for t in tasks {
-            let _ = t.await;
+        for mut t in tasks {
+            // Open peer connections keep a graceful server alive; do not wait on them forever.
+            if tokio::time::timeout(Duration::from_secs(2), &mut t).await.is_err() {
+                t.abort();
+            }
         }
     }
 }

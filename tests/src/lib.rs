@@ -1,1 +1,272 @@
+//! `micro-tests`: integration tests that run real `micro` processes on 127.0.0.1.
+//!
+//! [`TestCluster`] starts nodes with ports it found free, waits on conditions (a leader, an
+//! applied index) instead of sleeping, and can kill -9, stop and restart members. Set
+//! `MICRO_TEST_KEEP_DIR=1` to keep the data dirs and logs of a run for a post-mortem.
 
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// The `micro` binary built alongside the tests (`cargo build --bins` first).
+pub fn micro_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/micro
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("micro");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` before the tests (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the node to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub peer: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+pub struct TestCluster {
+    dir: Option<tempfile::TempDir>,
+    pub specs: BTreeMap<u64, NodeSpec>,
+    procs: BTreeMap<u64, Child>,
+    pub token: String,
+    initial_cluster: String,
+    extra_args: Vec<String>,
+}
+
+impl TestCluster {
+    /// Lays out `n` nodes (not started).
+    pub fn new(n: u64) -> TestCluster {
+        let dir = tempfile::Builder::new().prefix("micro-test-").tempdir().expect("temp dir");
+        let mut specs = BTreeMap::new();
+        for id in 1..=n {
+            let data_dir = dir.path().join(format!("node{id}"));
+            specs.insert(
+                id,
+                NodeSpec {
+                    id,
+                    grpc: format!("127.0.0.1:{}", free_port()),
+                    http: format!("127.0.0.1:{}", free_port()),
+                    peer: format!("127.0.0.1:{}", free_port()),
+                    log: dir.path().join(format!("node{id}.log")),
+                    data_dir,
+                },
+            );
+        }
+        let initial_cluster = if n > 1 {
+            specs.values().map(|s| format!("{}={}", s.id, s.peer)).collect::<Vec<_>>().join(",")
+        } else {
+            String::new()
+        };
+        TestCluster {
+            dir: Some(dir),
+            specs,
+            procs: BTreeMap::new(),
+            token: "test-cluster-token".into(),
+            initial_cluster,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// Extra flags for every `micro server` this cluster starts.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Starts `n` nodes and waits for a leader that every node agrees on.
+    pub async fn start(n: u64) -> anyhow::Result<TestCluster> {
+        let mut c = TestCluster::new(n);
+        for id in 1..=n {
+            c.spawn(id)?;
+        }
+        c.wait_leader(Duration::from_secs(10)).await?;
+        Ok(c)
+    }
+
+    pub fn spec(&self, id: u64) -> &NodeSpec {
+        &self.specs[&id]
+    }
+
+    /// The `micro server` command line of node `id`.
+    pub fn server_command(&self, id: u64) -> Command {
+        let s = self.spec(id);
+        let mut cmd = Command::new(micro_bin());
+        cmd.arg("server")
+            .args(["--node-id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&s.data_dir)
+            .args(["--grpc", &s.grpc, "--http", &s.http, "--peer", &s.peer])
+            .args(["--cluster-token", &self.token])
+            .args(&self.extra_args)
+            .env("MICRO_LOG", "info,openraft=info");
+        if !self.initial_cluster.is_empty() {
+            cmd.args(["--initial-cluster", &self.initial_cluster]);
+        }
+        cmd
+    }
+
+    /// Starts node `id` in the background, appending its output to its log file.
+    pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let s = self.spec(id).clone();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&s.log)?;
+        let child = self
+            .server_command(id)
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("spawn micro server")?;
+        self.procs.insert(id, child);
+        Ok(())
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.procs.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self, id: u64) -> anyhow::Result<()> {
+        if let Some(mut c) = self.procs.remove(&id) {
+            let sent = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()?;
+            if !sent.success() {
+                bail!("SIGTERM to node {id} failed");
+            }
+            let status = c.wait()?;
+            if !status.success() {
+                bail!("node {id} exited with {status} on SIGTERM; log:\n{}", self.log(id));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.spec(id).log).unwrap_or_default()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.procs.keys().copied().collect()
+    }
+
+    /// A client of node `id`, retrying while the node starts up.
+    pub async fn client(&self, id: u64) -> anyhow::Result<micro::Client> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match micro::Client::connect(&self.spec(id).grpc).await {
+                Ok(c) => return Ok(c),
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    bail!("node {id} never accepted connections: {e}; log:\n{}", self.log(id))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Polls cluster status until every running node names the same leader.
+    pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            for id in self.running() {
+                if let Ok(c) = micro::Client::connect(&self.spec(id).grpc).await {
+                    if let Ok(s) = c.cluster_status().await {
+                        leaders.push(s.leader);
+                    }
+                }
+            }
+            let running = self.running().len();
+            if leaders.len() == running
+                && leaders[0] != 0
+                && leaders.iter().all(|l| *l == leaders[0])
+                && self.procs.contains_key(&leaders[0])
+            {
+                return Ok(leaders[0]);
+            }
+            if tokio::time::Instant::now() > deadline {
+                let logs: Vec<String> = self.running().iter().map(|i| format!("--- node {i}\n{}", self.log(*i))).collect();
+                bail!("no agreed leader within {timeout:?} (saw {leaders:?}); logs:\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// This node's own applied index.
+    pub async fn applied(&self, id: u64) -> anyhow::Result<u64> {
+        let s = self.client(id).await?.cluster_status().await?;
+        s.members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.applied_index)
+            .context("node missing from its own status")
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for id in self.running() {
+            loop {
+                let a = self.applied(id).await.unwrap_or(0);
+                if a >= index {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("node {id} applied only {a} of {index} within {timeout:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a `micro` client command against node `id`; returns (success, stdout, stderr).
+    pub fn cli(&self, id: u64, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(micro_bin())
+            .args(["--server", &self.spec(id).grpc])
+            .args(args)
+            .output()
+            .expect("run micro");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.procs.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+        if std::env::var_os("MICRO_TEST_KEEP_DIR").is_some() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("keeping test data in {}", d.keep().display());
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The key-value store client.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use micro_proto::store as pb;
+use pb::store_client::StoreClient;
+use tonic::transport::Channel;
+
+use crate::Error;
+
+/// Store operations; database and table default to `micro`, as in Micro v3.
+#[derive(Clone)]
+pub struct Store {
+    client: StoreClient<Channel>,
+    database: String,
+    table: String,
+}
+
+/// Options of [`Store::query`].
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub prefix: bool,
+    pub suffix: bool,
+    pub limit: u64,
+    pub offset: u64,
+    pub descending: bool,
+    /// Read from the connected node without a read index (faster, may be stale).
+    pub serializable: bool,
+}
+
+impl Store {
+    pub(crate) fn new(channel: Channel) -> Self {
+        Store {
+            client: StoreClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+            database: String::new(),
+            table: String::new(),
+        }
+    }
+
+    /// The same client on another database / table.
+    pub fn scope(mut self, database: &str, table: &str) -> Self {
+        self.database = database.to_string();
+        self.table = table.to_string();
+        self
+    }
+
+    /// Writes a record; returns its new mod revision.
+    pub async fn write(&self, key: &str, value: Vec<u8>) -> Result<u64, Error> {
+        self.write_with_ttl(key, value, None).await
+    }
+
+    /// Writes a record that expires after `ttl` (whole seconds, rounded up).
+    pub async fn write_with_ttl(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<u64, Error> {
+        let expiry = ttl.map_or(0, |d| d.as_millis().div_ceil(1000) as i64);
+        let req = pb::WriteRequest {
+            record: Some(pb::Record {
+                key: key.to_string(),
+                value,
+                expiry,
+                ..Default::default()
+            }),
+            options: Some(pb::WriteOptions {
+                database: self.database.clone(),
+                table: self.table.clone(),
+            }),
+        };
+        Ok(self.client.clone().write(req).await?.into_inner().revision)
+    }
+
+    /// Reads one record; `Err` with `is_not_found()` when there is none.
+    pub async fn read(&self, key: &str) -> Result<pb::Record, Error> {
+        let mut recs = self.query(key, Query::default()).await?;
+        recs.pop()
+            .ok_or_else(|| Error::Status(tonic::Status::not_found(format!("{key} not found"))))
+    }
+
+    /// Reads records matching `key` with the given options.
+    pub async fn query(&self, key: &str, q: Query) -> Result<Vec<pb::Record>, Error> {
+        let req = pb::ReadRequest {
+            key: key.to_string(),
+            options: Some(pb::ReadOptions {
+                database: self.database.clone(),
+                table: self.table.clone(),
+                prefix: q.prefix,
+                suffix: q.suffix,
+                limit: q.limit,
+                offset: q.offset,
+                order: if q.descending { "desc" } else { "asc" }.into(),
+                consistency: if q.serializable { "serializable" } else { "" }.into(),
+            }),
+        };
+        match self.client.clone().read(req).await {
+            Ok(r) => Ok(r.into_inner().records),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(Vec::new()),
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    /// Deletes a record.
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        let req = pb::DeleteRequest {
+            key: key.to_string(),
+            options: Some(pb::DeleteOptions {
+                database: self.database.clone(),
+                table: self.table.clone(),
+            }),
+        };
+        self.client.clone().delete(req).await?;
+        Ok(())
+    }
+
+    /// Lists keys (optionally under a prefix), gathering the server stream.
+    pub async fn list(&self, prefix: &str, limit: u64) -> Result<Vec<String>, Error> {
+        let req = pb::ListRequest {
+            options: Some(pb::ListOptions {
+                database: self.database.clone(),
+                table: self.table.clone(),
+                prefix: prefix.to_string(),
+                limit,
+                ..Default::default()
+            }),
+        };
+        let mut stream = self.client.clone().list(req).await?.into_inner();
+        let mut keys = Vec::new();
+        while let Some(msg) = stream.next().await {
+            keys.extend(msg?.keys);
+        }
+        Ok(keys)
+    }
+
+    pub async fn databases(&self) -> Result<Vec<String>, Error> {
+        Ok(self
+            .client
+            .clone()
+            .databases(pb::DatabasesRequest {})
+            .await?
+            .into_inner()
+            .databases)
+    }
+
+    pub async fn tables(&self, database: &str) -> Result<Vec<String>, Error> {
+        Ok(self
+            .client
+            .clone()
+            .tables(pb::TablesRequest {
+                database: database.to_string(),
+            })
+            .await?
+            .into_inner()
+            .tables)
+    }
+
+    /// Compare-and-swap: applies `success` if every guard holds, else `failure`.
+    pub async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, Error> {
+        Ok(self.client.clone().txn(req).await?.into_inner())
+    }
+}

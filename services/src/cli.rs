@@ -1,0 +1,415 @@
+//! The `micro` command line. `micro server` runs a node; the rest are gRPC clients of one.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use comfy_table::{presets::NOTHING, Table};
+use micro::proto::store::Record;
+use micro::store::Query;
+use micro::Client;
+use micro_cluster::NodeConfig;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "micro", version, about = "Micro: a platform for microservices in one binary")]
+struct Cli {
+    /// gRPC address of the node to talk to
+    #[arg(long, global = true, env = "MICRO_SERVER", default_value = "127.0.0.1:8081")]
+    server: String,
+    /// Output format
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node (a single-node cluster by default)
+    Server(ServerArgs),
+    /// The key-value store
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
+    /// Cluster membership and health
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// This node's id (1, 2, 3, ...)
+    #[arg(long, env = "MICRO_NODE_ID", default_value_t = 1)]
+    node_id: u64,
+    /// Where the node keeps its log, views and snapshots
+    #[arg(long, env = "MICRO_DATA_DIR", default_value = "./micro-data")]
+    data_dir: PathBuf,
+    /// HTTP gateway address
+    #[arg(long, env = "MICRO_HTTP", default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// gRPC address for clients
+    #[arg(long, env = "MICRO_GRPC", default_value = "127.0.0.1:8081")]
+    grpc: std::net::SocketAddr,
+    /// Address for Raft traffic between nodes
+    #[arg(long, env = "MICRO_PEER", default_value = "127.0.0.1:8085")]
+    peer: std::net::SocketAddr,
+    /// Peer address other nodes should use for this one (default: from --initial-cluster or --peer)
+    #[arg(long, env = "MICRO_ADVERTISE_PEER")]
+    advertise_peer: Option<String>,
+    /// Founding members, e.g. "1=127.0.0.1:8085,2=127.0.0.1:9085,3=127.0.0.1:10085"
+    /// (ignored when the data dir already holds a cluster)
+    #[arg(long, env = "MICRO_INITIAL_CLUSTER", default_value = "")]
+    initial_cluster: String,
+    /// Shared secret for peer traffic; every member needs the same one
+    #[arg(long, env = "MICRO_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
+    /// Snapshot (and compact the log) every this many applied entries
+    #[arg(long, default_value_t = 20_000)]
+    snapshot_every: u64,
+}
+
+#[derive(Args, Clone)]
+struct Scope {
+    /// Database (default "micro")
+    #[arg(short = 'd', long, default_value = "")]
+    database: String,
+    /// Table (default "micro")
+    #[arg(short = 't', long, default_value = "")]
+    table: String,
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Write a record
+    Write {
+        key: String,
+        value: String,
+        /// Time to live, e.g. 10s, 5m, 1h
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expiry: Option<Duration>,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Read a record (or records with --prefix / --suffix)
+    Read {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        #[arg(long)]
+        suffix: bool,
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        #[arg(long, value_parser = ["asc", "desc"], default_value = "asc")]
+        order: String,
+        /// Read this node's copy without asking the leader (faster, may be stale)
+        #[arg(long)]
+        serializable: bool,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Delete a record
+    Delete {
+        key: String,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// List keys
+    List {
+        /// Only keys starting with this
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// List databases
+    Databases,
+    /// List the tables of a database
+    Tables {
+        #[arg(short = 'd', long, default_value = "")]
+        database: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Members, leader, term and progress of every node
+    Status,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Server(args) => server(args).await,
+            Cmd::Store { cmd } => store(&cli.server, cli.output, cmd).await,
+            Cmd::Cluster { cmd } => cluster(&cli.server, cli.output, cmd).await,
+        }
+    });
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+const TOKEN_FILE: &str = "cluster-token";
+
+fn random_token() -> anyhow::Result<String> {
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness for a cluster token: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The flag wins; else the token saved in the data dir; else a new single-node cluster makes
+/// one. A multi-node bootstrap must be given one, so that every member shares it.
+fn resolve_token(args: &ServerArgs, multi: bool) -> anyhow::Result<String> {
+    std::fs::create_dir_all(&args.data_dir)?;
+    let file = args.data_dir.join(TOKEN_FILE);
+    let saved = std::fs::read_to_string(&file).ok().map(|s| s.trim().to_string());
+    let token = match (&args.cluster_token, saved) {
+        (Some(t), _) => t.clone(),
+        (None, Some(s)) if !s.is_empty() => return Ok(s),
+        (None, _) if !multi => random_token()?,
+        (None, _) => anyhow::bail!(
+            "a cluster with --initial-cluster needs a shared secret: pass the same --cluster-token (or MICRO_CLUSTER_TOKEN) to every node"
+        ),
+    };
+    if token.len() < 8 {
+        anyhow::bail!("--cluster-token is too short: use at least 8 characters");
+    }
+    write_private(&file, &token)?;
+    Ok(token)
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let initial = NodeConfig::parse_initial_cluster(&args.initial_cluster)
+        .map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?;
+    let token = resolve_token(&args, initial.len() > 1)?;
+    let mut node = NodeConfig::new(args.node_id, args.data_dir.clone(), args.peer);
+    node.initial_cluster = initial;
+    node.advertise_peer = args.advertise_peer.clone();
+    node.cluster_token = token;
+    node.snapshot_every = args.snapshot_every.max(1);
+    node.keep_behind_snapshot = (args.snapshot_every / 4).clamp(100, 5_000);
+    let cfg = crate::server::ServerConfig {
+        node,
+        grpc: args.grpc,
+        http: args.http,
+    };
+    crate::server::run(cfg, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut i), Ok(mut t)) => {
+                tokio::select! {
+                    _ = i.recv() => {}
+                    _ = t.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn table(headers: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(headers.iter().map(|h| h.to_uppercase()));
+    t
+}
+
+fn record_json(r: &Record) -> Value {
+    let mut v = json!({
+        "key": r.key,
+        "expiry": r.expiry,
+        "create_revision": r.create_revision,
+        "mod_revision": r.mod_revision,
+        "version": r.version,
+        "metadata": r.metadata.iter().map(|(k, f)| (k.clone(), json!({"type": f.r#type, "value": f.value}))).collect::<serde_json::Map<_, _>>(),
+    });
+    match std::str::from_utf8(&r.value) {
+        Ok(s) => v["value"] = json!(s),
+        Err(_) => {
+            use base64::Engine;
+            v["value_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&r.value));
+        }
+    }
+    v
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn store(server: &str, out: Output, cmd: StoreCmd) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(server).await?;
+    match cmd {
+        StoreCmd::Write { key, value, expiry, scope } => {
+            let rev = client
+                .store()
+                .scope(&scope.database, &scope.table)
+                .write_with_ttl(&key, value.into_bytes(), expiry)
+                .await?;
+            if out == Output::Json {
+                print_json(&json!({"key": key, "revision": rev}));
+            }
+        }
+        StoreCmd::Read { key, prefix, suffix, limit, offset, order, serializable, scope } => {
+            let q = Query { prefix, suffix, limit, offset, descending: order == "desc", serializable };
+            let recs = client.store().scope(&scope.database, &scope.table).query(&key, q).await?;
+            if recs.is_empty() && !prefix && !suffix {
+                eprintln!("key {key:?} not found");
+                return Ok(ExitCode::FAILURE);
+            }
+            match out {
+                Output::Json => print_json(&Value::Array(recs.iter().map(record_json).collect())),
+                Output::Table if !prefix && !suffix => {
+                    println!("{}", String::from_utf8_lossy(&recs[0].value));
+                }
+                Output::Table => {
+                    let mut t = table(&["key", "value", "expiry"]);
+                    for r in &recs {
+                        let exp = if r.expiry > 0 { format!("{}s", r.expiry) } else { "-".into() };
+                        t.add_row(vec![r.key.clone(), String::from_utf8_lossy(&r.value).into_owned(), exp]);
+                    }
+                    println!("{t}");
+                }
+            }
+        }
+        StoreCmd::Delete { key, scope } => {
+            client.store().scope(&scope.database, &scope.table).delete(&key).await?;
+            if out == Output::Json {
+                print_json(&json!({"key": key, "deleted": true}));
+            }
+        }
+        StoreCmd::List { prefix, limit, scope } => {
+            let keys = client.store().scope(&scope.database, &scope.table).list(&prefix, limit).await?;
+            match out {
+                Output::Json => print_json(&json!(keys)),
+                Output::Table => keys.iter().for_each(|k| println!("{k}")),
+            }
+        }
+        StoreCmd::Databases => {
+            let dbs = client.store().databases().await?;
+            match out {
+                Output::Json => print_json(&json!(dbs)),
+                Output::Table => dbs.iter().for_each(|d| println!("{d}")),
+            }
+        }
+        StoreCmd::Tables { database } => {
+            let tables = client.store().tables(&database).await?;
+            match out {
+                Output::Json => print_json(&json!(tables)),
+                Output::Table => tables.iter().for_each(|t| println!("{t}")),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cluster(server: &str, out: Output, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(server).await?;
+    match cmd {
+        ClusterCmd::Status => {
+            let s = client.cluster_status().await?;
+            match out {
+                Output::Json => print_json(&json!({
+                    "leader": if s.leader == 0 { Value::Null } else { json!(s.leader) },
+                    "term": s.term,
+                    "node_id": s.node_id,
+                    "members": s.members.iter().map(|m| json!({
+                        "id": m.id,
+                        "role": m.role,
+                        "state": m.state,
+                        "peer_address": m.peer_address,
+                        "grpc_address": m.grpc_address,
+                        "http_address": m.http_address,
+                        "term": m.term,
+                        "last_log_index": m.last_log_index,
+                        "applied_index": m.applied_index,
+                    })).collect::<Vec<_>>(),
+                })),
+                Output::Table => {
+                    let leader = if s.leader == 0 { "none".to_string() } else { s.leader.to_string() };
+                    println!("leader: {leader}   term: {}   answered by: node {}", s.term, s.node_id);
+                    let mut t = table(&["id", "role", "state", "peer", "grpc", "term", "last log", "applied"]);
+                    for m in &s.members {
+                        t.add_row(vec![
+                            m.id.to_string(),
+                            m.role.clone(),
+                            m.state.clone(),
+                            m.peer_address.clone(),
+                            m.grpc_address.clone(),
+                            m.term.to_string(),
+                            m.last_log_index.to_string(),
+                            m.applied_index.to_string(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,381 @@
+//! The HTTP gateway: Micro v3's `/[service]/[method]` mapping onto gRPC.
+//!
+//! A path resolves to a service and an endpoint as Micro's API gateway does (see
+//! [`resolve`]); the endpoint names a gRPC method whose request and response types come from
+//! the services' descriptors, so JSON converts to protobuf and back by reflection (proto3 JSON
+//! mapping: bytes are base64). The call goes to this node's own gRPC port, so HTTP clients get
+//! exactly the gRPC behaviour, errors included.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::{Buf, BufMut, BytesMut};
+use futures::StreamExt;
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor};
+use serde_json::{Map, Value};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+
+use crate::errors::{http_status, micro_error};
+
+/// Protobuf packages the gateway exposes (the internal peer protocol is not one of them).
+const PUBLIC_PACKAGES: &[&str] = &["store", "cluster"];
+/// Large enough for a base64 value just over the store's 1.5 MiB limit to reach validation
+/// and get a 400 naming the field instead of a bare 413.
+const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+pub struct Gateway {
+    pool: DescriptorPool,
+    channel: Channel,
+}
+
+impl Gateway {
+    /// A gateway calling the gRPC front end at `grpc_addr`.
+    pub fn new(grpc_addr: std::net::SocketAddr) -> anyhow::Result<Gateway> {
+        let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET)?;
+        let mut target = grpc_addr;
+        if target.ip().is_unspecified() {
+            target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Gateway { pool, channel })
+    }
+
+    pub fn router(self) -> Router {
+        Router::new()
+            .fallback(handle)
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .with_state(Arc::new(self))
+    }
+}
+
+/// `read-all` → `ReadAll`, `read_all` → `ReadAll`, `read` → `Read`.
+fn camel(segment: &str) -> String {
+    segment
+        .split(['-', '_'])
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let mut c = s.chars();
+            match c.next() {
+                Some(f) => f.to_uppercase().chain(c).collect::<String>(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}
+
+fn is_version(s: &str) -> bool {
+    s.len() > 1 && s.starts_with('v') && s[1..].chars().all(|c| c.is_ascii_digit())
+}
+
+/// Micro v3's path → (service, endpoint) resolution:
+/// `/foo` → (`foo`, `Foo.Call`); `/foo/bar` → (`foo`, `Foo.Bar`); `/foo/bar/baz` → (`foo`,
+/// `Bar.Baz`); longer paths put the extra leading segments into the service name
+/// (`/foo/bar/baz/cat` → (`foo.bar`, `Baz.Cat`)); a leading version segment joins the service
+/// name (`/v1/foo/bar` → (`v1.foo`, `Foo.Bar`)).
+pub fn resolve(path: &str) -> Option<(String, String)> {
+    let mut parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if parts.is_empty() {
+        return None;
+    }
+    let mut prefix = String::new();
+    if is_version(parts[0]) && parts.len() > 1 {
+        prefix = format!("{}.", parts.remove(0));
+    }
+    let (service, endpoint) = match parts.len() {
+        1 => (parts[0].to_string(), format!("{}.Call", camel(parts[0]))),
+        2 => (parts[0].to_string(), format!("{}.{}", camel(parts[0]), camel(parts[1]))),
+        n => (
+            parts[..n - 2].join("."),
+            format!("{}.{}", camel(parts[n - 2]), camel(parts[n - 1])),
+        ),
+    };
+    Some((format!("{prefix}{service}"), endpoint))
+}
+
+fn error(id: &str, status: StatusCode, detail: impl AsRef<str>) -> Response {
+    (status, axum::Json(micro_error(id, status, detail.as_ref()))).into_response()
+}
+
+async fn handle(State(gw): State<Arc<Gateway>>, method: Method, uri: Uri, body: Bytes) -> Response {
+    let Some((service, endpoint)) = resolve(uri.path()) else {
+        return error("micro.gateway", StatusCode::NOT_FOUND, "no service in the path; try /store/read");
+    };
+    let id = format!("micro.{service}");
+    let rpc = match find_method(&gw.pool, &service, &endpoint) {
+        Ok(m) => m,
+        Err((status, detail)) => return error(&id, status, detail),
+    };
+    if rpc.is_client_streaming() {
+        return error(&id, StatusCode::BAD_REQUEST, format!("{endpoint} takes a stream of requests; call it over gRPC"));
+    }
+    let input = match request_json(&rpc.input(), &method, &uri, &body) {
+        Ok(v) => v,
+        Err(detail) => return error(&id, StatusCode::BAD_REQUEST, detail),
+    };
+    let msg = match to_message(&rpc.input(), &input) {
+        Ok(m) => m,
+        Err(detail) => return error(&id, StatusCode::BAD_REQUEST, detail),
+    };
+    match call(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
+        Ok(bytes) => match DynamicMessage::decode(rpc.output(), bytes) {
+            Ok(out) => {
+                let opts = prost_reflect::SerializeOptions::new()
+                    .stringify_64_bit_integers(false)
+                    .use_proto_field_name(true);
+                match out.serialize_with_options(serde_json::value::Serializer, &opts) {
+                    Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+                    Err(e) => error(&id, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
+            }
+            Err(e) => error(&id, StatusCode::INTERNAL_SERVER_ERROR, format!("bad response: {e}")),
+        },
+        Err(status) => error(&id, http_status(status.code()), status.message()),
+    }
+}
+
+fn find_method(
+    pool: &DescriptorPool,
+    service: &str,
+    endpoint: &str,
+) -> Result<MethodDescriptor, (StatusCode, String)> {
+    let known = PUBLIC_PACKAGES.contains(&service);
+    let (svc, method) = endpoint.split_once('.').unwrap_or((endpoint, "Call"));
+    let full = format!("{service}.{svc}");
+    let found = known
+        .then(|| pool.get_service_by_name(&full))
+        .flatten();
+    let Some(sd) = found else {
+        if known {
+            return Err((StatusCode::BAD_REQUEST, format!("service {service} has no endpoint {endpoint}")));
+        }
+        return Err((StatusCode::NOT_FOUND, format!("service {service} not found")));
+    };
+    let found = sd.methods().find(|m| m.name() == method);
+    found.ok_or_else(|| {
+        let names: Vec<String> = sd.methods().map(|m| format!("{svc}.{}", m.name())).collect();
+        (
+            StatusCode::BAD_REQUEST,
+            format!("service {service} has no endpoint {endpoint}; it has {}", names.join(", ")),
+        )
+    })
+}
+
+/// The request as JSON: the body (empty means `{}`), or for GET the query string.
+fn request_json(desc: &MessageDescriptor, method: &Method, uri: &Uri, body: &[u8]) -> Result<Value, String> {
+    if method == Method::GET && body.is_empty() {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or(""))
+            .map_err(|e| format!("bad query string: {e}"))?;
+        return query_to_json(desc, &pairs);
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Map::new()));
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("request body must be a JSON object".into());
+    }
+    Ok(v)
+}
+
+/// `options.prefix=true&key=a` → `{"options":{"prefix":true},"key":"a"}`, typed by the
+/// message's fields.
+fn query_to_json(desc: &MessageDescriptor, pairs: &[(String, String)]) -> Result<Value, String> {
+    let mut root = Map::new();
+    for (path, raw) in pairs {
+        let mut msg = desc.clone();
+        let mut obj = &mut root;
+        let segs: Vec<&str> = path.split('.').collect();
+        for (i, seg) in segs.iter().enumerate() {
+            let field = msg
+                .get_field_by_name(seg)
+                .or_else(|| msg.get_field_by_json_name(seg))
+                .ok_or_else(|| format!("unknown query parameter {path}"))?;
+            if i + 1 == segs.len() {
+                let v = match field.kind() {
+                    Kind::Bool => Value::Bool(raw.parse().map_err(|_| format!("{path} must be true or false"))?),
+                    Kind::Int32 | Kind::Int64 | Kind::Sint32 | Kind::Sint64 | Kind::Sfixed32 | Kind::Sfixed64 => {
+                        Value::from(raw.parse::<i64>().map_err(|_| format!("{path} must be an integer"))?)
+                    }
+                    Kind::Uint32 | Kind::Uint64 | Kind::Fixed32 | Kind::Fixed64 => {
+                        Value::from(raw.parse::<u64>().map_err(|_| format!("{path} must be a non-negative integer"))?)
+                    }
+                    _ => Value::String(raw.clone()),
+                };
+                obj.insert(field.json_name().to_string(), v);
+            } else {
+                let Kind::Message(m) = field.kind() else {
+                    return Err(format!("{path}: {seg} is not a message"));
+                };
+                msg = m;
+                obj = obj
+                    .entry(field.json_name().to_string())
+                    .or_insert_with(|| Value::Object(Map::new()))
+                    .as_object_mut()
+                    .ok_or_else(|| format!("{path} conflicts with another parameter"))?;
+            }
+        }
+    }
+    Ok(Value::Object(root))
+}
+
+fn deserialize(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage, serde_json::Error> {
+    let opts = prost_reflect::DeserializeOptions::new().deny_unknown_fields(false);
+    DynamicMessage::deserialize_with_options(desc.clone(), v, &opts)
+}
+
+/// Converts JSON to the request message; on failure names the offending field.
+fn to_message(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage, String> {
+    deserialize(desc, v).map_err(|e| match bad_field(desc, v, "") {
+        Some(detail) => detail,
+        None => format!("invalid request: {e}"),
+    })
+}
+
+/// Finds the first field whose value does not fit its type, descending into messages.
+fn bad_field(desc: &MessageDescriptor, v: &Value, path: &str) -> Option<String> {
+    let obj = v.as_object()?;
+    for (k, val) in obj {
+        let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+        let Some(field) = desc.get_field_by_json_name(k).or_else(|| desc.get_field_by_name(k)) else {
+            continue;
+        };
+        let single = Value::Object(Map::from_iter([(k.clone(), val.clone())]));
+        if let Err(e) = deserialize(desc, &single) {
+            if let (Kind::Message(m), false) = (field.kind(), field.is_list() || field.is_map()) {
+                if let Some(inner) = bad_field(&m, val, &here) {
+                    return Some(inner);
+                }
+            }
+            return Some(format!("invalid field {here}: {}", strip_position(&e.to_string())));
+        }
+    }
+    None
+}
+
+fn strip_position(s: &str) -> &str {
+    s.split(" at line ").next().unwrap_or(s)
+}
+
+/// Calls `rpc` on the local gRPC front end with an encoded request.
+async fn call(channel: &Channel, rpc: &MethodDescriptor, body: Bytes) -> Result<Bytes, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("gRPC front end not ready: {e}")))?;
+    let path = http::uri::PathAndQuery::from_str(&format!("/{}/{}", rpc.parent_service().full_name(), rpc.name()))
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let req = tonic::Request::new(body);
+    if rpc.is_server_streaming() {
+        // Protobuf merges concatenated messages (repeated fields append), so the stream's
+        // messages joined are one message holding all of them.
+        let mut stream = grpc.server_streaming(req, path, RawCodec).await?.into_inner();
+        let mut all = BytesMut::new();
+        while let Some(part) = stream.next().await {
+            all.put(part?);
+        }
+        Ok(all.freeze())
+    } else {
+        Ok(grpc.unary(req, path, RawCodec).await?.into_inner())
+    }
+}
+
+/// A codec that passes encoded protobuf through untouched.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(p: &str) -> Option<(String, String)> {
+        resolve(p)
+    }
+
+    #[test]
+    fn resolves_paths_like_micro() {
+        let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        assert_eq!(r("/foo"), pair("foo", "Foo.Call"));
+        assert_eq!(r("/foo/bar"), pair("foo", "Foo.Bar"));
+        assert_eq!(r("/foo/bar/baz"), pair("foo", "Bar.Baz"));
+        assert_eq!(r("/foo/bar/baz/cat"), pair("foo.bar", "Baz.Cat"));
+        assert_eq!(r("/v1/foo/bar"), pair("v1.foo", "Foo.Bar"));
+        assert_eq!(r("/store/read-all"), pair("store", "Store.ReadAll"));
+        assert_eq!(r("/"), None);
+    }
+
+    #[test]
+    fn finds_platform_methods_and_names_missing_ones() {
+        let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET).unwrap();
+        assert_eq!(find_method(&pool, "store", "Store.Read").unwrap().name(), "Read");
+        let (code, detail) = find_method(&pool, "store", "Store.Nope").unwrap_err();
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(detail.contains("Store.Read"), "{detail}");
+        assert_eq!(find_method(&pool, "nope", "Nope.Call").unwrap_err().0, StatusCode::NOT_FOUND);
+        // The peer protocol is never reachable through the gateway.
+        assert_eq!(find_method(&pool, "raft", "Peer.Vote").unwrap_err().0, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn names_the_field_with_the_wrong_type() {
+        let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let m = pool.get_message_by_name("store.ReadRequest").unwrap();
+        let err = to_message(&m, &serde_json::json!({"key": "a", "options": {"prefix": "yes"}})).unwrap_err();
+        assert!(err.contains("options.prefix"), "{err}");
+        let err = to_message(&m, &serde_json::json!({"key": 5})).unwrap_err();
+        assert!(err.contains("field key"), "{err}");
+    }
+
+    #[test]
+    fn query_strings_are_typed_by_the_message() {
+        let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let m = pool.get_message_by_name("store.ReadRequest").unwrap();
+        let pairs = vec![("key".to_string(), "12".to_string()), ("options.limit".to_string(), "3".to_string()), ("options.prefix".to_string(), "true".to_string())];
+        let v = query_to_json(&m, &pairs).unwrap();
+        assert_eq!(v, serde_json::json!({"key": "12", "options": {"limit": 3, "prefix": true}}));
+        assert!(to_message(&m, &v).is_ok());
+        assert!(query_to_json(&m, &[("nope".into(), "1".into())]).is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! The gRPC services: thin adapters between protobuf and [`micro_cluster::Node`].
+
+pub mod cluster;
+pub mod store;

@@ -1,0 +1,262 @@
+//! `store.Store`, Micro v3 compatible.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use futures::Stream;
+use micro_cluster::{now_ms, Node};
+use micro_proto::store as pb;
+use micro_state::views::store::{self as view, Query};
+use micro_state::{Command, Compare, Delete, MetaField, Outcome, Put, Txn};
+use tonic::{Request, Response, Status};
+
+use crate::errors::{invalid, status};
+
+pub struct StoreService {
+    node: Node,
+}
+
+impl StoreService {
+    pub fn new(node: Node) -> Self {
+        StoreService { node }
+    }
+
+    pub fn server(node: Node) -> pb::store_server::StoreServer<StoreService> {
+        pb::store_server::StoreServer::new(StoreService::new(node))
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    async fn barrier(&self, consistency: &str, field: &str) -> Result<(), Status> {
+        let linearizable = match consistency {
+            "" | "linearizable" => true,
+            "serializable" => false,
+            other => {
+                return Err(invalid(
+                    field,
+                    format!("is {other:?}; use \"linearizable\" or \"serializable\""),
+                ))
+            }
+        };
+        self.node.read_barrier(linearizable).await.map_err(status)
+    }
+}
+
+fn descending(order: &str, field: &str) -> Result<bool, Status> {
+    match order {
+        "" | "asc" => Ok(false),
+        "desc" => Ok(true),
+        other => Err(invalid(field, format!("is {other:?}; use \"asc\" or \"desc\""))),
+    }
+}
+
+fn to_record(e: view::Entry, now: u64) -> pb::Record {
+    let expiry = e
+        .record
+        .expiry_ms
+        .map_or(0, |at| at.saturating_sub(now).div_ceil(1000) as i64);
+    pb::Record {
+        key: e.key,
+        value: e.record.value,
+        expiry,
+        metadata: e
+            .record
+            .metadata
+            .into_iter()
+            .map(|(k, f)| {
+                (
+                    k,
+                    pb::Field {
+                        r#type: f.kind,
+                        value: f.value,
+                    },
+                )
+            })
+            .collect(),
+        create_revision: e.record.create_revision,
+        mod_revision: e.record.mod_revision,
+        version: e.record.version,
+    }
+}
+
+fn put_command(req: pb::WriteRequest, field: &str) -> Result<Command, Status> {
+    let rec = req
+        .record
+        .ok_or_else(|| invalid(&format!("{field}record"), "is required"))?;
+    if rec.expiry < 0 {
+        return Err(invalid(
+            &format!("{field}record.expiry"),
+            "must be 0 (no expiry) or a number of seconds",
+        ));
+    }
+    let opts = req.options.unwrap_or_default();
+    let metadata: BTreeMap<String, MetaField> = rec
+        .metadata
+        .into_iter()
+        .map(|(k, f)| {
+            (
+                k,
+                MetaField {
+                    kind: f.r#type,
+                    value: f.value,
+                },
+            )
+        })
+        .collect();
+    Ok(Command::Put(Put {
+        db: opts.database,
+        table: opts.table,
+        key: rec.key,
+        value: rec.value,
+        metadata,
+        ttl_ms: (rec.expiry as u64).saturating_mul(1000),
+    }))
+}
+
+fn delete_command(req: pb::DeleteRequest) -> Command {
+    let opts = req.options.unwrap_or_default();
+    Command::Delete(Delete {
+        db: opts.database,
+        table: opts.table,
+        key: req.key,
+    })
+}
+
+fn txn_ops(ops: Vec<pb::TxnOp>, branch: &str) -> Result<Vec<Command>, Status> {
+    ops.into_iter()
+        .enumerate()
+        .map(|(i, op)| match op.op {
+            Some(pb::txn_op::Op::Write(w)) => put_command(w, &format!("{branch}[{i}].write.")),
+            Some(pb::txn_op::Op::Delete(d)) => Ok(delete_command(d)),
+            None => Err(invalid(&format!("{branch}[{i}]"), "needs a write or a delete")),
+        })
+        .collect()
+}
+
+type ListStream = Pin<Box<dyn Stream<Item = Result<pb::ListResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::store_server::Store for StoreService {
+    async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadResponse>, Status> {
+        let req = req.into_inner();
+        let opts = req.options.unwrap_or_default();
+        if req.key.is_empty() && !opts.prefix && !opts.suffix {
+            return Err(invalid("key", "must not be empty (or set options.prefix to read everything)"));
+        }
+        let desc = descending(&opts.order, "options.order")?;
+        self.barrier(&opts.consistency, "options.consistency").await?;
+        let now = now_ms();
+        // Micro's `suffix: true` means the key is a suffix to match.
+        let q = Query {
+            db: opts.database,
+            table: opts.table,
+            key: if opts.suffix && !opts.prefix { String::new() } else { req.key.clone() },
+            prefix: opts.prefix || opts.suffix,
+            suffix: if opts.suffix { req.key.clone() } else { String::new() },
+            limit: opts.limit,
+            offset: opts.offset,
+            descending: desc,
+        };
+        let entries = view::query(self.node.view(), &q, now).map_err(|e| status(e.into()))?;
+        if entries.is_empty() && !opts.prefix && !opts.suffix {
+            return Err(Status::not_found(format!("key {:?} not found", req.key)));
+        }
+        Ok(Response::new(pb::ReadResponse {
+            records: entries.into_iter().map(|e| to_record(e, now)).collect(),
+        }))
+    }
+
+    async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let cmd = put_command(req.into_inner(), "")?;
+        let (_, out) = self.node.write(vec![cmd]).await.map_err(status)?;
+        let revision = match out.first() {
+            Some(Outcome::Put { revision }) => *revision,
+            _ => 0,
+        };
+        Ok(Response::new(pb::WriteResponse { revision }))
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.node
+            .write(vec![delete_command(req.into_inner())])
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    type ListStream = ListStream;
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<Self::ListStream>, Status> {
+        let opts = req.into_inner().options.unwrap_or_default();
+        let desc = descending(&opts.order, "options.order")?;
+        self.barrier(&opts.consistency, "options.consistency").await?;
+        let q = Query {
+            db: opts.database,
+            table: opts.table,
+            key: opts.prefix,
+            prefix: true,
+            suffix: opts.suffix,
+            limit: opts.limit,
+            offset: opts.offset,
+            descending: desc,
+        };
+        let keys: Vec<String> = view::query(self.node.view(), &q, now_ms())
+            .map_err(|e| status(e.into()))?
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        let batches: Vec<Result<pb::ListResponse, Status>> = keys
+            .chunks(1000)
+            .map(|c| Ok(pb::ListResponse { keys: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(batches))))
+    }
+
+    async fn databases(&self, _req: Request<pb::DatabasesRequest>) -> Result<Response<pb::DatabasesResponse>, Status> {
+        self.barrier("", "").await?;
+        let databases = view::databases(self.node.view()).map_err(|e| status(e.into()))?;
+        Ok(Response::new(pb::DatabasesResponse { databases }))
+    }
+
+    async fn tables(&self, req: Request<pb::TablesRequest>) -> Result<Response<pb::TablesResponse>, Status> {
+        self.barrier("", "").await?;
+        let tables = view::tables(self.node.view(), &req.into_inner().database)
+            .map_err(|e| status(e.into()))?;
+        Ok(Response::new(pb::TablesResponse { tables }))
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let req = req.into_inner();
+        let txn = Txn {
+            compare: req
+                .compare
+                .into_iter()
+                .map(|c| Compare {
+                    db: c.database,
+                    table: c.table,
+                    key: c.key,
+                    mod_revision: c.mod_revision,
+                })
+                .collect(),
+            success: txn_ops(req.success, "success")?,
+            failure: txn_ops(req.failure, "failure")?,
+        };
+        let (index, out) = self.node.write(vec![Command::Txn(txn)]).await.map_err(status)?;
+        let Some(Outcome::Txn { succeeded, results }) = out.into_iter().next() else {
+            return Err(Status::internal("txn produced no outcome"));
+        };
+        let results = results
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Put { revision } => pb::TxnOpResult { revision, existed: false },
+                Outcome::Deleted { existed } => pb::TxnOpResult { revision: 0, existed },
+                _ => pb::TxnOpResult::default(),
+            })
+            .collect();
+        Ok(Response::new(pb::TxnResponse {
+            succeeded,
+            results,
+            revision: index,
+        }))
+    }
+}

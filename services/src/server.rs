@@ -1,0 +1,88 @@
+//! Assembles a node with its gRPC and HTTP front ends and runs them until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use micro_cluster::{Node, NodeConfig};
+use tokio::net::TcpListener;
+
+use crate::gateway::Gateway;
+use crate::grpc::cluster::ClusterService;
+use crate::grpc::store::StoreService;
+
+pub struct ServerConfig {
+    pub node: NodeConfig,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen for {what} on {addr}: {e}; pick another address with --{what}")
+    })
+}
+
+/// Runs a node until `shutdown` resolves, then stops it gracefully.
+pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    // Claim the client ports first so a clash fails before the node joins anything.
+    let grpc_listener = bind(cfg.grpc, "grpc").await?;
+    let http_listener = bind(cfg.http, "http").await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let mut node_cfg = cfg.node;
+    node_cfg.grpc_addr = grpc_addr.to_string();
+    node_cfg.http_addr = http_addr.to_string();
+    let node = Node::start(node_cfg.clone()).await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grpc = {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        let svc_store = StoreService::server(node.clone());
+        let svc_cluster = ClusterService::server(node.clone());
+        let stop = wait(stop_rx.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc_store)
+                .add_service(svc_cluster)
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await
+                .map_err(anyhow::Error::from)
+        })
+    };
+    let http = {
+        let router = Gateway::new(grpc_addr)?.router();
+        let stop = wait(stop_rx.clone());
+        tokio::spawn(async move {
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(anyhow::Error::from)
+        })
+    };
+
+    eprintln!(
+        "micro node {} is up: grpc {grpc_addr}, http {http_addr}, peer {}, data {}",
+        node_cfg.node_id,
+        node_cfg.peer_addr,
+        node_cfg.data_dir.display()
+    );
+    shutdown.await;
+    eprintln!("micro node {}: shutting down", node_cfg.node_id);
+    let _ = stop_tx.send(true);
+    node.shutdown().await;
+    // Clients holding connections open would keep a graceful shutdown waiting: give them a
+    // moment to finish in-flight calls, then close.
+    for (name, mut task) in [("grpc", grpc), ("http", http)] {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), &mut task).await {
+            Ok(Ok(Err(e))) => tracing::warn!("{name} server: {e}"),
+            Ok(_) => {}
+            Err(_) => task.abort(),
+        }
+    }
+    Ok(())
+}
