@@ -111,7 +111,9 @@ mod tests {
         let m = NodeConfig::parse_initial_cluster("1=127.0.0.1:8085, 2=127.0.0.1:9085").unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m[&2], "127.0.0.1:9085");
-        assert!(NodeConfig::parse_initial_cluster("1=a:1,1=b:2").unwrap_err().contains("twice"));
+        assert!(NodeConfig::parse_initial_cluster("1=a:1,1=b:2")
+            .unwrap_err()
+            .contains("twice"));
         assert!(NodeConfig::parse_initial_cluster("x=a:1").is_err());
         assert!(NodeConfig::parse_initial_cluster("0=a:1").is_err());
         assert!(NodeConfig::parse_initial_cluster("1").is_err());

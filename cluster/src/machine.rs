@@ -227,8 +227,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(snap_err(e)),
         };
-        let header = snapshot::verify(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let header =
+            snapshot::verify(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(Some(Snapshot {
             meta: SnapshotMeta {
                 last_log_id: header.last_log_id,

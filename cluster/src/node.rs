@@ -26,8 +26,13 @@ const INFO_TIMEOUT: Duration = Duration::from_millis(700);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardError {
     /// Not the leader (maybe it knows who is). Nothing was proposed: safe to retry.
-    NotLeader { leader: Option<(u64, String)> },
-    Invalid { field: String, reason: String },
+    NotLeader {
+        leader: Option<(u64, String)>,
+    },
+    Invalid {
+        field: String,
+        reason: String,
+    },
     Unavailable(String),
 }
 
@@ -299,7 +304,11 @@ impl Node {
         let calls = membership.nodes().map(|(id, node)| {
             let id = *id;
             let addr = node.addr.clone();
-            let role = if voters.contains(&id) { "voter" } else { "learner" };
+            let role = if voters.contains(&id) {
+                "voter"
+            } else {
+                "learner"
+            };
             let inner = self.inner.clone();
             async move {
                 let mut s = if id == inner.cfg.node_id {
@@ -347,7 +356,10 @@ impl Node {
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         for mut t in tasks {
             // Open peer connections keep a graceful server alive; do not wait on them forever.
-            if tokio::time::timeout(Duration::from_secs(2), &mut t).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), &mut t)
+                .await
+                .is_err()
+            {
                 t.abort();
             }
         }
@@ -417,7 +429,9 @@ impl Inner {
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ForwardError::Unavailable(e.to_string()))
             }
-            Err(RaftError::Fatal(e)) => Err(ForwardError::Unavailable(format!("raft stopped: {e}"))),
+            Err(RaftError::Fatal(e)) => {
+                Err(ForwardError::Unavailable(format!("raft stopped: {e}")))
+            }
         }
     }
 
@@ -425,7 +439,9 @@ impl Inner {
     pub(crate) async fn read_index_here(&self) -> Result<u64, ForwardError> {
         let fut = self.raft.get_read_log_id();
         match tokio::time::timeout(PEER_TIMEOUT, fut).await {
-            Err(_) => Err(ForwardError::Unavailable("leader could not reach a quorum".into())),
+            Err(_) => Err(ForwardError::Unavailable(
+                "leader could not reach a quorum".into(),
+            )),
             Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(self.leader_hint(f.leader_id, f.leader_node))
@@ -433,7 +449,9 @@ impl Inner {
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
                 Err(ForwardError::Unavailable(e.to_string()))
             }
-            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Unavailable(format!("raft stopped: {e}"))),
+            Ok(Err(RaftError::Fatal(e))) => {
+                Err(ForwardError::Unavailable(format!("raft stopped: {e}")))
+            }
         }
     }
 

@@ -54,10 +54,13 @@ impl LogStore {
 
 pub(crate) fn decode_entry(index: u64, payload: &[u8]) -> SResult<Entry<TypeConfig>> {
     codec::decode(payload).map_err(|e| {
-        StorageIOError::read_log_at_index(index, &micro_log::Error::Rocks {
-            path: String::new(),
-            message: format!("log record {index} does not decode: {e}"),
-        })
+        StorageIOError::read_log_at_index(
+            index,
+            &micro_log::Error::Rocks {
+                path: String::new(),
+                message: format!("log record {index} does not decode: {e}"),
+            },
+        )
         .into()
     })
 }

@@ -58,7 +58,9 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 fn parse_index(key: &[u8]) -> Result<u64> {
-    let b: [u8; 8] = key.try_into().map_err(|_| Error::BadKey { len: key.len() })?;
+    let b: [u8; 8] = key
+        .try_into()
+        .map_err(|_| Error::BadKey { len: key.len() })?;
     Ok(u64::from_be_bytes(b))
 }
 
@@ -97,7 +99,9 @@ impl Db {
 
     fn cf(&self, name: &str) -> &ColumnFamily {
         // The column families are created in `open`; a missing one is a programming error.
-        self.db.cf_handle(name).expect("column family opened in Db::open")
+        self.db
+            .cf_handle(name)
+            .expect("column family opened in Db::open")
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
@@ -147,7 +151,8 @@ impl Db {
             if index >= to {
                 break;
             }
-            let payload = frame::decode(index, &v).map_err(|source| Error::Corrupt { index, source })?;
+            let payload =
+                frame::decode(index, &v).map_err(|source| Error::Corrupt { index, source })?;
             out.push((index, payload.to_vec()));
         }
         Ok(out)
@@ -161,7 +166,8 @@ impl Db {
             Some(item) => {
                 let (k, v) = item.map_err(|e| self.rocks(e))?;
                 let index = parse_index(&k)?;
-                let payload = frame::decode(index, &v).map_err(|source| Error::Corrupt { index, source })?;
+                let payload =
+                    frame::decode(index, &v).map_err(|source| Error::Corrupt { index, source })?;
                 Ok(Some((index, payload.to_vec())))
             }
         }
@@ -193,7 +199,11 @@ impl Db {
     pub fn purge_log(&self, upto: u64, meta: (&[u8], &[u8])) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_RAFT), meta.0, meta.1);
-        batch.delete_range_cf(self.cf(CF_LOG), index_key(0), index_key(upto.saturating_add(1)));
+        batch.delete_range_cf(
+            self.cf(CF_LOG),
+            index_key(0),
+            index_key(upto.saturating_add(1)),
+        );
         self.write(batch, true)
     }
 
@@ -215,7 +225,9 @@ impl Db {
     // ----- Raft metadata ------------------------------------------------------------------
 
     pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.cf(CF_RAFT), key).map_err(|e| self.rocks(e))
+        self.db
+            .get_cf(self.cf(CF_RAFT), key)
+            .map_err(|e| self.rocks(e))
     }
 
     /// Writes a metadata value, durably when `sync` (the vote must be).

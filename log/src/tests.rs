@@ -10,7 +10,8 @@ fn open() -> (tempfile::TempDir, Arc<Db>) {
 fn append_read_truncate_purge() {
     let (_d, db) = open();
     let recs: Vec<(u64, Vec<u8>)> = (1..=10).map(|i| (i, vec![i as u8; 3])).collect();
-    db.append(recs.iter().map(|(i, p)| (*i, p.as_slice()))).unwrap();
+    db.append(recs.iter().map(|(i, p)| (*i, p.as_slice())))
+        .unwrap();
     assert_eq!(db.read_log(3, 6).unwrap(), recs[2..5].to_vec());
     assert_eq!(db.last_log().unwrap().unwrap().0, 10);
     db.truncate_log(8).unwrap();
@@ -24,13 +25,17 @@ fn append_read_truncate_purge() {
 #[test]
 fn a_flipped_byte_is_reported_with_its_index() {
     let (_d, db) = open();
-    db.append([(1, b"one".as_slice()), (2, b"two".as_slice())]).unwrap();
+    db.append([(1, b"one".as_slice()), (2, b"two".as_slice())])
+        .unwrap();
     let mut raw = db.raw_log_record(2).unwrap().unwrap();
     let last = raw.len() - 1;
     raw[last] ^= 0x01;
     db.put_raw_log_record(2, &raw).unwrap();
     let err = db.verify_log().unwrap_err().to_string();
-    assert!(err.starts_with("log record 2 is corrupt: crc mismatch"), "{err}");
+    assert!(
+        err.starts_with("log record 2 is corrupt: crc mismatch"),
+        "{err}"
+    );
     assert!(db.read_log(1, 3).is_err());
     assert_eq!(db.read_log(1, 2).unwrap().len(), 1);
 }
@@ -39,8 +44,14 @@ fn a_flipped_byte_is_reported_with_its_index() {
 fn a_record_moved_to_another_index_is_caught() {
     let raw = frame::encode(7, b"payload");
     assert!(frame::decode(7, &raw).is_ok());
-    assert!(matches!(frame::decode(8, &raw), Err(frame::Error::Crc { .. })));
-    assert!(matches!(frame::decode(7, &raw[..3]), Err(frame::Error::Short(3))));
+    assert!(matches!(
+        frame::decode(8, &raw),
+        Err(frame::Error::Crc { .. })
+    ));
+    assert!(matches!(
+        frame::decode(7, &raw[..3]),
+        Err(frame::Error::Short(3))
+    ));
 }
 
 #[test]

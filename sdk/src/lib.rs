@@ -85,6 +85,8 @@ impl Client {
     /// The cluster as the connected node sees it.
     pub async fn cluster_status(&self) -> Result<proto::cluster::StatusResponse, Error> {
         let mut c = proto::cluster::cluster_client::ClusterClient::new(self.channel.clone());
-        Ok(c.status(proto::cluster::StatusRequest {}).await?.into_inner())
+        Ok(c.status(proto::cluster::StatusRequest {})
+            .await?
+            .into_inner())
     }
 }

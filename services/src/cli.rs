@@ -13,10 +13,19 @@ use micro_cluster::NodeConfig;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "micro", version, about = "Micro: a platform for microservices in one binary")]
+#[command(
+    name = "micro",
+    version,
+    about = "Micro: a platform for microservices in one binary"
+)]
 struct Cli {
     /// gRPC address of the node to talk to
-    #[arg(long, global = true, env = "MICRO_SERVER", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        global = true,
+        env = "MICRO_SERVER",
+        default_value = "127.0.0.1:8081"
+    )]
     server: String,
     /// Output format
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
@@ -178,8 +187,9 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -191,7 +201,8 @@ const TOKEN_FILE: &str = "cluster-token";
 
 fn random_token() -> anyhow::Result<String> {
     let mut b = [0u8; 24];
-    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness for a cluster token: {e}"))?;
+    getrandom::fill(&mut b)
+        .map_err(|e| anyhow::anyhow!("no randomness for a cluster token: {e}"))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
@@ -214,7 +225,9 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 fn resolve_token(args: &ServerArgs, multi: bool) -> anyhow::Result<String> {
     std::fs::create_dir_all(&args.data_dir)?;
     let file = args.data_dir.join(TOKEN_FILE);
-    let saved = std::fs::read_to_string(&file).ok().map(|s| s.trim().to_string());
+    let saved = std::fs::read_to_string(&file)
+        .ok()
+        .map(|s| s.trim().to_string());
     let token = match (&args.cluster_token, saved) {
         (Some(t), _) => t.clone(),
         (None, Some(s)) if !s.is_empty() => return Ok(s),
@@ -254,7 +267,10 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
             (Ok(mut i), Ok(mut t)) => {
                 tokio::select! {
                     _ = i.recv() => {}
@@ -305,7 +321,12 @@ fn print_json(v: &Value) {
 async fn store(server: &str, out: Output, cmd: StoreCmd) -> anyhow::Result<ExitCode> {
     let client = Client::connect(server).await?;
     match cmd {
-        StoreCmd::Write { key, value, expiry, scope } => {
+        StoreCmd::Write {
+            key,
+            value,
+            expiry,
+            scope,
+        } => {
             let rev = client
                 .store()
                 .scope(&scope.database, &scope.table)
@@ -315,9 +336,29 @@ async fn store(server: &str, out: Output, cmd: StoreCmd) -> anyhow::Result<ExitC
                 print_json(&json!({"key": key, "revision": rev}));
             }
         }
-        StoreCmd::Read { key, prefix, suffix, limit, offset, order, serializable, scope } => {
-            let q = Query { prefix, suffix, limit, offset, descending: order == "desc", serializable };
-            let recs = client.store().scope(&scope.database, &scope.table).query(&key, q).await?;
+        StoreCmd::Read {
+            key,
+            prefix,
+            suffix,
+            limit,
+            offset,
+            order,
+            serializable,
+            scope,
+        } => {
+            let q = Query {
+                prefix,
+                suffix,
+                limit,
+                offset,
+                descending: order == "desc",
+                serializable,
+            };
+            let recs = client
+                .store()
+                .scope(&scope.database, &scope.table)
+                .query(&key, q)
+                .await?;
             if recs.is_empty() && !prefix && !suffix {
                 eprintln!("key {key:?} not found");
                 return Ok(ExitCode::FAILURE);
@@ -330,21 +371,41 @@ async fn store(server: &str, out: Output, cmd: StoreCmd) -> anyhow::Result<ExitC
                 Output::Table => {
                     let mut t = table(&["key", "value", "expiry"]);
                     for r in &recs {
-                        let exp = if r.expiry > 0 { format!("{}s", r.expiry) } else { "-".into() };
-                        t.add_row(vec![r.key.clone(), String::from_utf8_lossy(&r.value).into_owned(), exp]);
+                        let exp = if r.expiry > 0 {
+                            format!("{}s", r.expiry)
+                        } else {
+                            "-".into()
+                        };
+                        t.add_row(vec![
+                            r.key.clone(),
+                            String::from_utf8_lossy(&r.value).into_owned(),
+                            exp,
+                        ]);
                     }
                     println!("{t}");
                 }
             }
         }
         StoreCmd::Delete { key, scope } => {
-            client.store().scope(&scope.database, &scope.table).delete(&key).await?;
+            client
+                .store()
+                .scope(&scope.database, &scope.table)
+                .delete(&key)
+                .await?;
             if out == Output::Json {
                 print_json(&json!({"key": key, "deleted": true}));
             }
         }
-        StoreCmd::List { prefix, limit, scope } => {
-            let keys = client.store().scope(&scope.database, &scope.table).list(&prefix, limit).await?;
+        StoreCmd::List {
+            prefix,
+            limit,
+            scope,
+        } => {
+            let keys = client
+                .store()
+                .scope(&scope.database, &scope.table)
+                .list(&prefix, limit)
+                .await?;
             match out {
                 Output::Json => print_json(&json!(keys)),
                 Output::Table => keys.iter().for_each(|k| println!("{k}")),
@@ -391,9 +452,18 @@ async fn cluster(server: &str, out: Output, cmd: ClusterCmd) -> anyhow::Result<E
                     })).collect::<Vec<_>>(),
                 })),
                 Output::Table => {
-                    let leader = if s.leader == 0 { "none".to_string() } else { s.leader.to_string() };
-                    println!("leader: {leader}   term: {}   answered by: node {}", s.term, s.node_id);
-                    let mut t = table(&["id", "role", "state", "peer", "grpc", "term", "last log", "applied"]);
+                    let leader = if s.leader == 0 {
+                        "none".to_string()
+                    } else {
+                        s.leader.to_string()
+                    };
+                    println!(
+                        "leader: {leader}   term: {}   answered by: node {}",
+                        s.term, s.node_id
+                    );
+                    let mut t = table(&[
+                        "id", "role", "state", "peer", "grpc", "term", "last log", "applied",
+                    ]);
                     for m in &s.members {
                         t.add_row(vec![
                             m.id.to_string(),

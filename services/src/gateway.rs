@@ -92,7 +92,10 @@ pub fn resolve(path: &str) -> Option<(String, String)> {
     }
     let (service, endpoint) = match parts.len() {
         1 => (parts[0].to_string(), format!("{}.Call", camel(parts[0]))),
-        2 => (parts[0].to_string(), format!("{}.{}", camel(parts[0]), camel(parts[1]))),
+        2 => (
+            parts[0].to_string(),
+            format!("{}.{}", camel(parts[0]), camel(parts[1])),
+        ),
         n => (
             parts[..n - 2].join("."),
             format!("{}.{}", camel(parts[n - 2]), camel(parts[n - 1])),
@@ -107,7 +110,11 @@ fn error(id: &str, status: StatusCode, detail: impl AsRef<str>) -> Response {
 
 async fn handle(State(gw): State<Arc<Gateway>>, method: Method, uri: Uri, body: Bytes) -> Response {
     let Some((service, endpoint)) = resolve(uri.path()) else {
-        return error("micro.gateway", StatusCode::NOT_FOUND, "no service in the path; try /store/read");
+        return error(
+            "micro.gateway",
+            StatusCode::NOT_FOUND,
+            "no service in the path; try /store/read",
+        );
     };
     let id = format!("micro.{service}");
     let rpc = match find_method(&gw.pool, &service, &endpoint) {
@@ -115,7 +122,11 @@ async fn handle(State(gw): State<Arc<Gateway>>, method: Method, uri: Uri, body: 
         Err((status, detail)) => return error(&id, status, detail),
     };
     if rpc.is_client_streaming() {
-        return error(&id, StatusCode::BAD_REQUEST, format!("{endpoint} takes a stream of requests; call it over gRPC"));
+        return error(
+            &id,
+            StatusCode::BAD_REQUEST,
+            format!("{endpoint} takes a stream of requests; call it over gRPC"),
+        );
     }
     let input = match request_json(&rpc.input(), &method, &uri, &body) {
         Ok(v) => v,
@@ -136,7 +147,11 @@ async fn handle(State(gw): State<Arc<Gateway>>, method: Method, uri: Uri, body: 
                     Err(e) => error(&id, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 }
             }
-            Err(e) => error(&id, StatusCode::INTERNAL_SERVER_ERROR, format!("bad response: {e}")),
+            Err(e) => error(
+                &id,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("bad response: {e}"),
+            ),
         },
         Err(status) => error(&id, http_status(status.code()), status.message()),
     }
@@ -150,27 +165,42 @@ fn find_method(
     let known = PUBLIC_PACKAGES.contains(&service);
     let (svc, method) = endpoint.split_once('.').unwrap_or((endpoint, "Call"));
     let full = format!("{service}.{svc}");
-    let found = known
-        .then(|| pool.get_service_by_name(&full))
-        .flatten();
+    let found = known.then(|| pool.get_service_by_name(&full)).flatten();
     let Some(sd) = found else {
         if known {
-            return Err((StatusCode::BAD_REQUEST, format!("service {service} has no endpoint {endpoint}")));
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("service {service} has no endpoint {endpoint}"),
+            ));
         }
-        return Err((StatusCode::NOT_FOUND, format!("service {service} not found")));
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("service {service} not found"),
+        ));
     };
     let found = sd.methods().find(|m| m.name() == method);
     found.ok_or_else(|| {
-        let names: Vec<String> = sd.methods().map(|m| format!("{svc}.{}", m.name())).collect();
+        let names: Vec<String> = sd
+            .methods()
+            .map(|m| format!("{svc}.{}", m.name()))
+            .collect();
         (
             StatusCode::BAD_REQUEST,
-            format!("service {service} has no endpoint {endpoint}; it has {}", names.join(", ")),
+            format!(
+                "service {service} has no endpoint {endpoint}; it has {}",
+                names.join(", ")
+            ),
         )
     })
 }
 
 /// The request as JSON: the body (empty means `{}`), or for GET the query string.
-fn request_json(desc: &MessageDescriptor, method: &Method, uri: &Uri, body: &[u8]) -> Result<Value, String> {
+fn request_json(
+    desc: &MessageDescriptor,
+    method: &Method,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<Value, String> {
     if method == Method::GET && body.is_empty() {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or(""))
             .map_err(|e| format!("bad query string: {e}"))?;
@@ -179,7 +209,8 @@ fn request_json(desc: &MessageDescriptor, method: &Method, uri: &Uri, body: &[u8
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
     if !v.is_object() {
         return Err("request body must be a JSON object".into());
     }
@@ -201,13 +232,23 @@ fn query_to_json(desc: &MessageDescriptor, pairs: &[(String, String)]) -> Result
                 .ok_or_else(|| format!("unknown query parameter {path}"))?;
             if i + 1 == segs.len() {
                 let v = match field.kind() {
-                    Kind::Bool => Value::Bool(raw.parse().map_err(|_| format!("{path} must be true or false"))?),
-                    Kind::Int32 | Kind::Int64 | Kind::Sint32 | Kind::Sint64 | Kind::Sfixed32 | Kind::Sfixed64 => {
-                        Value::from(raw.parse::<i64>().map_err(|_| format!("{path} must be an integer"))?)
-                    }
-                    Kind::Uint32 | Kind::Uint64 | Kind::Fixed32 | Kind::Fixed64 => {
-                        Value::from(raw.parse::<u64>().map_err(|_| format!("{path} must be a non-negative integer"))?)
-                    }
+                    Kind::Bool => Value::Bool(
+                        raw.parse()
+                            .map_err(|_| format!("{path} must be true or false"))?,
+                    ),
+                    Kind::Int32
+                    | Kind::Int64
+                    | Kind::Sint32
+                    | Kind::Sint64
+                    | Kind::Sfixed32
+                    | Kind::Sfixed64 => Value::from(
+                        raw.parse::<i64>()
+                            .map_err(|_| format!("{path} must be an integer"))?,
+                    ),
+                    Kind::Uint32 | Kind::Uint64 | Kind::Fixed32 | Kind::Fixed64 => Value::from(
+                        raw.parse::<u64>()
+                            .map_err(|_| format!("{path} must be a non-negative integer"))?,
+                    ),
                     _ => Value::String(raw.clone()),
                 };
                 obj.insert(field.json_name().to_string(), v);
@@ -244,8 +285,15 @@ fn to_message(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage, Str
 fn bad_field(desc: &MessageDescriptor, v: &Value, path: &str) -> Option<String> {
     let obj = v.as_object()?;
     for (k, val) in obj {
-        let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-        let Some(field) = desc.get_field_by_json_name(k).or_else(|| desc.get_field_by_name(k)) else {
+        let here = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        let Some(field) = desc
+            .get_field_by_json_name(k)
+            .or_else(|| desc.get_field_by_name(k))
+        else {
             continue;
         };
         let single = Value::Object(Map::from_iter([(k.clone(), val.clone())]));
@@ -255,7 +303,10 @@ fn bad_field(desc: &MessageDescriptor, v: &Value, path: &str) -> Option<String> 
                     return Some(inner);
                 }
             }
-            return Some(format!("invalid field {here}: {}", strip_position(&e.to_string())));
+            return Some(format!(
+                "invalid field {here}: {}",
+                strip_position(&e.to_string())
+            ));
         }
     }
     None
@@ -266,18 +317,29 @@ fn strip_position(s: &str) -> &str {
 }
 
 /// Calls `rpc` on the local gRPC front end with an encoded request.
-async fn call(channel: &Channel, rpc: &MethodDescriptor, body: Bytes) -> Result<Bytes, tonic::Status> {
+async fn call(
+    channel: &Channel,
+    rpc: &MethodDescriptor,
+    body: Bytes,
+) -> Result<Bytes, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready()
         .await
         .map_err(|e| tonic::Status::unavailable(format!("gRPC front end not ready: {e}")))?;
-    let path = http::uri::PathAndQuery::from_str(&format!("/{}/{}", rpc.parent_service().full_name(), rpc.name()))
-        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_str(&format!(
+        "/{}/{}",
+        rpc.parent_service().full_name(),
+        rpc.name()
+    ))
+    .map_err(|e| tonic::Status::internal(e.to_string()))?;
     let req = tonic::Request::new(body);
     if rpc.is_server_streaming() {
         // Protobuf merges concatenated messages (repeated fields append), so the stream's
         // messages joined are one message holding all of them.
-        let mut stream = grpc.server_streaming(req, path, RawCodec).await?.into_inner();
+        let mut stream = grpc
+            .server_streaming(req, path, RawCodec)
+            .await?
+            .into_inner();
         let mut all = BytesMut::new();
         while let Some(part) = stream.next().await {
             all.put(part?);
@@ -349,20 +411,33 @@ mod tests {
     #[test]
     fn finds_platform_methods_and_names_missing_ones() {
         let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET).unwrap();
-        assert_eq!(find_method(&pool, "store", "Store.Read").unwrap().name(), "Read");
+        assert_eq!(
+            find_method(&pool, "store", "Store.Read").unwrap().name(),
+            "Read"
+        );
         let (code, detail) = find_method(&pool, "store", "Store.Nope").unwrap_err();
         assert_eq!(code, StatusCode::BAD_REQUEST);
         assert!(detail.contains("Store.Read"), "{detail}");
-        assert_eq!(find_method(&pool, "nope", "Nope.Call").unwrap_err().0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            find_method(&pool, "nope", "Nope.Call").unwrap_err().0,
+            StatusCode::NOT_FOUND
+        );
         // The peer protocol is never reachable through the gateway.
-        assert_eq!(find_method(&pool, "raft", "Peer.Vote").unwrap_err().0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            find_method(&pool, "raft", "Peer.Vote").unwrap_err().0,
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[test]
     fn names_the_field_with_the_wrong_type() {
         let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET).unwrap();
         let m = pool.get_message_by_name("store.ReadRequest").unwrap();
-        let err = to_message(&m, &serde_json::json!({"key": "a", "options": {"prefix": "yes"}})).unwrap_err();
+        let err = to_message(
+            &m,
+            &serde_json::json!({"key": "a", "options": {"prefix": "yes"}}),
+        )
+        .unwrap_err();
         assert!(err.contains("options.prefix"), "{err}");
         let err = to_message(&m, &serde_json::json!({"key": 5})).unwrap_err();
         assert!(err.contains("field key"), "{err}");
@@ -372,9 +447,16 @@ mod tests {
     fn query_strings_are_typed_by_the_message() {
         let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET).unwrap();
         let m = pool.get_message_by_name("store.ReadRequest").unwrap();
-        let pairs = vec![("key".to_string(), "12".to_string()), ("options.limit".to_string(), "3".to_string()), ("options.prefix".to_string(), "true".to_string())];
+        let pairs = vec![
+            ("key".to_string(), "12".to_string()),
+            ("options.limit".to_string(), "3".to_string()),
+            ("options.prefix".to_string(), "true".to_string()),
+        ];
         let v = query_to_json(&m, &pairs).unwrap();
-        assert_eq!(v, serde_json::json!({"key": "12", "options": {"limit": 3, "prefix": true}}));
+        assert_eq!(
+            v,
+            serde_json::json!({"key": "12", "options": {"limit": 3, "prefix": true}})
+        );
         assert!(to_message(&m, &v).is_ok());
         assert!(query_to_json(&m, &[("nope".into(), "1".into())]).is_err());
     }

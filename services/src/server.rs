@@ -18,12 +18,17 @@ pub struct ServerConfig {
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen for {what} on {addr}: {e}; pick another address with --{what}")
+        anyhow::anyhow!(
+            "cannot listen for {what} on {addr}: {e}; pick another address with --{what}"
+        )
     })
 }
 
 /// Runs a node until `shutdown` resolves, then stops it gracefully.
-pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     // Claim the client ports first so a clash fails before the node joins anything.
     let grpc_listener = bind(cfg.grpc, "grpc").await?;
     let http_listener = bind(cfg.http, "http").await?;

@@ -33,6 +33,9 @@ pub trait Read {
 /// deterministic.
 pub type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// Key-value pairs in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A store kept in memory: used by tests, the property tests and tools.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MemStore {
@@ -142,7 +145,7 @@ impl<'a, S: Read + ?Sized> Overlay<'a, S> {
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Pairs, StorageError> {
         let mut out = Vec::new();
         self.scan(from, to, false, &mut |k, v| {
             out.push((k.to_vec(), v.to_vec()));

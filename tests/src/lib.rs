@@ -56,7 +56,10 @@ pub struct TestCluster {
 impl TestCluster {
     /// Lays out `n` nodes (not started).
     pub fn new(n: u64) -> TestCluster {
-        let dir = tempfile::Builder::new().prefix("micro-test-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("micro-test-")
+            .tempdir()
+            .expect("temp dir");
         let mut specs = BTreeMap::new();
         for id in 1..=n {
             let data_dir = dir.path().join(format!("node{id}"));
@@ -73,7 +76,11 @@ impl TestCluster {
             );
         }
         let initial_cluster = if n > 1 {
-            specs.values().map(|s| format!("{}={}", s.id, s.peer)).collect::<Vec<_>>().join(",")
+            specs
+                .values()
+                .map(|s| format!("{}={}", s.id, s.peer))
+                .collect::<Vec<_>>()
+                .join(",")
         } else {
             String::new()
         };
@@ -128,7 +135,10 @@ impl TestCluster {
     /// Starts node `id` in the background, appending its output to its log file.
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let s = self.spec(id).clone();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&s.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&s.log)?;
         let child = self
             .server_command(id)
             .stdout(Stdio::from(log.try_clone()?))
@@ -158,7 +168,10 @@ impl TestCluster {
             }
             let status = c.wait()?;
             if !status.success() {
-                bail!("node {id} exited with {status} on SIGTERM; log:\n{}", self.log(id));
+                bail!(
+                    "node {id} exited with {status} on SIGTERM; log:\n{}",
+                    self.log(id)
+                );
             }
         }
         Ok(())
@@ -179,7 +192,10 @@ impl TestCluster {
             match micro::Client::connect(&self.spec(id).grpc).await {
                 Ok(c) => return Ok(c),
                 Err(e) if tokio::time::Instant::now() > deadline => {
-                    bail!("node {id} never accepted connections: {e}; log:\n{}", self.log(id))
+                    bail!(
+                        "node {id} never accepted connections: {e}; log:\n{}",
+                        self.log(id)
+                    )
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -207,8 +223,15 @@ impl TestCluster {
                 return Ok(leaders[0]);
             }
             if tokio::time::Instant::now() > deadline {
-                let logs: Vec<String> = self.running().iter().map(|i| format!("--- node {i}\n{}", self.log(*i))).collect();
-                bail!("no agreed leader within {timeout:?} (saw {leaders:?}); logs:\n{}", logs.join("\n"));
+                let logs: Vec<String> = self
+                    .running()
+                    .iter()
+                    .map(|i| format!("--- node {i}\n{}", self.log(*i)))
+                    .collect();
+                bail!(
+                    "no agreed leader within {timeout:?} (saw {leaders:?}); logs:\n{}",
+                    logs.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

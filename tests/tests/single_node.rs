@@ -26,13 +26,21 @@ async fn write_read_restart_read() -> anyhow::Result<()> {
 #[tokio::test]
 async fn cli_round_trip_and_json_output() -> anyhow::Result<()> {
     let c = TestCluster::start(1).await?;
-    let (ok, _, err) = c.cli(1, &["store", "write", "k", "v1", "-d", "app", "-t", "users"]);
+    let (ok, _, err) = c.cli(
+        1,
+        &["store", "write", "k", "v1", "-d", "app", "-t", "users"],
+    );
     assert!(ok, "{err}");
     let (ok, out, _) = c.cli(1, &["store", "read", "k", "-d", "app", "-t", "users"]);
     assert!(ok);
     assert_eq!(out.trim(), "v1");
     // --output may come after the subcommand.
-    let (ok, out, _) = c.cli(1, &["store", "read", "k", "-d", "app", "-t", "users", "--output", "json"]);
+    let (ok, out, _) = c.cli(
+        1,
+        &[
+            "store", "read", "k", "-d", "app", "-t", "users", "--output", "json",
+        ],
+    );
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(v[0]["value"], "v1");
@@ -41,7 +49,10 @@ async fn cli_round_trip_and_json_output() -> anyhow::Result<()> {
     assert!(!ok);
     assert!(err.contains("not found"), "{err}");
     let (_, out, _) = c.cli(1, &["--output", "json", "store", "databases"]);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&out)?, serde_json::json!(["app"]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)?,
+        serde_json::json!(["app"])
+    );
     let (_, out, _) = c.cli(1, &["store", "tables", "-d", "app"]);
     assert_eq!(out.trim(), "users");
     let (_, out, _) = c.cli(1, &["-o", "json", "cluster", "status"]);

@@ -15,7 +15,11 @@ fn follower_of(leader: u64, ids: &[u64]) -> u64 {
 }
 
 /// Every key `k` with `from <= k < to` reads back `v{k}`, linearizably, from node `id`.
-async fn assert_all_readable(c: &TestCluster, id: u64, keys: impl Iterator<Item = u64>) -> anyhow::Result<()> {
+async fn assert_all_readable(
+    c: &TestCluster,
+    id: u64,
+    keys: impl Iterator<Item = u64>,
+) -> anyhow::Result<()> {
     let store = c.client(id).await?.store();
     for k in keys {
         let rec = store.read(&format!("k{k:05}")).await?;
@@ -36,7 +40,10 @@ async fn bootstrap_follower_writes_failover_and_catch_up() -> anyhow::Result<()>
     for chunk in (0..1000u64).collect::<Vec<_>>().chunks(16) {
         let writes = chunk.iter().map(|k| {
             let s = store.clone();
-            async move { s.write(&format!("k{k:05}"), format!("v{k}").into_bytes()).await }
+            async move {
+                s.write(&format!("k{k:05}"), format!("v{k}").into_bytes())
+                    .await
+            }
         });
         for r in futures::future::join_all(writes).await {
             last = last.max(r?);
@@ -55,7 +62,9 @@ async fn bootstrap_follower_writes_failover_and_catch_up() -> anyhow::Result<()>
     assert_ne!(new_leader, leader);
     let survivor = c.client(follower_of(leader, &[1, 2, 3])).await?.store();
     for k in 1000..1100u64 {
-        survivor.write(&format!("k{k:05}"), format!("v{k}").into_bytes()).await?;
+        survivor
+            .write(&format!("k{k:05}"), format!("v{k}").into_bytes())
+            .await?;
     }
 
     // The old leader restarts and catches up to the same applied index.
@@ -68,10 +77,17 @@ async fn bootstrap_follower_writes_failover_and_catch_up() -> anyhow::Result<()>
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    assert_eq!(applied.len(), 1, "every node at the same applied index: {applied:?}");
+    assert_eq!(
+        applied.len(),
+        1,
+        "every node at the same applied index: {applied:?}"
+    );
     // Serializable reads on the restarted node see everything without asking the leader.
     let local = c.client(leader).await?.store();
-    let q = Query { serializable: true, ..Default::default() };
+    let q = Query {
+        serializable: true,
+        ..Default::default()
+    };
     assert_eq!(local.query("k01099", q).await?.len(), 1);
     assert_all_readable(&c, leader, 990..1100).await?;
     Ok(())
@@ -82,11 +98,17 @@ async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
     let mut c = TestCluster::start(3).await?;
     let leader = c.wait_leader(Duration::from_secs(10)).await?;
     let store = c.client(leader).await?.store();
-    store.write_with_ttl("session", b"s".to_vec(), Some(Duration::from_secs(2))).await?;
+    store
+        .write_with_ttl("session", b"s".to_vec(), Some(Duration::from_secs(2)))
+        .await?;
     store.write("keeper", b"k".to_vec()).await?;
     for id in [1, 2, 3] {
         let rec = c.client(id).await?.store().read("session").await?;
-        assert!(rec.expiry > 0 && rec.expiry <= 2, "remaining seconds: {}", rec.expiry);
+        assert!(
+            rec.expiry > 0 && rec.expiry <= 2,
+            "remaining seconds: {}",
+            rec.expiry
+        );
     }
     // After the expiry every node answers NotFound. No writes are sent: the leader's tick
     // entry must carry the clock past the expiry.
@@ -113,7 +135,10 @@ async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
         let db = micro_log::Db::open(&c.spec(id).data_dir.join("db"))?;
         let all = micro_state::views::store::query(
             &*db,
-            &micro_state::views::store::Query { prefix: true, ..Default::default() },
+            &micro_state::views::store::Query {
+                prefix: true,
+                ..Default::default()
+            },
             0, // reader clock 0: no read-time filtering, only what apply left behind
         )?;
         let keys: Vec<_> = all.iter().map(|e| e.key.as_str()).collect();
@@ -152,7 +177,10 @@ async fn acknowledged_writes_survive_kill_9_of_every_node() -> anyhow::Result<()
     // Let the writers get going (condition: some writes acknowledged), then kill everything.
     let deadline = tokio::time::Instant::now() + LONG;
     while acked.lock().unwrap().len() < 300 {
-        assert!(tokio::time::Instant::now() < deadline, "writers made no progress");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writers made no progress"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for id in [1, 2, 3] {
@@ -168,10 +196,16 @@ async fn acknowledged_writes_survive_kill_9_of_every_node() -> anyhow::Result<()
     c.wait_leader(LONG).await?;
     let store = c.client(2).await?.store();
     for key in &acked {
-        let rec = store.read(key).await.map_err(|e| anyhow::anyhow!("acknowledged {key} lost: {e}"))?;
+        let rec = store
+            .read(key)
+            .await
+            .map_err(|e| anyhow::anyhow!("acknowledged {key} lost: {e}"))?;
         assert_eq!(rec.value, key.as_bytes());
     }
-    eprintln!("{} acknowledged writes all present after kill -9 of every node", acked.len());
+    eprintln!(
+        "{} acknowledged writes all present after kill -9 of every node",
+        acked.len()
+    );
     Ok(())
 }
 
@@ -195,7 +229,10 @@ async fn a_corrupt_log_record_stops_the_node_and_is_named() -> anyhow::Result<()
         index
     };
     let out = c.server_command(3).output()?;
-    assert!(!out.status.success(), "a node with a corrupt log must refuse to start");
+    assert!(
+        !out.status.success(),
+        "a node with a corrupt log must refuse to start"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!("log record {index} is corrupt: crc mismatch")),

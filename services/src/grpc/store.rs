@@ -46,7 +46,10 @@ fn descending(order: &str, field: &str) -> Result<bool, Status> {
     match order {
         "" | "asc" => Ok(false),
         "desc" => Ok(true),
-        other => Err(invalid(field, format!("is {other:?}; use \"asc\" or \"desc\""))),
+        other => Err(invalid(
+            field,
+            format!("is {other:?}; use \"asc\" or \"desc\""),
+        )),
     }
 }
 
@@ -128,7 +131,10 @@ fn txn_ops(ops: Vec<pb::TxnOp>, branch: &str) -> Result<Vec<Command>, Status> {
         .map(|(i, op)| match op.op {
             Some(pb::txn_op::Op::Write(w)) => put_command(w, &format!("{branch}[{i}].write.")),
             Some(pb::txn_op::Op::Delete(d)) => Ok(delete_command(d)),
-            None => Err(invalid(&format!("{branch}[{i}]"), "needs a write or a delete")),
+            None => Err(invalid(
+                &format!("{branch}[{i}]"),
+                "needs a write or a delete",
+            )),
         })
         .collect()
 }
@@ -137,22 +143,37 @@ type ListStream = Pin<Box<dyn Stream<Item = Result<pb::ListResponse, Status>> + 
 
 #[tonic::async_trait]
 impl pb::store_server::Store for StoreService {
-    async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadResponse>, Status> {
+    async fn read(
+        &self,
+        req: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
         let req = req.into_inner();
         let opts = req.options.unwrap_or_default();
         if req.key.is_empty() && !opts.prefix && !opts.suffix {
-            return Err(invalid("key", "must not be empty (or set options.prefix to read everything)"));
+            return Err(invalid(
+                "key",
+                "must not be empty (or set options.prefix to read everything)",
+            ));
         }
         let desc = descending(&opts.order, "options.order")?;
-        self.barrier(&opts.consistency, "options.consistency").await?;
+        self.barrier(&opts.consistency, "options.consistency")
+            .await?;
         let now = now_ms();
         // Micro's `suffix: true` means the key is a suffix to match.
         let q = Query {
             db: opts.database,
             table: opts.table,
-            key: if opts.suffix && !opts.prefix { String::new() } else { req.key.clone() },
+            key: if opts.suffix && !opts.prefix {
+                String::new()
+            } else {
+                req.key.clone()
+            },
             prefix: opts.prefix || opts.suffix,
-            suffix: if opts.suffix { req.key.clone() } else { String::new() },
+            suffix: if opts.suffix {
+                req.key.clone()
+            } else {
+                String::new()
+            },
             limit: opts.limit,
             offset: opts.offset,
             descending: desc,
@@ -166,7 +187,10 @@ impl pb::store_server::Store for StoreService {
         }))
     }
 
-    async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let cmd = put_command(req.into_inner(), "")?;
         let (_, out) = self.node.write(vec![cmd]).await.map_err(status)?;
         let revision = match out.first() {
@@ -176,7 +200,10 @@ impl pb::store_server::Store for StoreService {
         Ok(Response::new(pb::WriteResponse { revision }))
     }
 
-    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         self.node
             .write(vec![delete_command(req.into_inner())])
             .await
@@ -186,10 +213,14 @@ impl pb::store_server::Store for StoreService {
 
     type ListStream = ListStream;
 
-    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<Self::ListStream>, Status> {
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
         let opts = req.into_inner().options.unwrap_or_default();
         let desc = descending(&opts.order, "options.order")?;
-        self.barrier(&opts.consistency, "options.consistency").await?;
+        self.barrier(&opts.consistency, "options.consistency")
+            .await?;
         let q = Query {
             db: opts.database,
             table: opts.table,
@@ -212,13 +243,19 @@ impl pb::store_server::Store for StoreService {
         Ok(Response::new(Box::pin(futures::stream::iter(batches))))
     }
 
-    async fn databases(&self, _req: Request<pb::DatabasesRequest>) -> Result<Response<pb::DatabasesResponse>, Status> {
+    async fn databases(
+        &self,
+        _req: Request<pb::DatabasesRequest>,
+    ) -> Result<Response<pb::DatabasesResponse>, Status> {
         self.barrier("", "").await?;
         let databases = view::databases(self.node.view()).map_err(|e| status(e.into()))?;
         Ok(Response::new(pb::DatabasesResponse { databases }))
     }
 
-    async fn tables(&self, req: Request<pb::TablesRequest>) -> Result<Response<pb::TablesResponse>, Status> {
+    async fn tables(
+        &self,
+        req: Request<pb::TablesRequest>,
+    ) -> Result<Response<pb::TablesResponse>, Status> {
         self.barrier("", "").await?;
         let tables = view::tables(self.node.view(), &req.into_inner().database)
             .map_err(|e| status(e.into()))?;
@@ -241,15 +278,25 @@ impl pb::store_server::Store for StoreService {
             success: txn_ops(req.success, "success")?,
             failure: txn_ops(req.failure, "failure")?,
         };
-        let (index, out) = self.node.write(vec![Command::Txn(txn)]).await.map_err(status)?;
+        let (index, out) = self
+            .node
+            .write(vec![Command::Txn(txn)])
+            .await
+            .map_err(status)?;
         let Some(Outcome::Txn { succeeded, results }) = out.into_iter().next() else {
             return Err(Status::internal("txn produced no outcome"));
         };
         let results = results
             .into_iter()
             .map(|o| match o {
-                Outcome::Put { revision } => pb::TxnOpResult { revision, existed: false },
-                Outcome::Deleted { existed } => pb::TxnOpResult { revision: 0, existed },
+                Outcome::Put { revision } => pb::TxnOpResult {
+                    revision,
+                    existed: false,
+                },
+                Outcome::Deleted { existed } => pb::TxnOpResult {
+                    revision: 0,
+                    existed,
+                },
                 _ => pb::TxnOpResult::default(),
             })
             .collect();

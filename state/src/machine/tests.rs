@@ -27,39 +27,91 @@ fn get(store: &MemStore, key: &str, now: u64) -> Option<Vec<u8>> {
         key: key.into(),
         ..Default::default()
     };
-    query(store, &q, now)
-        .unwrap()
-        .pop()
-        .map(|e| e.record.value)
+    query(store, &q, now).unwrap().pop().map(|e| e.record.value)
 }
 
 #[test]
 fn put_then_read_with_revisions() {
     let mut s = MemStore::default();
-    let out = run(&mut s, 5, &Request { time_ms: 1000, cmds: vec![put("a", "1", 0)] });
+    let out = run(
+        &mut s,
+        5,
+        &Request {
+            time_ms: 1000,
+            cmds: vec![put("a", "1", 0)],
+        },
+    );
     assert_eq!(out, vec![Outcome::Put { revision: 5 }]);
-    run(&mut s, 6, &Request { time_ms: 1001, cmds: vec![put("a", "2", 0)] });
-    let q = Query { key: "a".into(), ..Default::default() };
+    run(
+        &mut s,
+        6,
+        &Request {
+            time_ms: 1001,
+            cmds: vec![put("a", "2", 0)],
+        },
+    );
+    let q = Query {
+        key: "a".into(),
+        ..Default::default()
+    };
     let e = query(&s, &q, 0).unwrap().pop().unwrap();
     assert_eq!(e.record.value, b"2");
-    assert_eq!((e.record.create_revision, e.record.mod_revision, e.record.version), (5, 6, 2));
+    assert_eq!(
+        (
+            e.record.create_revision,
+            e.record.mod_revision,
+            e.record.version
+        ),
+        (5, 6, 2)
+    );
 }
 
 #[test]
 fn expired_records_are_purged_by_the_entry_clock() {
     let mut s = MemStore::default();
-    run(&mut s, 1, &Request { time_ms: 10_000, cmds: vec![put("t", "v", 2000)] });
+    run(
+        &mut s,
+        1,
+        &Request {
+            time_ms: 10_000,
+            cmds: vec![put("t", "v", 2000)],
+        },
+    );
     assert_eq!(get(&s, "t", 10_500), Some(b"v".to_vec()));
     // A reader past the expiry no longer sees it even before a purge.
     assert_eq!(get(&s, "t", 12_000), None);
     assert_eq!(next_expiry(&s).unwrap(), Some(12_000));
     // An entry stamped before the expiry does not purge it...
-    run(&mut s, 2, &Request { time_ms: 11_999, cmds: vec![] });
+    run(
+        &mut s,
+        2,
+        &Request {
+            time_ms: 11_999,
+            cmds: vec![],
+        },
+    );
     assert!(s.map.keys().any(|k| k[0] == keys::STORE));
     // ...one at the expiry does, and the clock never goes backwards.
-    run(&mut s, 3, &Request { time_ms: 12_000, cmds: vec![] });
-    assert!(!s.map.keys().any(|k| k[0] == keys::STORE || k[0] == keys::EXPIRY));
-    run(&mut s, 4, &Request { time_ms: 5, cmds: vec![] });
+    run(
+        &mut s,
+        3,
+        &Request {
+            time_ms: 12_000,
+            cmds: vec![],
+        },
+    );
+    assert!(!s
+        .map
+        .keys()
+        .any(|k| k[0] == keys::STORE || k[0] == keys::EXPIRY));
+    run(
+        &mut s,
+        4,
+        &Request {
+            time_ms: 5,
+            cmds: vec![],
+        },
+    );
     assert_eq!(clock_ms(&s).unwrap(), 12_000);
     assert_eq!(store::databases(&s).unwrap(), Vec::<String>::new());
 }
@@ -67,9 +119,30 @@ fn expired_records_are_purged_by_the_entry_clock() {
 #[test]
 fn rewrite_drops_the_old_expiry() {
     let mut s = MemStore::default();
-    run(&mut s, 1, &Request { time_ms: 0, cmds: vec![put("k", "1", 100)] });
-    run(&mut s, 2, &Request { time_ms: 50, cmds: vec![put("k", "2", 0)] });
-    run(&mut s, 3, &Request { time_ms: 1000, cmds: vec![] });
+    run(
+        &mut s,
+        1,
+        &Request {
+            time_ms: 0,
+            cmds: vec![put("k", "1", 100)],
+        },
+    );
+    run(
+        &mut s,
+        2,
+        &Request {
+            time_ms: 50,
+            cmds: vec![put("k", "2", 0)],
+        },
+    );
+    run(
+        &mut s,
+        3,
+        &Request {
+            time_ms: 1000,
+            cmds: vec![],
+        },
+    );
     assert_eq!(get(&s, "k", 1000), Some(b"2".to_vec()));
     assert_eq!(next_expiry(&s).unwrap(), None);
 }
@@ -77,7 +150,14 @@ fn rewrite_drops_the_old_expiry() {
 #[test]
 fn an_invalid_command_rejects_the_whole_request() {
     let mut s = MemStore::default();
-    let out = run(&mut s, 1, &Request { time_ms: 0, cmds: vec![put("ok", "1", 0), put("", "x", 0)] });
+    let out = run(
+        &mut s,
+        1,
+        &Request {
+            time_ms: 0,
+            cmds: vec![put("ok", "1", 0), put("", "x", 0)],
+        },
+    );
     assert!(matches!(&out[0], Outcome::Rejected { field, .. } if field == "key"));
     assert_eq!(get(&s, "ok", 0), None);
 }
@@ -85,19 +165,59 @@ fn an_invalid_command_rejects_the_whole_request() {
 #[test]
 fn txn_applies_one_branch() {
     let mut s = MemStore::default();
-    run(&mut s, 1, &Request { time_ms: 0, cmds: vec![put("k", "1", 0)] });
+    run(
+        &mut s,
+        1,
+        &Request {
+            time_ms: 0,
+            cmds: vec![put("k", "1", 0)],
+        },
+    );
     let txn = |rev| {
         Command::Txn(Txn {
-            compare: vec![Compare { key: "k".into(), mod_revision: rev, ..Default::default() }],
+            compare: vec![Compare {
+                key: "k".into(),
+                mod_revision: rev,
+                ..Default::default()
+            }],
             success: vec![put("k", "swapped", 0), put("outbox", "event", 0)],
-            failure: vec![Command::Delete(Delete { key: "nothing".into(), ..Default::default() })],
+            failure: vec![Command::Delete(Delete {
+                key: "nothing".into(),
+                ..Default::default()
+            })],
         })
     };
-    let out = run(&mut s, 2, &Request { time_ms: 0, cmds: vec![txn(7)] });
-    assert!(matches!(&out[0], Outcome::Txn { succeeded: false, .. }));
+    let out = run(
+        &mut s,
+        2,
+        &Request {
+            time_ms: 0,
+            cmds: vec![txn(7)],
+        },
+    );
+    assert!(matches!(
+        &out[0],
+        Outcome::Txn {
+            succeeded: false,
+            ..
+        }
+    ));
     assert_eq!(get(&s, "outbox", 0), None);
-    let out = run(&mut s, 3, &Request { time_ms: 0, cmds: vec![txn(1)] });
-    assert!(matches!(&out[0], Outcome::Txn { succeeded: true, .. }));
+    let out = run(
+        &mut s,
+        3,
+        &Request {
+            time_ms: 0,
+            cmds: vec![txn(1)],
+        },
+    );
+    assert!(matches!(
+        &out[0],
+        Outcome::Txn {
+            succeeded: true,
+            ..
+        }
+    ));
     assert_eq!(get(&s, "k", 0), Some(b"swapped".to_vec()));
     assert_eq!(get(&s, "outbox", 0), Some(b"event".to_vec()));
 }
@@ -106,35 +226,110 @@ fn txn_applies_one_branch() {
 fn databases_and_tables_track_live_records() {
     let mut s = MemStore::default();
     let mk = |db: &str, table: &str, key: &str| {
-        Command::Put(Put { db: db.into(), table: table.into(), key: key.into(), ..Default::default() })
+        Command::Put(Put {
+            db: db.into(),
+            table: table.into(),
+            key: key.into(),
+            ..Default::default()
+        })
     };
-    run(&mut s, 1, &Request { time_ms: 0, cmds: vec![mk("a", "x", "1"), mk("a", "y", "1"), mk("b", "", "1"), mk("a", "x", "2")] });
+    run(
+        &mut s,
+        1,
+        &Request {
+            time_ms: 0,
+            cmds: vec![
+                mk("a", "x", "1"),
+                mk("a", "y", "1"),
+                mk("b", "", "1"),
+                mk("a", "x", "2"),
+            ],
+        },
+    );
     assert_eq!(store::databases(&s).unwrap(), vec!["a", "b"]);
     assert_eq!(store::tables(&s, "a").unwrap(), vec!["x", "y"]);
     assert_eq!(store::tables(&s, "b").unwrap(), vec!["micro"]);
-    run(&mut s, 2, &Request { time_ms: 0, cmds: vec![Command::Delete(Delete { db: "b".into(), key: "1".into(), ..Default::default() })] });
+    run(
+        &mut s,
+        2,
+        &Request {
+            time_ms: 0,
+            cmds: vec![Command::Delete(Delete {
+                db: "b".into(),
+                key: "1".into(),
+                ..Default::default()
+            })],
+        },
+    );
     assert_eq!(store::databases(&s).unwrap(), vec!["a"]);
 }
 
 #[test]
 fn prefix_suffix_order_limit_offset() {
     let mut s = MemStore::default();
-    let cmds = ["user/1", "user/2", "user/3", "users", "other"].iter().map(|k| put(k, k, 0)).collect();
+    let cmds = ["user/1", "user/2", "user/3", "users", "other"]
+        .iter()
+        .map(|k| put(k, k, 0))
+        .collect();
     run(&mut s, 1, &Request { time_ms: 0, cmds });
-    let keys = |q: Query| query(&s, &q, 0).unwrap().into_iter().map(|e| e.key).collect::<Vec<_>>();
-    assert_eq!(keys(Query { key: "user/".into(), prefix: true, ..Default::default() }), vec!["user/1", "user/2", "user/3"]);
-    assert_eq!(keys(Query { key: "user".into(), prefix: true, descending: true, limit: 2, ..Default::default() }), vec!["users", "user/3"]);
-    assert_eq!(keys(Query { key: "user/".into(), prefix: true, offset: 1, limit: 1, ..Default::default() }), vec!["user/2"]);
-    assert_eq!(keys(Query { suffix: "2".into(), ..Default::default() }), vec!["user/2"]);
+    let keys = |q: Query| {
+        query(&s, &q, 0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(Query {
+            key: "user/".into(),
+            prefix: true,
+            ..Default::default()
+        }),
+        vec!["user/1", "user/2", "user/3"]
+    );
+    assert_eq!(
+        keys(Query {
+            key: "user".into(),
+            prefix: true,
+            descending: true,
+            limit: 2,
+            ..Default::default()
+        }),
+        vec!["users", "user/3"]
+    );
+    assert_eq!(
+        keys(Query {
+            key: "user/".into(),
+            prefix: true,
+            offset: 1,
+            limit: 1,
+            ..Default::default()
+        }),
+        vec!["user/2"]
+    );
+    assert_eq!(
+        keys(Query {
+            suffix: "2".into(),
+            ..Default::default()
+        }),
+        vec!["user/2"]
+    );
 }
 
 fn arb_cmd() -> impl Strategy<Value = Command> {
     let key = prop::sample::select(vec!["a", "b", "c", "d", ""]);
     prop_oneof![
         (key.clone(), "[a-z]{0,4}", 0u64..3000).prop_map(|(k, v, ttl)| put(k, &v, ttl)),
-        key.clone().prop_map(|k| Command::Delete(Delete { key: k.into(), ..Default::default() })),
+        key.clone().prop_map(|k| Command::Delete(Delete {
+            key: k.into(),
+            ..Default::default()
+        })),
         (key, 0u64..20).prop_map(|(k, rev)| Command::Txn(Txn {
-            compare: vec![Compare { key: k.into(), mod_revision: rev, ..Default::default() }],
+            compare: vec![Compare {
+                key: k.into(),
+                mod_revision: rev,
+                ..Default::default()
+            }],
             success: vec![put(k, "s", 500)],
             failure: vec![],
         })),

@@ -166,8 +166,8 @@ pub fn purge_expired<S: Read + ?Sized>(
     for (ek, _) in &due {
         let (_, sk) = keys::parse_expiry_key(ek)
             .ok_or_else(|| StorageError("corrupt expiry index key".into()))?;
-        let (db, rest) = keys::take_str(&sk[1..])
-            .ok_or_else(|| StorageError("corrupt store key".into()))?;
+        let (db, rest) =
+            keys::take_str(&sk[1..]).ok_or_else(|| StorageError("corrupt store key".into()))?;
         let (table, _) =
             keys::take_str(rest).ok_or_else(|| StorageError("corrupt store key".into()))?;
         ov.delete(ek.clone());
@@ -179,10 +179,15 @@ pub fn purge_expired<S: Read + ?Sized>(
 /// The earliest expiry of any record, if any record expires.
 pub fn next_expiry<S: Read + ?Sized>(s: &S) -> Result<Option<u64>, StorageError> {
     let mut first = None;
-    s.scan(&[keys::EXPIRY], Some(&[keys::EXPIRY + 1]), false, &mut |k, _| {
-        first = keys::parse_expiry_key(k).map(|(ms, _)| ms);
-        false
-    })?;
+    s.scan(
+        &[keys::EXPIRY],
+        Some(&[keys::EXPIRY + 1]),
+        false,
+        &mut |k, _| {
+            first = keys::parse_expiry_key(k).map(|(ms, _)| ms);
+            false
+        },
+    )?;
     Ok(first)
 }
 
@@ -257,14 +262,19 @@ pub fn query<S: Read + ?Sized>(s: &S, q: &Query, now_ms: u64) -> Result<Vec<Entr
 pub fn databases<S: Read + ?Sized>(s: &S) -> Result<Vec<String>, StorageError> {
     let mut out: Vec<String> = Vec::new();
     let prefix = keys::tables_prefix(None);
-    s.scan(&prefix, prefix_end(&prefix).as_deref(), false, &mut |k, _| {
-        if let Some((db, _)) = keys::take_str(&k[1..]) {
-            if out.last() != Some(&db) {
-                out.push(db);
+    s.scan(
+        &prefix,
+        prefix_end(&prefix).as_deref(),
+        false,
+        &mut |k, _| {
+            if let Some((db, _)) = keys::take_str(&k[1..]) {
+                if out.last() != Some(&db) {
+                    out.push(db);
+                }
             }
-        }
-        true
-    })?;
+            true
+        },
+    )?;
     Ok(out)
 }
 
@@ -272,9 +282,14 @@ pub fn databases<S: Read + ?Sized>(s: &S) -> Result<Vec<String>, StorageError> {
 pub fn tables<S: Read + ?Sized>(s: &S, db: &str) -> Result<Vec<String>, StorageError> {
     let prefix = keys::tables_prefix(Some(db_name(db)));
     let mut out = Vec::new();
-    s.scan(&prefix, prefix_end(&prefix).as_deref(), false, &mut |k, _| {
-        out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
-        true
-    })?;
+    s.scan(
+        &prefix,
+        prefix_end(&prefix).as_deref(),
+        false,
+        &mut |k, _| {
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            true
+        },
+    )?;
     Ok(out)
 }
