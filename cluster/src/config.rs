@@ -16,6 +16,8 @@ pub struct NodeConfig {
     pub advertise_peer: Option<String>,
     /// `id -> peer address` of the founding members; empty for a single-node cluster.
     pub initial_cluster: BTreeMap<u64, String>,
+    /// A member's peer address to join through when the data dir is empty (as a learner).
+    pub join: Option<String>,
     /// Shared secret every peer request must carry.
     pub cluster_token: String,
     /// Client-facing addresses, reported in cluster status.
@@ -37,6 +39,7 @@ impl NodeConfig {
             peer_addr,
             advertise_peer: None,
             initial_cluster: BTreeMap::new(),
+            join: None,
             cluster_token: String::new(),
             grpc_addr: String::new(),
             http_addr: String::new(),
@@ -91,6 +94,9 @@ impl NodeConfig {
                 "--initial-cluster does not list this node's id {}; add `{}={}`",
                 self.node_id, self.node_id, self.peer_addr
             ));
+        }
+        if self.join.is_some() && !self.initial_cluster.is_empty() {
+            return Err("--join and --initial-cluster exclude each other: a joining node learns the members from the cluster".into());
         }
         if self.cluster_token.is_empty() {
             return Err("a cluster token is required".into());

@@ -19,12 +19,13 @@ mod machine;
 mod network;
 pub mod node;
 mod peer;
+pub mod restore;
 pub mod snapshot;
 mod store;
 
 pub use config::NodeConfig;
 pub use error::Error;
-pub use node::{MemberStatus, Node, Status};
+pub use node::{MemberStatus, MembershipOp, Node, Status, PROMOTE_MAX_LAG};
 
 use std::io::Cursor;
 

@@ -15,9 +15,8 @@ use openraft::{
 use crate::snapshot;
 use crate::{LogId, Membership, TypeConfig};
 
-const META_APPLIED: &[u8] = &[keys::META, b'a'];
-const META_MEMBERSHIP: &[u8] = &[keys::META, b'm'];
-const SNAPSHOT_FILE: &str = "current.snap";
+use keys::{META_APPLIED, META_MEMBERSHIP};
+pub(crate) const SNAPSHOT_FILE: &str = "current.snap";
 
 type SResult<T> = Result<T, StorageError<u64>>;
 
@@ -104,14 +103,30 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
 }
 
 fn build(db: &Db, dir: &std::path::Path) -> SResult<Snapshot<TypeConfig>> {
+    let (bytes, meta) = snapshot_bytes(db)?;
+    write_file_durably(&dir.join(SNAPSHOT_FILE), &bytes).map_err(snap_err)?;
+    tracing::info!(snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(bytes),
+    })
+}
+
+/// A snapshot file of the keyspace as of now (a consistent RocksDB snapshot), with its meta.
+pub(crate) fn snapshot_bytes(
+    db: &Db,
+) -> SResult<(Vec<u8>, SnapshotMeta<u64, openraft::BasicNode>)> {
     let mut w = snapshot::Writer::new();
     let mut applied = None;
     let mut membership = None;
+    let mut cluster_id = None;
     db.for_each_state(|k, v| {
         if k == META_APPLIED {
             applied = Some(v.to_vec());
         } else if k == META_MEMBERSHIP {
             membership = Some(v.to_vec());
+        } else if k == keys::META_CLUSTER_ID {
+            cluster_id = Some(String::from_utf8_lossy(v).into_owned());
         }
         w.record(k, v);
     })
@@ -129,21 +144,21 @@ fn build(db: &Db, dir: &std::path::Path) -> SResult<Snapshot<TypeConfig>> {
         None => "empty".to_string(),
     };
     let bytes = w.finish(snapshot::Header {
+        cluster_id: cluster_id.unwrap_or_default(),
         snapshot_id: snapshot_id.clone(),
         last_log_id,
         membership: last_membership.clone(),
+        revision: last_log_id.map_or(0, |l| l.index),
         record_count: 0,
     });
-    write_file_durably(&dir.join(SNAPSHOT_FILE), &bytes).map_err(snap_err)?;
-    tracing::info!(snapshot_id, bytes = bytes.len(), "built snapshot");
-    Ok(Snapshot {
-        meta: SnapshotMeta {
+    Ok((
+        bytes,
+        SnapshotMeta {
             last_log_id,
             last_membership,
             snapshot_id,
         },
-        snapshot: Box::new(bytes),
-    })
+    ))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

@@ -88,6 +88,7 @@ impl Peer {
                 Method::Forward => c.forward(req).await,
                 Method::ReadIndex => c.read_index(req).await,
                 Method::Info => c.info(req).await,
+                Method::Membership => c.membership(req).await,
             }
         };
         let resp = match tokio::time::timeout(timeout, fut).await {
@@ -145,6 +146,7 @@ pub enum Method {
     Forward,
     ReadIndex,
     Info,
+    Membership,
 }
 
 /// Creates [`RaftPeer`]s for openraft.

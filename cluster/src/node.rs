@@ -1,13 +1,13 @@
 //! A running member: Raft, its storage, the peer server, and what the front ends call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use micro_log::Db;
 use micro_state::{Command, Outcome, Request};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -36,6 +36,20 @@ pub enum ForwardError {
     Unavailable(String),
 }
 
+/// A membership change, executed by the leader.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum MembershipOp {
+    /// Add a node as a learner: it receives the log but does not vote.
+    AddLearner { id: u64, addr: String },
+    /// Make a caught-up learner a voter.
+    Promote { id: u64 },
+    /// Remove a voter or learner.
+    Remove { id: u64 },
+}
+
+/// How far behind the leader's log a learner may be and still be promoted.
+pub const PROMOTE_MAX_LAG: u64 = 1000;
+
 /// One member's own view of itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MemberStatus {
@@ -48,12 +62,15 @@ pub struct MemberStatus {
     pub applied_index: u64,
     pub grpc_address: String,
     pub http_address: String,
+    /// Entries behind the most advanced member's log.
+    pub lag: u64,
 }
 
 /// The cluster as one node sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Status {
     pub node_id: u64,
+    pub cluster_id: String,
     pub leader: Option<u64>,
     pub term: u64,
     pub members: Vec<MemberStatus>,
@@ -146,7 +163,18 @@ impl Node {
             }));
         }
 
-        if fresh {
+        if fresh && cfg.join.is_some() {
+            let join = cfg.join.clone().unwrap_or_default();
+            tracing::info!(
+                "empty data dir: asking the cluster at {join} to add node {} as a learner",
+                cfg.node_id
+            );
+            tasks.push(tokio::spawn(join_cluster(
+                inner.clone(),
+                join,
+                stop_rx.clone(),
+            )));
+        } else if fresh {
             let members: BTreeMap<u64, BasicNode> = if cfg.initial_cluster.is_empty() {
                 BTreeMap::from([(cfg.node_id, BasicNode::new(cfg.advertised_peer()))])
             } else {
@@ -195,53 +223,9 @@ impl Node {
                 return Err(Error::Invalid { field, reason });
             }
         }
-        let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
-        loop {
-            let res = match self.inner.propose_here(cmds.clone()).await {
-                Err(ForwardError::NotLeader {
-                    leader: Some((id, addr)),
-                }) if id != self.id() => self.forward(&addr, &cmds).await,
-                other => other.map_err(Some),
-            };
-            match res {
-                Ok(r) => return Ok(r),
-                Err(Some(ForwardError::Invalid { field, reason })) => {
-                    return Err(Error::Invalid { field, reason })
-                }
-                Err(Some(ForwardError::Unavailable(m))) => return Err(Error::Unavailable(m)),
-                // Not proposed anywhere: wait for the leadership to settle, then retry.
-                Err(_) if tokio::time::Instant::now() < deadline => {
-                    self.inner.await_leader_change(deadline).await
-                }
-                Err(_) => {
-                    return Err(Error::Unavailable(
-                        "no leader could take the write within 10 s; check that a majority of members is up (`micro cluster status`)".into(),
-                    ))
-                }
-            }
-        }
-    }
-
-    /// `Err(None)`: nothing was proposed (retry); `Err(Some(e))`: a final answer.
-    async fn forward(
-        &self,
-        addr: &str,
-        cmds: &[Command],
-    ) -> Result<(u64, Vec<Outcome>), Option<ForwardError>> {
-        let peer = self.inner.peer(addr).map_err(|_| None)?;
-        match peer
-            .call::<_, Result<(u64, Vec<Outcome>), ForwardError>>(Method::Forward, &cmds, REQUEST_DEADLINE)
+        let inner = self.inner.clone();
+        self.on_leader(Method::Forward, &cmds, || inner.propose_here(cmds.clone()))
             .await
-        {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(ForwardError::NotLeader { .. })) => Err(None),
-            Ok(Err(e)) => Err(Some(e)),
-            Err(CallError::Unreachable(_)) => Err(None),
-            // The leader may have applied it: do not retry, say the outcome is unknown.
-            Err(CallError::Failed(m)) => Err(Some(ForwardError::Unavailable(format!(
-                "the write was sent to the leader but no answer came back ({m}); it may or may not have been applied"
-            )))),
-        }
     }
 
     /// Waits until a read here reflects every write acknowledged before it started
@@ -250,48 +234,110 @@ impl Node {
         if !linearizable {
             return Ok(());
         }
+        let inner = self.inner.clone();
+        let index: u64 = self
+            .on_leader(Method::ReadIndex, &(), || inner.read_index_here())
+            .await?;
+        self.inner
+            .raft
+            .wait(Some(REQUEST_DEADLINE))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::Unavailable(format!("waiting to apply the read index {index}: {e}"))
+            })
+    }
+
+    /// Adds a learner, promotes a caught-up learner to voter, or removes a member.
+    pub async fn change_membership(&self, op: MembershipOp) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        self.on_leader(Method::Membership, &op, || inner.change_here(op.clone()))
+            .await
+    }
+
+    /// A snapshot file of the whole state, consistent and at least as new as every write
+    /// acknowledged before the call (it is taken after a linearizable read barrier).
+    pub async fn snapshot(&self) -> Result<Vec<u8>, Error> {
+        self.read_barrier(true).await?;
+        let db = self.inner.db.clone();
+        let (bytes, _) = tokio::task::spawn_blocking(move || crate::machine::snapshot_bytes(&db))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(bytes)
+    }
+
+    /// The cluster id, once the first leader has named the cluster.
+    pub fn cluster_id(&self) -> String {
+        micro_state::cluster_id(&*self.inner.db)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Runs `local` here if this node leads, else sends `payload` to the leader as `method`.
+    /// Retries only when nothing was done (not the leader, leader unreachable), until the
+    /// request deadline.
+    async fn on_leader<P, T, F, Fut>(
+        &self,
+        method: Method,
+        payload: &P,
+        local: F,
+    ) -> Result<T, Error>
+    where
+        P: Serialize,
+        T: serde::de::DeserializeOwned,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ForwardError>>,
+    {
         let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
         loop {
-            let res = match self.inner.read_index_here().await {
+            let res = match local().await {
                 Err(ForwardError::NotLeader {
                     leader: Some((id, addr)),
-                }) if id != self.id() => match self.inner.peer(&addr) {
-                    Ok(peer) => match peer
-                        .call::<_, Result<u64, ForwardError>>(Method::ReadIndex, &(), PEER_TIMEOUT)
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(e) => Err(ForwardError::Unavailable(e.to_string())),
-                    },
-                    Err(e) => Err(ForwardError::Unavailable(e)),
-                },
-                other => other,
+                }) if id != self.id() => self.call_leader(&addr, method, payload).await,
+                other => other.map_err(Some),
             };
             match res {
-                Ok(index) => {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    return self
-                        .inner
-                        .raft
-                        .wait(Some(left))
-                        .applied_index_at_least(Some(index), "read index")
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| Error::Unavailable(format!("waiting to apply the read index {index}: {e}")));
-                }
-                Err(ForwardError::Invalid { field, reason }) => {
+                Ok(r) => return Ok(r),
+                Err(Some(ForwardError::Invalid { field, reason })) => {
                     return Err(Error::Invalid { field, reason })
                 }
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!("read index not available yet: {e:?}");
+                Err(Some(ForwardError::Unavailable(m))) => return Err(Error::Unavailable(m)),
+                // Nothing happened anywhere: wait for the leadership to settle, then retry.
+                Err(_) if tokio::time::Instant::now() < deadline => {
                     self.inner.await_leader_change(deadline).await
                 }
-                Err(e) => {
-                    return Err(Error::Unavailable(format!(
-                        "no leader could confirm a read within 10 s ({e:?}); check that a majority of members is up"
-                    )))
+                Err(_) => {
+                    return Err(Error::Unavailable(
+                        "no leader answered within 10 s; check that a majority of members is up (`micro cluster status`)".into(),
+                    ))
                 }
             }
+        }
+    }
+
+    /// `Err(None)`: nothing was done (retry); `Err(Some(e))`: a final answer.
+    async fn call_leader<P: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: Method,
+        payload: &P,
+    ) -> Result<T, Option<ForwardError>> {
+        let peer = self.inner.peer(addr).map_err(|_| None)?;
+        match peer
+            .call::<_, Result<T, ForwardError>>(method, payload, REQUEST_DEADLINE)
+            .await
+        {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(ForwardError::NotLeader { .. })) => Err(None),
+            Ok(Err(e)) => Err(Some(e)),
+            Err(CallError::Unreachable(_)) => Err(None),
+            // The leader may have acted on it: never retry blindly, say the outcome is unknown.
+            Err(CallError::Failed(m)) => Err(Some(ForwardError::Unavailable(format!(
+                "the request reached the leader but no answer came back ({m}); it may or may not have taken effect"
+            )))),
         }
     }
 
@@ -339,8 +385,19 @@ impl Node {
         for s in futures::future::join_all(calls).await {
             members.push(s);
         }
+        let newest = members
+            .iter()
+            .map(|m: &MemberStatus| m.last_log_index)
+            .max()
+            .unwrap_or(0);
+        for m in members.iter_mut() {
+            if m.state != "unreachable" {
+                m.lag = newest.saturating_sub(m.last_log_index);
+            }
+        }
         Status {
             node_id: self.id(),
+            cluster_id: self.cluster_id(),
             leader: m.current_leader,
             term: m.current_term,
             members,
@@ -435,6 +492,112 @@ impl Inner {
         }
     }
 
+    /// The leader as this node knows it, for a NotLeader answer.
+    fn not_leader(&self) -> ForwardError {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| (l, n.addr.clone()))
+        });
+        ForwardError::NotLeader { leader }
+    }
+
+    /// Executes a membership change if this node is the leader.
+    pub(crate) async fn change_here(&self, op: MembershipOp) -> Result<(), ForwardError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.cfg.node_id) {
+            return Err(self.not_leader());
+        }
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let invalid = |reason: String| ForwardError::Invalid {
+            field: "id".into(),
+            reason,
+        };
+        let res = match op {
+            MembershipOp::AddLearner { id, addr } => {
+                if id == 0 {
+                    return Err(invalid("0 is reserved; number nodes from 1".into()));
+                }
+                if voters.contains(&id) {
+                    return Err(invalid(format!("node {id} is already a voter")));
+                }
+                if let Some(n) = membership.get_node(&id) {
+                    if n.addr == addr {
+                        return Ok(());
+                    }
+                    return Err(invalid(format!(
+                        "node {id} is already a member at {}; remove it first",
+                        n.addr
+                    )));
+                }
+                self.raft.add_learner(id, BasicNode::new(addr), false).await
+            }
+            MembershipOp::Promote { id } => {
+                if voters.contains(&id) {
+                    return Ok(());
+                }
+                if membership.get_node(&id).is_none() {
+                    return Err(invalid(format!(
+                        "node {id} is not a member; add it first with `micro cluster add {id} HOST:PORT`"
+                    )));
+                }
+                let Some(matched) = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .map(|l| l.index)
+                else {
+                    return Err(invalid(format!(
+                        "node {id} has not received any of the log yet; start it (with --join) and wait until it catches up"
+                    )));
+                };
+                let behind = m.last_log_index.unwrap_or(0).saturating_sub(matched);
+                if behind > PROMOTE_MAX_LAG {
+                    return Err(invalid(format!(
+                        "node {id} is {behind} entries behind the leader; wait until it catches up (see `micro cluster status`) and try again"
+                    )));
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+            }
+            MembershipOp::Remove { id } => {
+                if membership.get_node(&id).is_none() {
+                    return Err(invalid(format!("node {id} is not a member")));
+                }
+                if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return Err(invalid(format!(
+                            "node {id} is the only voter; removing it would leave no cluster"
+                        )));
+                    }
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                } else {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                }
+            }
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.leader_hint(f.leader_id, f.leader_node))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(invalid(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => {
+                Err(ForwardError::Unavailable(format!("raft stopped: {e}")))
+            }
+        }
+    }
+
     /// The read index, if this node is the leader and still has a quorum.
     pub(crate) async fn read_index_here(&self) -> Result<u64, ForwardError> {
         let fut = self.raft.get_read_log_id();
@@ -467,6 +630,50 @@ impl Inner {
             applied_index: m.last_applied.map_or(0, |l| l.index),
             grpc_address: self.cfg.grpc_addr.clone(),
             http_address: self.cfg.http_addr.clone(),
+            lag: 0,
+        }
+    }
+}
+
+/// Asks the cluster (through any member's peer address) to add this node as a learner,
+/// following leader hints, until it succeeds or the node stops.
+async fn join_cluster(inner: Arc<Inner>, mut addr: String, mut stop: watch::Receiver<bool>) {
+    let op = MembershipOp::AddLearner {
+        id: inner.cfg.node_id,
+        addr: inner.cfg.advertised_peer(),
+    };
+    loop {
+        let res = match inner.peer(&addr) {
+            Ok(p) => p
+                .call::<_, Result<(), ForwardError>>(Method::Membership, &op, REQUEST_DEADLINE)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(Ok(())) => {
+                tracing::info!(
+                    "joined as a learner; promote with `micro cluster promote {}` once it has caught up",
+                    inner.cfg.node_id
+                );
+                return;
+            }
+            Ok(Err(ForwardError::NotLeader {
+                leader: Some((_, a)),
+            })) => {
+                addr = a;
+                continue;
+            }
+            Ok(Err(ForwardError::Invalid { reason, .. })) => {
+                tracing::error!("cannot join: {reason}");
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!("join not accepted yet: {e:?}"),
+            Err(e) => tracing::warn!("join: cannot reach {addr}: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
@@ -488,6 +695,13 @@ async fn ticker(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
         };
         if !is_leader {
             continue;
+        }
+        if matches!(micro_state::cluster_id(&*inner.db), Ok(None)) {
+            let mut b = [0u8; 8];
+            if getrandom::fill(&mut b).is_ok() {
+                let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                let _ = inner.propose_here(vec![Command::SetClusterId(id)]).await;
+            }
         }
         let due = match micro_state::next_expiry(&*inner.db) {
             Ok(Some(at)) => at <= now_ms(),

@@ -114,6 +114,12 @@ impl Peer for PeerService {
         reply(&res)
     }
 
+    async fn membership(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let op: crate::node::MembershipOp = decode(req.get_ref())?;
+        let res: Result<(), ForwardError> = self.node.change_here(op).await;
+        reply(&res)
+    }
+
     async fn info(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
         reply(&self.node.self_status())
     }

@@ -52,6 +52,15 @@ impl LogStore {
     }
 }
 
+/// Prepares a restored member's Raft metadata: the log is purged up to `log_id` (the new
+/// cluster's entries follow it) and the vote is that entry's leader, so the first election of
+/// the new cluster is in a later term than every entry it inherited.
+pub(crate) fn mark_restored(db: &Db, log_id: LogId) -> micro_log::Result<()> {
+    let vote = Vote::new_committed(log_id.leader_id.term, log_id.leader_id.node_id);
+    db.put_meta(VOTE, &codec::encode(&vote), true)?;
+    db.purge_log(log_id.index, (PURGED, &codec::encode(&log_id)))
+}
+
 pub(crate) fn decode_entry(index: u64, payload: &[u8]) -> SResult<Entry<TypeConfig>> {
     codec::decode(payload).map_err(|e| {
         StorageIOError::read_log_at_index(

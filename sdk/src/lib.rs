@@ -82,11 +82,69 @@ impl Client {
         Store::new(self.channel.clone())
     }
 
+    fn cluster(&self) -> proto::cluster::cluster_client::ClusterClient<Channel> {
+        proto::cluster::cluster_client::ClusterClient::new(self.channel.clone())
+            .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
     /// The cluster as the connected node sees it.
     pub async fn cluster_status(&self) -> Result<proto::cluster::StatusResponse, Error> {
-        let mut c = proto::cluster::cluster_client::ClusterClient::new(self.channel.clone());
-        Ok(c.status(proto::cluster::StatusRequest {})
+        Ok(self
+            .cluster()
+            .status(proto::cluster::StatusRequest {})
             .await?
             .into_inner())
+    }
+
+    /// Adds node `id` (reachable by peers at `peer_address`) as a learner.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        peer_address: &str,
+    ) -> Result<proto::cluster::StatusResponse, Error> {
+        let req = proto::cluster::AddMemberRequest {
+            id,
+            peer_address: peer_address.to_string(),
+        };
+        Ok(self.cluster().add_member(req).await?.into_inner())
+    }
+
+    /// Makes learner `id` a voter; refused while it lags behind the leader.
+    pub async fn promote_member(&self, id: u64) -> Result<proto::cluster::StatusResponse, Error> {
+        Ok(self
+            .cluster()
+            .promote_member(proto::cluster::PromoteMemberRequest { id })
+            .await?
+            .into_inner())
+    }
+
+    /// Removes member `id`.
+    pub async fn remove_member(&self, id: u64) -> Result<proto::cluster::StatusResponse, Error> {
+        Ok(self
+            .cluster()
+            .remove_member(proto::cluster::RemoveMemberRequest { id })
+            .await?
+            .into_inner())
+    }
+
+    /// Downloads a consistent snapshot of the whole state; `progress(received, total)` is
+    /// called after every chunk.
+    pub async fn snapshot(&self, mut progress: impl FnMut(u64, u64)) -> Result<Vec<u8>, Error> {
+        use futures::StreamExt;
+        let mut stream = self
+            .cluster()
+            .snapshot(proto::cluster::SnapshotRequest {})
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if out.capacity() == 0 {
+                out.reserve(chunk.total_bytes as usize);
+            }
+            out.extend_from_slice(&chunk.data);
+            progress(out.len() as u64, chunk.total_bytes);
+        }
+        Ok(out)
     }
 }

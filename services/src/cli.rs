@@ -54,6 +54,35 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// Save, verify and restore snapshots (disaster recovery)
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Download a consistent snapshot of the whole cluster state to FILE
+    Save { file: PathBuf },
+    /// Verify every checksum of FILE and print its header
+    Status { file: PathBuf },
+    /// Create the data dir of a member of a NEW cluster from FILE
+    Restore {
+        file: PathBuf,
+        /// The new member's data dir (must be empty)
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new member's id
+        #[arg(long)]
+        node_id: u64,
+        /// Members of the new cluster: "1=127.0.0.1:8085,2=...,3=..." (same on every member)
+        #[arg(long)]
+        initial_cluster: String,
+        /// Cluster token to store for the new member (else pass it when starting it)
+        #[arg(long, env = "MICRO_CLUSTER_TOKEN", hide_env_values = true)]
+        cluster_token: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -83,6 +112,10 @@ struct ServerArgs {
     /// Shared secret for peer traffic; every member needs the same one
     #[arg(long, env = "MICRO_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    /// Join an existing cluster through a member's peer address (empty data dir only);
+    /// the node joins as a learner, promote it with `micro cluster promote`
+    #[arg(long, env = "MICRO_JOIN")]
+    join: Option<String>,
     /// Snapshot (and compact the log) every this many applied entries
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
@@ -158,6 +191,16 @@ enum StoreCmd {
 enum ClusterCmd {
     /// Members, leader, term and progress of every node
     Status,
+    /// Add a node as a learner (it then receives the log; start it with --join)
+    Add {
+        id: u64,
+        /// The new node's peer address
+        peer_address: String,
+    },
+    /// Make a caught-up learner a voter
+    Promote { id: u64 },
+    /// Remove a voter or learner
+    Remove { id: u64 },
 }
 
 /// Entry point of the binary.
@@ -175,6 +218,7 @@ pub fn main() -> ExitCode {
             Cmd::Server(args) => server(args).await,
             Cmd::Store { cmd } => store(&cli.server, cli.output, cmd).await,
             Cmd::Cluster { cmd } => cluster(&cli.server, cli.output, cmd).await,
+            Cmd::Snapshot { cmd } => snapshot(&cli.server, cli.output, cmd).await,
         }
     });
     match res {
@@ -247,10 +291,11 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let initial = NodeConfig::parse_initial_cluster(&args.initial_cluster)
         .map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?;
-    let token = resolve_token(&args, initial.len() > 1)?;
+    let token = resolve_token(&args, initial.len() > 1 || args.join.is_some())?;
     let mut node = NodeConfig::new(args.node_id, args.data_dir.clone(), args.peer);
     node.initial_cluster = initial;
     node.advertise_peer = args.advertise_peer.clone();
+    node.join = args.join.clone();
     node.cluster_token = token;
     node.snapshot_every = args.snapshot_every.max(1);
     node.keep_behind_snapshot = (args.snapshot_every / 4).clamp(100, 5_000);
@@ -429,55 +474,199 @@ async fn store(server: &str, out: Output, cmd: StoreCmd) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+fn print_status(s: &micro::proto::cluster::StatusResponse, out: Output) {
+    match out {
+        Output::Json => print_json(&json!({
+            "leader": if s.leader == 0 { Value::Null } else { json!(s.leader) },
+            "term": s.term,
+            "node_id": s.node_id,
+            "cluster_id": s.cluster_id,
+            "members": s.members.iter().map(|m| json!({
+                "id": m.id,
+                "role": m.role,
+                "state": m.state,
+                "peer_address": m.peer_address,
+                "grpc_address": m.grpc_address,
+                "http_address": m.http_address,
+                "term": m.term,
+                "last_log_index": m.last_log_index,
+                "applied_index": m.applied_index,
+                "lag": m.lag,
+            })).collect::<Vec<_>>(),
+        })),
+        Output::Table => {
+            let leader = if s.leader == 0 {
+                "none".to_string()
+            } else {
+                s.leader.to_string()
+            };
+            println!(
+                "cluster: {}   leader: {leader}   term: {}   answered by: node {}",
+                if s.cluster_id.is_empty() {
+                    "-"
+                } else {
+                    &s.cluster_id
+                },
+                s.term,
+                s.node_id
+            );
+            let mut t = table(&[
+                "id", "role", "state", "peer", "grpc", "term", "last log", "applied", "lag",
+            ]);
+            for m in &s.members {
+                t.add_row(vec![
+                    m.id.to_string(),
+                    m.role.clone(),
+                    m.state.clone(),
+                    m.peer_address.clone(),
+                    m.grpc_address.clone(),
+                    m.term.to_string(),
+                    m.last_log_index.to_string(),
+                    m.applied_index.to_string(),
+                    m.lag.to_string(),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+}
+
 async fn cluster(server: &str, out: Output, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
     let client = Client::connect(server).await?;
+    let status = match cmd {
+        ClusterCmd::Status => client.cluster_status().await?,
+        ClusterCmd::Add { id, peer_address } => {
+            let s = client.add_member(id, &peer_address).await?;
+            if out == Output::Table {
+                println!("node {id} added as a learner; start it with `micro server --node-id {id} --peer {peer_address} --join <a member's peer address>`, then `micro cluster promote {id}`");
+            }
+            s
+        }
+        ClusterCmd::Promote { id } => {
+            let s = client.promote_member(id).await?;
+            if out == Output::Table {
+                println!("node {id} is now a voter");
+            }
+            s
+        }
+        ClusterCmd::Remove { id } => {
+            let s = client.remove_member(id).await?;
+            if out == Output::Table {
+                println!("node {id} removed");
+            }
+            s
+        }
+    };
+    print_status(&status, out);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn header_json(h: &micro_cluster::snapshot::Header, bytes: u64) -> Value {
+    json!({
+        "format_version": micro_cluster::snapshot::VERSION,
+        "cluster_id": h.cluster_id,
+        "snapshot_id": h.snapshot_id,
+        "revision": h.revision,
+        "last_log_index": h.last_log_id.map(|l| l.index),
+        "last_log_term": h.last_log_id.map(|l| l.leader_id.term),
+        "records": h.record_count,
+        "voters": h.membership.membership().voter_ids().collect::<Vec<_>>(),
+        "bytes": bytes,
+    })
+}
+
+fn print_header(h: &micro_cluster::snapshot::Header, bytes: u64, out: Output) {
+    let v = header_json(h, bytes);
+    match out {
+        Output::Json => print_json(&v),
+        Output::Table => {
+            let mut t = table(&["field", "value"]);
+            if let Value::Object(m) = &v {
+                for (k, val) in m {
+                    let shown = match val {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    t.add_row(vec![k.clone(), shown]);
+                }
+            }
+            println!("{t}");
+        }
+    }
+}
+
+async fn snapshot(server: &str, out: Output, cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ClusterCmd::Status => {
-            let s = client.cluster_status().await?;
+        SnapshotCmd::Save { file } => {
+            let client = Client::connect(server).await?;
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} saving snapshot {bytes}/{total_bytes} {bar:30} {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let bytes = client
+                .snapshot(|got, total| {
+                    bar.set_length(total);
+                    bar.set_position(got);
+                })
+                .await?;
+            bar.finish_and_clear();
+            let header = micro_cluster::snapshot::verify(&bytes)
+                .map_err(|e| anyhow::anyhow!("the downloaded snapshot does not verify: {e}"))?;
+            let tmp = file.with_extension("part");
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &file)?;
+            if out == Output::Table {
+                println!("saved {} ({} bytes)", file.display(), bytes.len());
+            }
+            print_header(&header, bytes.len() as u64, out);
+        }
+        SnapshotCmd::Status { file } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let header = micro_cluster::snapshot::verify(&bytes)
+                .map_err(|e| anyhow::anyhow!("{} is not a valid snapshot: {e}", file.display()))?;
+            print_header(&header, bytes.len() as u64, out);
+        }
+        SnapshotCmd::Restore {
+            file,
+            data_dir,
+            node_id,
+            initial_cluster,
+            cluster_token,
+        } => {
+            let members = NodeConfig::parse_initial_cluster(&initial_cluster)
+                .map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?;
+            if !members.contains_key(&node_id) {
+                anyhow::bail!("--initial-cluster does not list --node-id {node_id}");
+            }
+            let bytes = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let r = micro_cluster::restore::restore(&bytes, &data_dir, &members)
+                .map_err(|e| anyhow::anyhow!("restore of {} failed: {e:#}", file.display()))?;
+            if let Some(t) = cluster_token {
+                write_private(&data_dir.join(TOKEN_FILE), &t)?;
+            }
             match out {
                 Output::Json => print_json(&json!({
-                    "leader": if s.leader == 0 { Value::Null } else { json!(s.leader) },
-                    "term": s.term,
-                    "node_id": s.node_id,
-                    "members": s.members.iter().map(|m| json!({
-                        "id": m.id,
-                        "role": m.role,
-                        "state": m.state,
-                        "peer_address": m.peer_address,
-                        "grpc_address": m.grpc_address,
-                        "http_address": m.http_address,
-                        "term": m.term,
-                        "last_log_index": m.last_log_index,
-                        "applied_index": m.applied_index,
-                    })).collect::<Vec<_>>(),
+                    "data_dir": data_dir,
+                    "node_id": node_id,
+                    "cluster_id": r.cluster_id,
+                    "from_cluster_id": r.from.cluster_id,
+                    "records": r.records,
+                    "revision": r.revision,
                 })),
-                Output::Table => {
-                    let leader = if s.leader == 0 {
-                        "none".to_string()
-                    } else {
-                        s.leader.to_string()
-                    };
-                    println!(
-                        "leader: {leader}   term: {}   answered by: node {}",
-                        s.term, s.node_id
-                    );
-                    let mut t = table(&[
-                        "id", "role", "state", "peer", "grpc", "term", "last log", "applied",
-                    ]);
-                    for m in &s.members {
-                        t.add_row(vec![
-                            m.id.to_string(),
-                            m.role.clone(),
-                            m.state.clone(),
-                            m.peer_address.clone(),
-                            m.grpc_address.clone(),
-                            m.term.to_string(),
-                            m.last_log_index.to_string(),
-                            m.applied_index.to_string(),
-                        ]);
-                    }
-                    println!("{t}");
-                }
+                Output::Table => println!(
+                    "restored {} records at revision {} into {} as node {node_id} of new cluster {}; start it with `micro server --node-id {node_id} --data-dir {}` and the same ports",
+                    r.records,
+                    r.revision,
+                    data_dir.display(),
+                    r.cluster_id,
+                    data_dir.display()
+                ),
             }
         }
     }

@@ -66,6 +66,8 @@ pub enum Command {
     Put(Put),
     Delete(Delete),
     Txn(Txn),
+    /// Names the cluster once; later proposals are ignored, so the first one wins everywhere.
+    SetClusterId(String),
 }
 
 /// The result of one command.
@@ -81,6 +83,8 @@ pub enum Outcome {
     },
     /// The command was invalid; nothing of its request was applied.
     Rejected { field: String, reason: String },
+    /// The cluster id now in force (the proposed one, or the one set earlier).
+    ClusterId(String),
 }
 
 impl Command {
@@ -123,6 +127,7 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::SetClusterId(id) => check_name("cluster_id", id, true),
         }
     }
 }

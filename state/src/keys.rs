@@ -13,6 +13,12 @@ pub const TABLES: u8 = 0x03;
 
 /// The state machine clock (u64 ms, big-endian).
 pub const META_CLOCK: &[u8] = &[META, b'c'];
+/// The cluster id (UTF-8).
+pub const META_CLUSTER_ID: &[u8] = &[META, b'i'];
+/// The applied log id (written by micro-cluster with every applied batch).
+pub const META_APPLIED: &[u8] = &[META, b'a'];
+/// The membership in force (written by micro-cluster).
+pub const META_MEMBERSHIP: &[u8] = &[META, b'm'];
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
     // Names are validated to fit MAX_KEY_BYTES (< u16::MAX) before they get here.

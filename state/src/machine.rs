@@ -66,7 +66,20 @@ fn apply_one<S: Read + ?Sized>(
             existed: store::delete(ov, d)?,
         },
         Command::Txn(t) => apply_txn(ov, index, now, t)?,
+        Command::SetClusterId(id) => match ov.get(keys::META_CLUSTER_ID)? {
+            Some(existing) => Outcome::ClusterId(String::from_utf8_lossy(&existing).into_owned()),
+            None => {
+                ov.put(keys::META_CLUSTER_ID.to_vec(), id.as_bytes().to_vec());
+                Outcome::ClusterId(id.clone())
+            }
+        },
     })
+}
+
+/// The cluster id, once the first leader has set it.
+pub fn cluster_id<S: Read + ?Sized>(s: &S) -> Result<Option<String>, StorageError> {
+    Ok(s.get(keys::META_CLUSTER_ID)?
+        .map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
 fn apply_txn<S: Read + ?Sized>(

@@ -26,12 +26,30 @@ pub fn micro_bin() -> PathBuf {
     bin
 }
 
-/// A free port on 127.0.0.1 (bound, then released for the node to take).
+/// A free port on 127.0.0.1 for a node to listen on.
+///
+/// Ports come from below the kernel's ephemeral range (32768+): a port handed out by binding
+/// port 0 and releasing it can be taken by any outgoing connection before the node binds it,
+/// while ports in 20000..32000 are only ever taken by listeners. A per-process counter from a
+/// pid-derived start keeps concurrent test binaries apart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() * 7919) % SPAN + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000 on 127.0.0.1");
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +69,8 @@ pub struct TestCluster {
     pub token: String,
     initial_cluster: String,
     extra_args: Vec<String>,
+    /// Per-node extra flags (e.g. `--join`), appended after the common ones.
+    node_args: BTreeMap<u64, Vec<String>>,
 }
 
 impl TestCluster {
@@ -91,13 +111,42 @@ impl TestCluster {
             token: "test-cluster-token".into(),
             initial_cluster,
             extra_args: Vec::new(),
+            node_args: BTreeMap::new(),
         }
+    }
+
+    /// Lays out `n` nodes where node 1 bootstraps alone and the others join it later
+    /// (`spawn` gives them `--join` with node 1's peer address).
+    pub fn growing(n: u64) -> TestCluster {
+        let mut c = TestCluster::new(n);
+        c.initial_cluster.clear();
+        let seed = c.spec(1).peer.clone();
+        for id in 2..=n {
+            c.node_args.insert(id, vec!["--join".into(), seed.clone()]);
+        }
+        c
+    }
+
+    /// The `--initial-cluster` value of this layout ("" when node 1 bootstraps alone).
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial_cluster
+    }
+
+    /// Sets per-node extra flags used by later `spawn`s of that node.
+    pub fn set_node_args(&mut self, id: u64, args: &[&str]) {
+        self.node_args
+            .insert(id, args.iter().map(|s| s.to_string()).collect());
     }
 
     /// Extra flags for every `micro server` this cluster starts.
     pub fn with_args(mut self, args: &[&str]) -> Self {
         self.extra_args = args.iter().map(|s| s.to_string()).collect();
         self
+    }
+
+    /// The data dir root of this cluster's nodes.
+    pub fn root(&self) -> &Path {
+        self.dir.as_ref().expect("temp dir").path()
     }
 
     /// Starts `n` nodes and waits for a leader that every node agrees on.
@@ -126,7 +175,9 @@ impl TestCluster {
             .args(["--cluster-token", &self.token])
             .args(&self.extra_args)
             .env("MICRO_LOG", "info,openraft=info");
-        if !self.initial_cluster.is_empty() {
+        if let Some(extra) = self.node_args.get(&id) {
+            cmd.args(extra);
+        } else if !self.initial_cluster.is_empty() {
             cmd.args(["--initial-cluster", &self.initial_cluster]);
         }
         cmd

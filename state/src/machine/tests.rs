@@ -365,3 +365,27 @@ proptest! {
         prop_assert_eq!(one, batched);
     }
 }
+
+#[test]
+fn the_first_cluster_id_wins() {
+    let mut s = MemStore::default();
+    let out = run(
+        &mut s,
+        1,
+        &Request {
+            time_ms: 0,
+            cmds: vec![Command::SetClusterId("a".into())],
+        },
+    );
+    assert_eq!(out, vec![Outcome::ClusterId("a".into())]);
+    let out = run(
+        &mut s,
+        2,
+        &Request {
+            time_ms: 0,
+            cmds: vec![Command::SetClusterId("b".into())],
+        },
+    );
+    assert_eq!(out, vec![Outcome::ClusterId("a".into())]);
+    assert_eq!(cluster_id(&s).unwrap(), Some("a".to_string()));
+}
