@@ -16,6 +16,9 @@ pub struct NodeConfig {
     pub advertise_peer: Option<String>,
     /// `id -> peer address` of the founding members; empty for a single-node cluster.
     pub initial_cluster: BTreeMap<u64, String>,
+    /// Dial a different address for a member's peer address (`member addr → route`). For
+    /// NAT-like setups and for fault-injection proxies that sit on each link.
+    pub peer_routes: BTreeMap<String, String>,
     /// A member's peer address to join through when the data dir is empty (as a learner).
     pub join: Option<String>,
     /// Shared secret every peer request must carry.
@@ -40,6 +43,7 @@ impl NodeConfig {
             advertise_peer: None,
             initial_cluster: BTreeMap::new(),
             join: None,
+            peer_routes: BTreeMap::new(),
             cluster_token: String::new(),
             grpc_addr: String::new(),
             http_addr: String::new(),
@@ -58,6 +62,24 @@ impl NodeConfig {
             .clone()
             .or_else(|| self.initial_cluster.get(&self.node_id).cloned())
             .unwrap_or_else(|| self.peer_addr.to_string())
+    }
+
+    /// The address to dial for the member address `addr`.
+    pub fn route<'a>(&'a self, addr: &'a str) -> &'a str {
+        self.peer_routes.get(addr).map_or(addr, String::as_str)
+    }
+
+    /// Parses `127.0.0.1:9085=127.0.0.1:19085,...` (member address = address to dial).
+    pub fn parse_routes(s: &str) -> Result<BTreeMap<String, String>, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.split_once('=')
+                    .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+                    .ok_or_else(|| format!("`{p}` is not MEMBER_ADDR=DIAL_ADDR"))
+            })
+            .collect()
     }
 
     /// Parses `1=127.0.0.1:8085,2=127.0.0.1:9085`.

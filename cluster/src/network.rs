@@ -152,6 +152,8 @@ pub enum Method {
 /// Creates [`RaftPeer`]s for openraft.
 pub struct Network {
     pub token: String,
+    /// Member address → address to dial instead (see `NodeConfig::peer_routes`).
+    pub routes: std::collections::BTreeMap<String, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -160,7 +162,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> RaftPeer {
         RaftPeer {
             target,
-            peer: Peer::new(&node.addr, &self.token),
+            peer: Peer::new(
+                self.routes.get(&node.addr).unwrap_or(&node.addr),
+                &self.token,
+            ),
         }
     }
 }

@@ -130,6 +130,7 @@ impl Node {
         .validate()?;
         let network = Network {
             token: cfg.cluster_token.clone(),
+            routes: cfg.peer_routes.clone(),
         };
         let raft = Raft::new(cfg.node_id, Arc::new(raft_config), network, log_store, sm).await?;
 
@@ -232,6 +233,12 @@ impl Node {
     /// (linearizable); a no-op for serializable reads.
     pub async fn read_barrier(&self, linearizable: bool) -> Result<(), Error> {
         if !linearizable {
+            return Ok(());
+        }
+        // A planted bug for the fault harness to prove it catches stale reads. It exists
+        // only in debug builds; release binaries have no such switch.
+        #[cfg(debug_assertions)]
+        if std::env::var_os("MICRO_PLANTED_BUG_STALE_READS").is_some() {
             return Ok(());
         }
         let inner = self.inner.clone();
@@ -429,7 +436,7 @@ impl Inner {
         if let Some(p) = peers.get(addr) {
             return Ok(p.clone());
         }
-        let p = Peer::new(addr, &self.cfg.cluster_token)?;
+        let p = Peer::new(self.cfg.route(addr), &self.cfg.cluster_token)?;
         peers.insert(addr.to_string(), p.clone());
         Ok(p)
     }

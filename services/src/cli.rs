@@ -116,6 +116,9 @@ struct ServerArgs {
     /// the node joins as a learner, promote it with `micro cluster promote`
     #[arg(long, env = "MICRO_JOIN")]
     join: Option<String>,
+    /// Dial other addresses for members' peer addresses: "MEMBER=DIAL,..." (proxies, NAT)
+    #[arg(long, env = "MICRO_PEER_ROUTES", default_value = "", hide = true)]
+    peer_routes: String,
     /// Snapshot (and compact the log) every this many applied entries
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
@@ -296,6 +299,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     node.initial_cluster = initial;
     node.advertise_peer = args.advertise_peer.clone();
     node.join = args.join.clone();
+    node.peer_routes = NodeConfig::parse_routes(&args.peer_routes)
+        .map_err(|e| anyhow::anyhow!("--peer-routes: {e}"))?;
     node.cluster_token = token;
     node.snapshot_every = args.snapshot_every.max(1);
     node.keep_behind_snapshot = (args.snapshot_every / 4).clamp(100, 5_000);
