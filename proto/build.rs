@@ -7,6 +7,7 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "protos/store/store.proto",
+        "protos/events/events.proto",
         "protos/cluster/cluster.proto",
         "protos/raft/raft.proto",
     ];

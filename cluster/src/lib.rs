@@ -25,7 +25,7 @@ mod store;
 
 pub use config::NodeConfig;
 pub use error::Error;
-pub use node::{MemberStatus, MembershipOp, Node, Status, PROMOTE_MAX_LAG};
+pub use node::{AppliedWatch, MemberStatus, MembershipOp, Node, Status, PROMOTE_MAX_LAG};
 
 use std::io::Cursor;
 

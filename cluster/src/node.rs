@@ -36,6 +36,21 @@ pub enum ForwardError {
     Unavailable(String),
 }
 
+/// See [`Node::applied_changes`].
+pub struct AppliedWatch(watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>);
+
+impl AppliedWatch {
+    /// Marks the current state as seen.
+    pub fn mark_seen(&mut self) {
+        self.0.borrow_and_update();
+    }
+
+    /// Waits for a change after the last `mark_seen`, at most `timeout`.
+    pub async fn changed(&mut self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.0.changed()).await;
+    }
+}
+
 /// A membership change, executed by the leader.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum MembershipOp {
@@ -211,6 +226,12 @@ impl Node {
         &self.inner.raft
     }
 
+    /// Fires when this node applies entries (and on other Raft events): a way to wait for new
+    /// data without polling.
+    pub fn applied_changes(&self) -> AppliedWatch {
+        AppliedWatch(self.inner.raft.metrics())
+    }
+
     /// The node's views, for reads after [`Node::read_barrier`].
     pub fn view(&self) -> &Db {
         &self.inner.db
@@ -254,6 +275,18 @@ impl Node {
             .map_err(|e| {
                 Error::Unavailable(format!("waiting to apply the read index {index}: {e}"))
             })
+    }
+
+    /// Waits until this node has applied `index` (e.g. an entry this node wrote through the
+    /// leader), so a local read reflects it.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), Error> {
+        self.inner
+            .raft
+            .wait(Some(REQUEST_DEADLINE))
+            .applied_index_at_least(Some(index), "wait for a local apply")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable(format!("waiting to apply index {index}: {e}")))
     }
 
     /// Adds a learner, promotes a caught-up learner to voter, or removes a member.

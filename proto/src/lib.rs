@@ -11,6 +11,10 @@ pub mod store {
     tonic::include_proto!("store");
 }
 
+pub mod events {
+    tonic::include_proto!("events");
+}
+
 pub mod cluster {
     tonic::include_proto!("cluster");
 }

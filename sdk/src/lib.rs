@@ -12,8 +12,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod events;
 pub mod store;
 
+pub use events::Events;
 pub use micro_proto as proto;
 pub use store::Store;
 
@@ -27,7 +29,15 @@ pub enum Error {
     #[error("cannot connect to {addr}: {reason}; is `micro server` running there? (set --server or MICRO_SERVER)")]
     Connect { addr: String, reason: String },
     #[error("{}", .0.message())]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
+}
+
+// Not `#[from]`: that would make the status the error's source too, and error chains would
+// print the message twice.
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        Error::Status(s)
+    }
 }
 
 impl Error {
@@ -75,6 +85,11 @@ impl Client {
     /// The underlying channel, for the generated clients of other services.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// Event streams.
+    pub fn events(&self) -> Events {
+        Events::new(self.channel.clone())
     }
 
     /// The key-value store.

@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 use crate::errors::{http_status, micro_error};
 
 /// Protobuf packages the gateway exposes (the internal peer protocol is not one of them).
-const PUBLIC_PACKAGES: &[&str] = &["store", "cluster"];
+const PUBLIC_PACKAGES: &[&str] = &["store", "events", "cluster"];
 /// Large enough for a base64 value just over the store's 1.5 MiB limit to reach validation
 /// and get a 400 naming the field instead of a bare 413.
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -108,7 +108,13 @@ fn error(id: &str, status: StatusCode, detail: impl AsRef<str>) -> Response {
     (status, axum::Json(micro_error(id, status, detail.as_ref()))).into_response()
 }
 
-async fn handle(State(gw): State<Arc<Gateway>>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn handle(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some((service, endpoint)) = resolve(uri.path()) else {
         return error(
             "micro.gateway",
@@ -136,13 +142,20 @@ async fn handle(State(gw): State<Arc<Gateway>>, method: Method, uri: Uri, body: 
         Ok(m) => m,
         Err(detail) => return error(&id, StatusCode::BAD_REQUEST, detail),
     };
+    let wants_sse = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if rpc.is_server_streaming() && wants_sse {
+        return match sse(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
+            Ok(r) => r,
+            Err(status) => error(&id, http_status(status.code()), status.message()),
+        };
+    }
     match call(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
         Ok(bytes) => match DynamicMessage::decode(rpc.output(), bytes) {
             Ok(out) => {
-                let opts = prost_reflect::SerializeOptions::new()
-                    .stringify_64_bit_integers(false)
-                    .use_proto_field_name(true);
-                match out.serialize_with_options(serde_json::value::Serializer, &opts) {
+                match out.serialize_with_options(serde_json::value::Serializer, &json_options()) {
                     Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
                     Err(e) => error(&id, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 }
@@ -165,7 +178,18 @@ fn find_method(
     let known = PUBLIC_PACKAGES.contains(&service);
     let (svc, method) = endpoint.split_once('.').unwrap_or((endpoint, "Call"));
     let full = format!("{service}.{svc}");
-    let found = known.then(|| pool.get_service_by_name(&full)).flatten();
+    let found = known
+        .then(|| pool.get_service_by_name(&full))
+        .flatten()
+        .or_else(|| {
+            // `/events/publish`: no service `events.Events`, but exactly one service of the
+            // package has `Publish`, so that is the one meant.
+            let mut candidates = pool
+                .services()
+                .filter(|s| s.package_name() == service && s.methods().any(|m| m.name() == method));
+            let first = candidates.next();
+            first.filter(|_| known && candidates.next().is_none())
+        });
     let Some(sd) = found else {
         if known {
             return Err((
@@ -316,6 +340,64 @@ fn strip_position(s: &str) -> &str {
     s.split(" at line ").next().unwrap_or(s)
 }
 
+fn json_options() -> prost_reflect::SerializeOptions {
+    prost_reflect::SerializeOptions::new()
+        .stringify_64_bit_integers(false)
+        .use_proto_field_name(true)
+}
+
+fn grpc_path(rpc: &MethodDescriptor) -> Result<http::uri::PathAndQuery, tonic::Status> {
+    http::uri::PathAndQuery::from_str(&format!(
+        "/{}/{}",
+        rpc.parent_service().full_name(),
+        rpc.name()
+    ))
+    .map_err(|e| tonic::Status::internal(e.to_string()))
+}
+
+/// A server-streaming RPC as Server-Sent Events: one `data:` JSON message per gRPC message,
+/// for as long as the stream (e.g. a live `events/consume`) runs.
+async fn sse(
+    channel: &Channel,
+    rpc: &MethodDescriptor,
+    body: Bytes,
+) -> Result<Response, tonic::Status> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("gRPC front end not ready: {e}")))?;
+    let stream = grpc
+        .server_streaming(tonic::Request::new(body), grpc_path(rpc)?, RawCodec)
+        .await?
+        .into_inner();
+    let output = rpc.output();
+    let events = stream.map(move |item| {
+        let ev = match item.and_then(|b| {
+            DynamicMessage::decode(output.clone(), b)
+                .map_err(|e| tonic::Status::internal(e.to_string()))
+        }) {
+            Ok(m) => match m.serialize_with_options(serde_json::value::Serializer, &json_options())
+            {
+                Ok(v) => Event::default().data(v.to_string()),
+                Err(e) => Event::default().event("error").data(e.to_string()),
+            },
+            Err(status) => Event::default().event("error").data(
+                micro_error(
+                    "micro.gateway",
+                    http_status(status.code()),
+                    status.message(),
+                )
+                .to_string(),
+            ),
+        };
+        Ok::<_, std::convert::Infallible>(ev)
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 /// Calls `rpc` on the local gRPC front end with an encoded request.
 async fn call(
     channel: &Channel,
@@ -415,6 +497,11 @@ mod tests {
             find_method(&pool, "store", "Store.Read").unwrap().name(),
             "Read"
         );
+        let m = find_method(&pool, "events", "Stream.Consume").unwrap();
+        assert_eq!(m.parent_service().full_name(), "events.Stream");
+        // A unique method name in the package resolves without the service segment.
+        let m = find_method(&pool, "events", "Events.Publish").unwrap();
+        assert_eq!(m.parent_service().full_name(), "events.Stream");
         let (code, detail) = find_method(&pool, "store", "Store.Nope").unwrap_err();
         assert_eq!(code, StatusCode::BAD_REQUEST);
         assert!(detail.contains("Store.Read"), "{detail}");

@@ -1,4 +1,5 @@
 //! The gRPC services: thin adapters between protobuf and [`micro_cluster::Node`].
 
 pub mod cluster;
+pub mod events;
 pub mod store;

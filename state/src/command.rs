@@ -68,23 +68,43 @@ pub enum Command {
     Txn(Txn),
     /// Names the cluster once; later proposals are ignored, so the first one wins everywhere.
     SetClusterId(String),
+    Publish(crate::views::events::Publish),
+    SetRetention(crate::views::events::Retention),
+    Claim(crate::views::events::Claim),
+    Ack(crate::views::events::Ack),
+    Release(crate::views::events::Release),
 }
 
 /// The result of one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The record now has this mod revision (the entry's log index).
-    Put { revision: u64 },
+    Put {
+        revision: u64,
+    },
     /// Whether a live record was deleted.
-    Deleted { existed: bool },
+    Deleted {
+        existed: bool,
+    },
     Txn {
         succeeded: bool,
         results: Vec<Outcome>,
     },
     /// The command was invalid; nothing of its request was applied.
-    Rejected { field: String, reason: String },
+    Rejected {
+        field: String,
+        reason: String,
+    },
     /// The cluster id now in force (the proposed one, or the one set earlier).
     ClusterId(String),
+    /// The event's sequence in its topic.
+    Published {
+        seq: u64,
+    },
+    Claimed(crate::views::events::Claimed),
+    /// How many events or claims the command touched.
+    Count(u64),
+    Done,
 }
 
 impl Command {
@@ -120,14 +140,47 @@ impl Command {
                     check_name("compare.table", &c.table, false)?;
                 }
                 for c in t.success.iter().chain(&t.failure) {
-                    if matches!(c, Command::Txn(_)) {
-                        return Err(reject("txn", "transactions cannot be nested".into()));
+                    if !matches!(
+                        c,
+                        Command::Put(_) | Command::Delete(_) | Command::Publish(_)
+                    ) {
+                        return Err(reject(
+                            "txn",
+                            "a transaction may only hold writes, deletes and publishes".into(),
+                        ));
                     }
                     c.validate()?;
                 }
                 Ok(())
             }
             Command::SetClusterId(id) => check_name("cluster_id", id, true),
+            Command::Publish(p) => {
+                check_name("topic", &p.topic, true)?;
+                if p.payload.len() > crate::MAX_VALUE_BYTES {
+                    return Err(reject(
+                        "payload",
+                        format!(
+                            "is {} bytes; the limit is {} bytes",
+                            p.payload.len(),
+                            crate::MAX_VALUE_BYTES
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Command::SetRetention(r) => check_name("topic", &r.topic, true),
+            Command::Claim(c) => {
+                check_name("topic", &c.topic, true)?;
+                check_name("group", &c.group, true)
+            }
+            Command::Ack(a) => {
+                check_name("topic", &a.topic, true)?;
+                check_name("group", &a.group, true)
+            }
+            Command::Release(r) => {
+                check_name("topic", &r.topic, true)?;
+                check_name("group", &r.group, true)
+            }
         }
     }
 }

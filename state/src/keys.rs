@@ -11,6 +11,13 @@ pub const EXPIRY: u8 = 0x02;
 /// Record counts per table: `TABLES db table`, value u64 count.
 pub const TABLES: u8 = 0x03;
 
+/// Events: `EVENT topic(len-prefixed) seq(u64)`.
+pub const EVENT: u8 = 0x04;
+/// Topic metadata: `TOPIC topic`.
+pub const TOPIC: u8 = 0x05;
+/// Consumer groups: `GROUP topic(len-prefixed) group`.
+pub const GROUP: u8 = 0x06;
+
 /// The state machine clock (u64 ms, big-endian).
 pub const META_CLOCK: &[u8] = &[META, b'c'];
 /// The cluster id (UTF-8).

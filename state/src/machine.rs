@@ -3,7 +3,7 @@
 use crate::command::{Command, Outcome, Request, Txn};
 use crate::keys;
 use crate::storage::{Overlay, Read, StorageError};
-use crate::views::store;
+use crate::views::{events, store};
 
 /// The state clock: the largest leader time of any applied entry (ms), 0 before the first.
 pub fn clock_ms<S: Read + ?Sized>(s: &S) -> Result<u64, StorageError> {
@@ -73,6 +73,16 @@ fn apply_one<S: Read + ?Sized>(
                 Outcome::ClusterId(id.clone())
             }
         },
+        Command::Publish(p) => Outcome::Published {
+            seq: events::publish(ov, p, now)?,
+        },
+        Command::SetRetention(r) => {
+            events::set_retention(ov, r, now)?;
+            Outcome::Done
+        }
+        Command::Claim(c) => Outcome::Claimed(events::claim(ov, c, now)?),
+        Command::Ack(a) => Outcome::Count(events::ack(ov, a, now)?),
+        Command::Release(r) => Outcome::Count(events::release(ov, r, now)?),
     })
 }
 

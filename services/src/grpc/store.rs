@@ -131,6 +131,9 @@ fn txn_ops(ops: Vec<pb::TxnOp>, branch: &str) -> Result<Vec<Command>, Status> {
         .map(|(i, op)| match op.op {
             Some(pb::txn_op::Op::Write(w)) => put_command(w, &format!("{branch}[{i}].write.")),
             Some(pb::txn_op::Op::Delete(d)) => Ok(delete_command(d)),
+            Some(pb::txn_op::Op::Publish(p)) => {
+                super::events::publish_command(p, &format!("{branch}[{i}].publish."))
+            }
             None => Err(invalid(
                 &format!("{branch}[{i}]"),
                 "needs a write or a delete",
@@ -291,11 +294,15 @@ impl pb::store_server::Store for StoreService {
             .map(|o| match o {
                 Outcome::Put { revision } => pb::TxnOpResult {
                     revision,
-                    existed: false,
+                    ..Default::default()
                 },
                 Outcome::Deleted { existed } => pb::TxnOpResult {
-                    revision: 0,
                     existed,
+                    ..Default::default()
+                },
+                Outcome::Published { seq } => pb::TxnOpResult {
+                    sequence: seq,
+                    ..Default::default()
                 },
                 _ => pb::TxnOpResult::default(),
             })

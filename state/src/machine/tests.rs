@@ -389,3 +389,267 @@ fn the_first_cluster_id_wins() {
     assert_eq!(out, vec![Outcome::ClusterId("a".into())]);
     assert_eq!(cluster_id(&s).unwrap(), Some("a".to_string()));
 }
+
+mod events_view {
+    use super::*;
+    use crate::views::events::{self, Ack, Claim, Publish, Release, Retention, Start};
+
+    fn publish(topic: &str, payload: &str) -> Command {
+        Command::Publish(Publish {
+            topic: topic.into(),
+            payload: payload.as_bytes().to_vec(),
+            ..Default::default()
+        })
+    }
+
+    fn claim(group: &str, consumer: &str, max: u32, ack_wait_ms: u64, retry_limit: u32) -> Command {
+        Command::Claim(Claim {
+            topic: "t".into(),
+            group: group.into(),
+            consumer: consumer.into(),
+            max,
+            ack_wait_ms,
+            retry_limit,
+            auto_ack: false,
+            start: Start::Sequence(1),
+        })
+    }
+
+    fn claimed(out: &[Outcome]) -> Vec<u64> {
+        match &out[0] {
+            Outcome::Claimed(c) => c.seqs.clone(),
+            other => panic!("not a claim: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sequences_are_dense_and_retention_trims() {
+        let mut s = MemStore::default();
+        for i in 1..=5u64 {
+            let out = run(
+                &mut s,
+                i,
+                &Request {
+                    time_ms: i * 1000,
+                    cmds: vec![publish("t", &i.to_string())],
+                },
+            );
+            assert_eq!(out, vec![Outcome::Published { seq: i }]);
+        }
+        let all = events::read(&s, "t", 2, 10).unwrap();
+        assert_eq!(
+            all.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
+            vec![2, 3, 4, 5]
+        );
+        assert_eq!(all[0].1.payload, b"2");
+        assert_eq!(events::seq_at_time(&s, "t", 3500).unwrap(), 4);
+        let r = Command::SetRetention(Retention {
+            topic: "t".into(),
+            max_events: 3,
+            max_age_ms: 0,
+        });
+        run(
+            &mut s,
+            6,
+            &Request {
+                time_ms: 6000,
+                cmds: vec![r],
+            },
+        );
+        let m = events::topic_meta(&s, "t").unwrap();
+        assert_eq!((m.first_seq, m.last_seq), (3, 5));
+        let r = Command::SetRetention(Retention {
+            topic: "t".into(),
+            max_events: 0,
+            max_age_ms: 2500,
+        });
+        run(
+            &mut s,
+            7,
+            &Request {
+                time_ms: 7000,
+                cmds: vec![r],
+            },
+        );
+        assert_eq!(events::topic_meta(&s, "t").unwrap().first_seq, 5);
+        assert_eq!(events::read(&s, "t", 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn groups_claim_ack_redeliver_and_give_up() {
+        let mut s = MemStore::default();
+        let cmds = (0..4).map(|i| publish("t", &i.to_string())).collect();
+        run(&mut s, 1, &Request { time_ms: 0, cmds });
+        // Two consumers share the stream.
+        assert_eq!(
+            claimed(&run(
+                &mut s,
+                2,
+                &Request {
+                    time_ms: 0,
+                    cmds: vec![claim("g", "a", 2, 100, 2)]
+                }
+            )),
+            vec![1, 2]
+        );
+        // With two consumers claiming, each takes a fair share of what is waiting.
+        assert_eq!(
+            claimed(&run(
+                &mut s,
+                3,
+                &Request {
+                    time_ms: 0,
+                    cmds: vec![claim("g", "b", 2, 100, 2)]
+                }
+            )),
+            vec![3]
+        );
+        assert_eq!(
+            claimed(&run(
+                &mut s,
+                3,
+                &Request {
+                    time_ms: 0,
+                    cmds: vec![claim("g", "b", 2, 100, 2)]
+                }
+            )),
+            vec![4]
+        );
+        let ack = Command::Ack(Ack {
+            topic: "t".into(),
+            group: "g".into(),
+            seqs: vec![1, 3],
+            success: true,
+        });
+        run(
+            &mut s,
+            4,
+            &Request {
+                time_ms: 10,
+                cmds: vec![ack],
+            },
+        );
+        // Nothing new and nothing due yet.
+        assert!(claimed(&run(
+            &mut s,
+            5,
+            &Request {
+                time_ms: 50,
+                cmds: vec![claim("g", "b", 8, 100, 2)]
+            }
+        ))
+        .is_empty());
+        // After ack_wait, 2 and 4 come back, lowest first.
+        assert_eq!(
+            claimed(&run(
+                &mut s,
+                6,
+                &Request {
+                    time_ms: 100,
+                    cmds: vec![claim("g", "b", 8, 100, 2)]
+                }
+            )),
+            vec![2, 4]
+        );
+        // After the retry limit (2 deliveries) they are dropped.
+        let out = run(
+            &mut s,
+            7,
+            &Request {
+                time_ms: 200,
+                cmds: vec![claim("g", "b", 8, 100, 2)],
+            },
+        );
+        assert_eq!(
+            out,
+            vec![Outcome::Claimed(events::Claimed {
+                seqs: vec![],
+                dead: vec![2, 4]
+            })]
+        );
+        let g = events::group(&s, "t", "g").unwrap().unwrap();
+        assert!(g.pending.is_empty());
+        assert_eq!(g.dead, 2);
+    }
+
+    #[test]
+    fn release_makes_a_gone_consumers_events_due_now() {
+        let mut s = MemStore::default();
+        let cmds = (0..3).map(|i| publish("t", &i.to_string())).collect();
+        run(&mut s, 1, &Request { time_ms: 0, cmds });
+        claimed(&run(
+            &mut s,
+            2,
+            &Request {
+                time_ms: 0,
+                cmds: vec![claim("g", "a", 3, 60_000, 0)],
+            },
+        ));
+        let ack = Command::Ack(Ack {
+            topic: "t".into(),
+            group: "g".into(),
+            seqs: vec![1],
+            success: true,
+        });
+        let rel = Command::Release(Release {
+            topic: "t".into(),
+            group: "g".into(),
+            consumer: "a".into(),
+        });
+        run(
+            &mut s,
+            3,
+            &Request {
+                time_ms: 1,
+                cmds: vec![ack, rel],
+            },
+        );
+        assert_eq!(
+            claimed(&run(
+                &mut s,
+                4,
+                &Request {
+                    time_ms: 2,
+                    cmds: vec![claim("g", "b", 10, 60_000, 0)]
+                }
+            )),
+            vec![2, 3]
+        );
+    }
+
+    #[test]
+    fn a_txn_publishes_with_its_writes_or_not_at_all() {
+        let mut s = MemStore::default();
+        let txn = |rev| {
+            Command::Txn(Txn {
+                compare: vec![Compare {
+                    key: "order".into(),
+                    mod_revision: rev,
+                    ..Default::default()
+                }],
+                success: vec![put("order", "placed", 0), publish("orders", "placed")],
+                failure: vec![],
+            })
+        };
+        run(
+            &mut s,
+            1,
+            &Request {
+                time_ms: 0,
+                cmds: vec![txn(5)],
+            },
+        );
+        assert_eq!(events::topic_meta(&s, "orders").unwrap().last_seq, 0);
+        assert_eq!(get(&s, "order", 0), None);
+        run(
+            &mut s,
+            2,
+            &Request {
+                time_ms: 0,
+                cmds: vec![txn(0)],
+            },
+        );
+        assert_eq!(events::topic_meta(&s, "orders").unwrap().last_seq, 1);
+        assert_eq!(get(&s, "order", 0), Some(b"placed".to_vec()));
+    }
+}

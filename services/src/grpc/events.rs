@@ -1,0 +1,449 @@
+//! `events.Stream` and `events.Store`, Micro v3 compatible, over the replicated events view.
+//!
+//! A plain consumer reads the view from its start position and follows new entries as this
+//! node applies them. A group consumer claims events through the log (so the group's cursor
+//! and pending acks are the same on every node and survive restarts), and releases its claims
+//! when its stream ends.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use micro_cluster::{now_ms, Node};
+use micro_proto::events as pb;
+use micro_state::views::events::{
+    self as view, Ack, Claim, Publish, Release, Retention, Start, StoredEvent,
+};
+use micro_state::{Command, Outcome};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::errors::{invalid, status};
+
+const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+const BATCH: usize = 256;
+
+pub struct EventsService {
+    node: Node,
+}
+
+impl EventsService {
+    pub fn servers(
+        node: Node,
+    ) -> (
+        pb::stream_server::StreamServer<EventsService>,
+        pb::store_server::StoreServer<EventsService>,
+    ) {
+        (
+            pb::stream_server::StreamServer::new(EventsService { node: node.clone() })
+                .max_decoding_message_size(16 * 1024 * 1024),
+            pb::store_server::StoreServer::new(EventsService { node }),
+        )
+    }
+}
+
+/// A publish request as a command (shared with the store's transactional outbox).
+pub fn publish_command(req: pb::PublishRequest, field: &str) -> Result<Command, Status> {
+    if req.timestamp < 0 {
+        return Err(invalid(
+            &format!("{field}timestamp"),
+            "must be unix seconds (or 0 for now)",
+        ));
+    }
+    Ok(Command::Publish(Publish {
+        topic: req.topic,
+        metadata: req.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+        payload: req.payload,
+        timestamp_ms: (req.timestamp as u64).saturating_mul(1000),
+    }))
+}
+
+fn to_event(topic: &str, seq: u64, e: StoredEvent) -> pb::Event {
+    pb::Event {
+        id: e.id,
+        topic: topic.to_string(),
+        metadata: e.metadata.into_iter().collect(),
+        payload: e.payload,
+        timestamp: (e.timestamp_ms / 1000) as i64,
+        sequence: seq,
+    }
+}
+
+/// `topic/seq` → seq.
+fn parse_id(id: &str) -> Option<(&str, u64)> {
+    let (topic, seq) = id.rsplit_once('/')?;
+    Some((topic, seq.parse().ok()?))
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+/// Where a consumer starts, resolved on this node's (barrier-fresh) view.
+fn resolve_start(node: &Node, req: &pb::ConsumeRequest) -> Result<(u64, Option<u64>), Status> {
+    let db = node.view();
+    let meta = view::topic_meta(db, &req.topic).map_err(|e| status(e.into()))?;
+    let wanted = if req.from_sequence > 0 {
+        req.from_sequence
+    } else if req.from_start {
+        meta.first_seq
+    } else if req.offset > 0 {
+        view::seq_at_time(db, &req.topic, (req.offset as u64).saturating_mul(1000))
+            .map_err(|e| status(e.into()))?
+    } else {
+        meta.last_seq + 1
+    };
+    if wanted < meta.first_seq && meta.first_seq > 1 {
+        if req.strict {
+            return Err(Status::out_of_range(format!(
+                "sequence {wanted} of topic {} was trimmed by retention; the first retained is {}",
+                req.topic, meta.first_seq
+            )));
+        }
+        return Ok((meta.first_seq, Some(meta.first_seq)));
+    }
+    Ok((wanted.max(1), None))
+}
+
+#[tonic::async_trait]
+impl pb::stream_server::Stream for EventsService {
+    async fn publish(
+        &self,
+        req: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let req = req.into_inner();
+        let topic = req.topic.clone();
+        let (_, out) = self
+            .node
+            .write(vec![publish_command(req, "")?])
+            .await
+            .map_err(status)?;
+        match out.first() {
+            Some(Outcome::Published { seq }) => Ok(Response::new(pb::PublishResponse {
+                sequence: *seq,
+                id: format!("{topic}/{seq}"),
+            })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    type ConsumeStream = EventStream;
+
+    async fn consume(
+        &self,
+        req: Request<pb::ConsumeRequest>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let req = req.into_inner();
+        if req.topic.is_empty() {
+            return Err(invalid("topic", "must not be empty"));
+        }
+        if req.ack_wait < 0 || req.retry_limit < 0 {
+            return Err(invalid("ack_wait", "and retry_limit must not be negative"));
+        }
+        self.node.read_barrier(true).await.map_err(status)?;
+        let (start, trimmed) = resolve_start(&self.node, &req)?;
+        let (tx, rx) = mpsc::channel(BATCH);
+        let node = self.node.clone();
+        if req.group.is_empty() {
+            tokio::spawn(follow(node, req, start, tx));
+        } else {
+            tokio::spawn(follow_group(node, req, start, tx));
+        }
+        let mut resp =
+            Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as EventStream);
+        if let Some(first) = trimmed {
+            // Said in the response headers, so Micro v3 clients that do not know it still work.
+            if let Ok(v) = first.to_string().parse() {
+                resp.metadata_mut().insert("x-micro-trimmed-to", v);
+            }
+        }
+        Ok(resp)
+    }
+
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let req = req.into_inner();
+        let Some((topic, seq)) = parse_id(&req.id) else {
+            return Err(invalid("id", "is not an event id (topic/sequence)"));
+        };
+        if req.group.is_empty() {
+            return Err(invalid(
+                "group",
+                "is required: acks belong to a consumer group",
+            ));
+        }
+        let cmd = Command::Ack(Ack {
+            topic: topic.to_string(),
+            group: req.group,
+            seqs: vec![seq],
+            success: req.success,
+        });
+        self.node.write(vec![cmd]).await.map_err(status)?;
+        Ok(Response::new(pb::AckResponse {}))
+    }
+
+    async fn topics(
+        &self,
+        _req: Request<pb::TopicsRequest>,
+    ) -> Result<Response<pb::TopicsResponse>, Status> {
+        self.node.read_barrier(true).await.map_err(status)?;
+        let topics = view::topics(self.node.view()).map_err(|e| status(e.into()))?;
+        Ok(Response::new(pb::TopicsResponse {
+            topics: topics
+                .into_iter()
+                .map(|(name, m)| pb::Topic {
+                    name,
+                    first_sequence: m.first_seq,
+                    last_sequence: m.last_seq,
+                    max_events: m.max_events,
+                    max_age: m.max_age_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn retention(
+        &self,
+        req: Request<pb::RetentionRequest>,
+    ) -> Result<Response<pb::RetentionResponse>, Status> {
+        let req = req.into_inner();
+        let cmd = Command::SetRetention(Retention {
+            topic: req.topic,
+            max_events: req.max_events,
+            max_age_ms: req.max_age,
+        });
+        self.node.write(vec![cmd]).await.map_err(status)?;
+        Ok(Response::new(pb::RetentionResponse {}))
+    }
+}
+
+/// Waits until this node applies something new (or a short timeout, to notice a gone client).
+async fn applied_change(rx: &mut micro_cluster::AppliedWatch) {
+    rx.changed(Duration::from_millis(500)).await;
+}
+
+/// A plain consumer: every event from `next` on, in order, then live.
+async fn follow(
+    node: Node,
+    req: pb::ConsumeRequest,
+    mut next: u64,
+    tx: mpsc::Sender<Result<pb::Event, Status>>,
+) {
+    let mut changes = node.applied_changes();
+    let end = view::topic_meta(node.view(), &req.topic)
+        .map(|m| m.last_seq)
+        .unwrap_or(0);
+    let mut sent = 0u64;
+    loop {
+        changes.mark_seen();
+        let batch = match view::read(node.view(), &req.topic, next, BATCH) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                return;
+            }
+        };
+        for (seq, e) in batch {
+            if req.stop_at_end && seq > end {
+                return;
+            }
+            if tx.send(Ok(to_event(&req.topic, seq, e))).await.is_err() {
+                return;
+            }
+            next = seq + 1;
+            sent += 1;
+            if req.limit > 0 && sent >= req.limit {
+                return;
+            }
+        }
+        if req.stop_at_end && next > end {
+            return;
+        }
+        if tx.is_closed() {
+            return;
+        }
+        if view::read(node.view(), &req.topic, next, 1)
+            .map(|b| b.is_empty())
+            .unwrap_or(true)
+        {
+            applied_change(&mut changes).await;
+        }
+    }
+}
+
+/// A group consumer: claims events through the log, delivers them, releases on exit.
+async fn follow_group(
+    node: Node,
+    req: pb::ConsumeRequest,
+    start: u64,
+    tx: mpsc::Sender<Result<pb::Event, Status>>,
+) {
+    let consumer = random_id();
+    let ack_wait = if req.auto_ack {
+        Duration::ZERO
+    } else if req.ack_wait > 0 {
+        Duration::from_nanos(req.ack_wait as u64)
+    } else {
+        DEFAULT_ACK_WAIT
+    };
+    let explicit_start = req.from_sequence > 0 || req.from_start || req.offset > 0;
+    let mut changes = node.applied_changes();
+    let mut sent = 0u64;
+    let end = view::topic_meta(node.view(), &req.topic)
+        .map(|m| m.last_seq)
+        .unwrap_or(0);
+    loop {
+        changes.mark_seen();
+        if tx.is_closed() {
+            break;
+        }
+        // Only propose a claim when the local view says there may be something to claim.
+        let claimable = match view::group(node.view(), &req.topic, &req.group) {
+            Ok(Some(g)) => {
+                let last = view::topic_meta(node.view(), &req.topic)
+                    .map(|m| m.last_seq)
+                    .unwrap_or(0);
+                g.cursor <= last || g.pending.values().any(|p| p.deadline_ms <= now_ms())
+            }
+            Ok(None) => true,
+            Err(_) => true,
+        };
+        if !claimable {
+            if req.stop_at_end {
+                break;
+            }
+            applied_change(&mut changes).await;
+            continue;
+        }
+        let max = if req.limit > 0 {
+            (req.limit - sent).min(64) as u32
+        } else {
+            64
+        };
+        let cmd = Command::Claim(Claim {
+            topic: req.topic.clone(),
+            group: req.group.clone(),
+            consumer: consumer.clone(),
+            max,
+            ack_wait_ms: ack_wait.as_millis() as u64,
+            retry_limit: req.retry_limit as u32,
+            auto_ack: req.auto_ack,
+            start: if explicit_start {
+                Start::Sequence(start)
+            } else {
+                Start::End
+            },
+        });
+        let seqs = match node.write(vec![cmd]).await {
+            // The claim was applied on the leader; read the events only once this node has
+            // applied it too (and so every event it names).
+            Ok((index, out)) => match (out.into_iter().next(), node.wait_applied(index).await) {
+                (Some(Outcome::Claimed(c)), Ok(())) => c.seqs,
+                (_, Err(e)) => {
+                    let _ = tx.send(Err(status(e))).await;
+                    break;
+                }
+                _ => Vec::new(),
+            },
+            Err(e) => {
+                let _ = tx.send(Err(status(e))).await;
+                break;
+            }
+        };
+        if seqs.is_empty() {
+            if req.stop_at_end {
+                break;
+            }
+            applied_change(&mut changes).await;
+            continue;
+        }
+        for seq in seqs {
+            let ev = match view::get(node.view(), &req.topic, seq) {
+                Ok(Some(e)) => e,
+                // Trimmed by retention after the claim: nothing left to deliver.
+                Ok(None) => continue,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                    break;
+                }
+            };
+            if tx.send(Ok(to_event(&req.topic, seq, ev))).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        if (req.limit > 0 && sent >= req.limit) || (req.stop_at_end && end == 0) {
+            break;
+        }
+    }
+    // The consumer is gone: whatever it did not ack goes to the group's other consumers now
+    // rather than after ack_wait.
+    if !req.auto_ack {
+        let cmd = Command::Release(Release {
+            topic: req.topic.clone(),
+            group: req.group.clone(),
+            consumer,
+        });
+        if let Err(e) = node.write(vec![cmd]).await {
+            tracing::debug!("release after consumer left: {e}");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::store_server::Store for EventsService {
+    async fn read(
+        &self,
+        req: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
+        let req = req.into_inner();
+        if req.topic.is_empty() {
+            return Err(invalid("topic", "must not be empty"));
+        }
+        self.node.read_barrier(true).await.map_err(status)?;
+        let meta = view::topic_meta(self.node.view(), &req.topic).map_err(|e| status(e.into()))?;
+        let limit = if req.limit == 0 {
+            25
+        } else {
+            req.limit.min(10_000)
+        } as usize;
+        let events = view::read(
+            self.node.view(),
+            &req.topic,
+            meta.first_seq + req.offset,
+            limit,
+        )
+        .map_err(|e| status(e.into()))?;
+        Ok(Response::new(pb::ReadResponse {
+            events: events
+                .into_iter()
+                .map(|(seq, e)| to_event(&req.topic, seq, e))
+                .collect(),
+        }))
+    }
+
+    async fn write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let ev = req
+            .into_inner()
+            .event
+            .ok_or_else(|| invalid("event", "is required"))?;
+        let cmd = publish_command(
+            pb::PublishRequest {
+                topic: ev.topic,
+                metadata: ev.metadata,
+                payload: ev.payload,
+                timestamp: ev.timestamp,
+            },
+            "event.",
+        )?;
+        self.node.write(vec![cmd]).await.map_err(status)?;
+        Ok(Response::new(pb::WriteResponse {}))
+    }
+}

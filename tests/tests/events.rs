@@ -1,0 +1,343 @@
+//! Event streams on a real 3-node cluster: replay from any position, consumer groups with
+//! acks that survive reconnects, the transactional outbox, retention.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use micro::events::ConsumeRequest;
+use micro::proto::events::PublishRequest;
+use micro::proto::store::{txn_op, Compare, Record, TxnOp, TxnRequest, WriteRequest};
+use micro_tests::TestCluster;
+
+const LONG: Duration = Duration::from_secs(30);
+
+async fn publish_n(c: &TestCluster, id: u64, topic: &str, n: u64) -> anyhow::Result<()> {
+    let events = c.client(id).await?.events();
+    let all: Vec<u64> = (1..=n).collect();
+    // Concurrent publishes are ordered by the log, not by the caller: publish in waves and
+    // check the result by payload set, then by sequence density.
+    for chunk in all.chunks(64) {
+        let sends = chunk.iter().map(|i| {
+            let e = events.clone();
+            async move {
+                e.publish(topic, format!("e{i}").into_bytes(), HashMap::new())
+                    .await
+            }
+        });
+        for r in futures::future::join_all(sends).await {
+            r?;
+        }
+    }
+    Ok(())
+}
+
+async fn consume_all(
+    c: &TestCluster,
+    id: u64,
+    req: ConsumeRequest,
+) -> anyhow::Result<Vec<micro::events::Event>> {
+    let mut consumer = c.client(id).await?.events().consume(req).await?;
+    let mut out = Vec::new();
+    while let Some(e) = consumer.next().await? {
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn replay_from(topic: &str, seq: u64) -> ConsumeRequest {
+    ConsumeRequest {
+        topic: topic.into(),
+        from_sequence: seq,
+        stop_at_end: true,
+        ..Default::default()
+    }
+}
+
+fn seqs(events: &[micro::events::Event]) -> Vec<u64> {
+    events.iter().map(|e| e.sequence).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_an_offset_on_every_node_and_after_restarts() -> anyhow::Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    publish_n(&c, 2, "orders", 10_000).await?;
+    let check = |events: Vec<micro::events::Event>| {
+        assert_eq!(seqs(&events), (5000..=10_000).collect::<Vec<_>>());
+        assert!(events
+            .iter()
+            .all(|e| e.id == format!("orders/{}", e.sequence)));
+        let payloads: BTreeSet<_> = events.iter().map(|e| e.payload.clone()).collect();
+        assert_eq!(payloads.len(), 5001, "no duplicates");
+    };
+    for id in 1..=3 {
+        check(consume_all(&c, id, replay_from("orders", 5000)).await?);
+    }
+    let all = consume_all(&c, 1, replay_from("orders", 1)).await?;
+    assert_eq!(seqs(&all), (1..=10_000).collect::<Vec<_>>());
+    let published: BTreeSet<_> = (1..=10_000).map(|i| format!("e{i}").into_bytes()).collect();
+    assert_eq!(
+        all.into_iter().map(|e| e.payload).collect::<BTreeSet<_>>(),
+        published
+    );
+
+    for id in 1..=3 {
+        c.stop(id)?;
+    }
+    for id in 1..=3 {
+        c.spawn(id)?;
+    }
+    c.wait_leader(LONG).await?;
+    for id in 1..=3 {
+        check(consume_all(&c, id, replay_from("orders", 5000)).await?);
+    }
+    // The CLI prints the same, one JSON object per line.
+    let (ok, out, err) = c.cli(
+        3,
+        &[
+            "events", "consume", "orders", "--offset", "9998", "-o", "json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        lines
+            .iter()
+            .map(|v| v["sequence"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![9998, 9999, 10_000]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_resumes_at_the_first_unacked_event_on_another_node() -> anyhow::Result<()> {
+    let c = TestCluster::start(3).await?;
+    publish_n(&c, 1, "jobs", 10).await?;
+    let group_req = |retry_limit: i64| ConsumeRequest {
+        topic: "jobs".into(),
+        group: "workers".into(),
+        from_start: true,
+        ack_wait: Duration::from_millis(800).as_nanos() as i64,
+        retry_limit,
+        ..Default::default()
+    };
+
+    // A consumer on node 1 takes the first events, acks 1..=5, then dies with 6.. unacked.
+    let events1 = c.client(1).await?.events();
+    let mut first = events1
+        .consume(ConsumeRequest {
+            limit: 8,
+            ..group_req(3)
+        })
+        .await?;
+    let mut got = Vec::new();
+    while let Some(e) = first.next().await? {
+        if e.sequence <= 5 {
+            events1.ack("workers", &e.id, true).await?;
+        }
+        got.push(e.sequence);
+    }
+    assert_eq!(got, (1..=8).collect::<Vec<_>>());
+    drop(first);
+
+    // Reconnecting to another node, the group resumes at the first unacked event. This
+    // consumer never acks: every ack_wait the events come back, until each has been delivered
+    // retry_limit (3) times. 6..=8 were delivered once already, 9 and 10 were not.
+    let events3 = c.client(3).await?.events();
+    let mut second = events3.consume(group_req(3)).await?;
+    let mut seen = Vec::new();
+    // Quiet for three ack_waits: nothing more is coming.
+    while let Ok(next) = tokio::time::timeout(Duration::from_millis(2400), second.next()).await {
+        match next? {
+            Some(e) => seen.push(e.sequence),
+            None => break,
+        }
+        assert!(seen.len() < 50, "redelivered without end: {seen:?}");
+    }
+    assert_eq!(seen, vec![6, 7, 8, 9, 10, 6, 7, 8, 9, 10, 9, 10]);
+    drop(second);
+    let after_limit = consume_all(
+        &c,
+        2,
+        ConsumeRequest {
+            stop_at_end: true,
+            ..group_req(3)
+        },
+    )
+    .await?;
+    assert!(
+        after_limit.is_empty(),
+        "delivered past the retry limit: {:?}",
+        seqs(&after_limit)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_group_consumers_split_the_stream_and_a_plain_consumer_sees_all() -> anyhow::Result<()>
+{
+    let c = TestCluster::start(3).await?;
+    let req = |node_limit: u64| ConsumeRequest {
+        topic: "split".into(),
+        group: "g".into(),
+        auto_ack: true,
+        limit: node_limit,
+        ..Default::default()
+    };
+    // Both consumers join before anything is published (a new group starts at the end).
+    let mut a = c.client(1).await?.events().consume(req(0)).await?;
+    let mut b = c.client(2).await?.events().consume(req(0)).await?;
+    let mut plain = c
+        .client(3)
+        .await?
+        .events()
+        .consume(ConsumeRequest {
+            topic: "split".into(),
+            from_start: true,
+            limit: 200,
+            ..Default::default()
+        })
+        .await?;
+    publish_n(&c, 3, "split", 200).await?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (name, mut consumer) in [("a", a), ("b", b)] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(e)) = consumer.next().await {
+                if tx.send((name, e.sequence)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + LONG;
+    while seen.len() < 200 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(x)) => seen.push(x),
+            _ => panic!("only {} of 200 events delivered to the group", seen.len()),
+        }
+    }
+    let all: BTreeSet<u64> = seen.iter().map(|(_, s)| *s).collect();
+    assert_eq!(all.len(), 200, "no event delivered twice");
+    assert_eq!(all, (1..=200).collect());
+    assert!(
+        seen.iter().any(|(n, _)| *n == "a") && seen.iter().any(|(n, _)| *n == "b"),
+        "both consumers got a share"
+    );
+
+    let mut everything = Vec::new();
+    while let Some(e) = plain.next().await? {
+        everything.push(e.sequence);
+    }
+    assert_eq!(everything, (1..=200).collect::<Vec<_>>());
+    a = c.client(1).await?.events().consume(req(1)).await?;
+    b = a; // nothing left to claim: a new consumer of the group waits rather than replaying
+    assert!(tokio::time::timeout(Duration::from_millis(700), b.next())
+        .await
+        .is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_txn_writes_and_publishes_all_or_nothing() -> anyhow::Result<()> {
+    let c = TestCluster::start(3).await?;
+    let client = c.client(2).await?;
+    let txn = |mod_revision: u64| TxnRequest {
+        compare: vec![Compare {
+            key: "order-1".into(),
+            mod_revision,
+            ..Default::default()
+        }],
+        success: vec![
+            TxnOp {
+                op: Some(txn_op::Op::Write(WriteRequest {
+                    record: Some(Record {
+                        key: "order-1".into(),
+                        value: b"placed".to_vec(),
+                        ..Default::default()
+                    }),
+                    options: None,
+                })),
+            },
+            TxnOp {
+                op: Some(txn_op::Op::Publish(PublishRequest {
+                    topic: "order-events".into(),
+                    payload: b"order-1 placed".to_vec(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    // The guard fails (the order does not exist at revision 42): neither happens.
+    let r = client.store().txn(txn(42)).await?;
+    assert!(!r.succeeded);
+    assert!(client
+        .store()
+        .read("order-1")
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert!(client
+        .events()
+        .topics()
+        .await?
+        .iter()
+        .all(|t| t.name != "order-events"));
+    // The guard holds (absent): both happen, in one entry.
+    let r = client.store().txn(txn(0)).await?;
+    assert!(r.succeeded);
+    assert_eq!(r.results[1].sequence, 1);
+    let rec = c.client(3).await?.store().read("order-1").await?;
+    assert_eq!(rec.mod_revision, r.revision);
+    let events = consume_all(&c, 1, replay_from("order-events", 1)).await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].payload, b"order-1 placed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_and_a_trimmed_start_is_reported() -> anyhow::Result<()> {
+    let c = TestCluster::start(3).await?;
+    let events = c.client(1).await?.events();
+    events.set_retention("logs", 100, 0).await?;
+    publish_n(&c, 1, "logs", 250).await?;
+    let topics = events.topics().await?;
+    let t = topics.iter().find(|t| t.name == "logs").expect("topic");
+    assert_eq!((t.first_sequence, t.last_sequence), (151, 250));
+
+    let mut consumer = c
+        .client(2)
+        .await?
+        .events()
+        .consume(replay_from("logs", 10))
+        .await?;
+    assert_eq!(consumer.trimmed_to, Some(151));
+    let mut got = Vec::new();
+    while let Some(e) = consumer.next().await? {
+        got.push(e.sequence);
+    }
+    assert_eq!(got, (151..=250).collect::<Vec<_>>());
+
+    let strict = ConsumeRequest {
+        strict: true,
+        ..replay_from("logs", 10)
+    };
+    let err = c
+        .client(3)
+        .await?
+        .events()
+        .consume(strict)
+        .await
+        .err()
+        .expect("strict start must fail");
+    assert_eq!(err.code(), Some(tonic::Code::OutOfRange));
+    assert!(err.to_string().contains("first retained is 151"), "{err}");
+    Ok(())
+}
