@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "protos/store/store.proto",
         "protos/events/events.proto",
+        "protos/broker/broker.proto",
         "protos/cluster/cluster.proto",
         "protos/raft/raft.proto",
     ];

@@ -13,6 +13,7 @@
 // the same type so `?` works without boxing at every boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod broker;
 pub mod config;
 pub mod error;
 mod machine;

@@ -89,6 +89,7 @@ impl Peer {
                 Method::ReadIndex => c.read_index(req).await,
                 Method::Info => c.info(req).await,
                 Method::Membership => c.membership(req).await,
+                Method::Broker => c.broker(req).await,
             }
         };
         let resp = match tokio::time::timeout(timeout, fut).await {
@@ -147,6 +148,7 @@ pub enum Method {
     ReadIndex,
     Info,
     Membership,
+    Broker,
 }
 
 /// Creates [`RaftPeer`]s for openraft.

@@ -96,6 +96,8 @@ pub(crate) struct Inner {
     db: Arc<Db>,
     cfg: NodeConfig,
     peers: Mutex<HashMap<String, Peer>>,
+    pub(crate) broker: crate::broker::LocalBroker,
+    broker_rr: std::sync::atomic::AtomicU64,
 }
 
 /// A handle to the running node; cheap to clone.
@@ -154,6 +156,8 @@ impl Node {
             db,
             cfg: cfg.clone(),
             peers: Mutex::new(HashMap::new()),
+            broker: Default::default(),
+            broker_rr: Default::default(),
         });
 
         let listener = tokio::net::TcpListener::bind(cfg.peer_addr)
@@ -275,6 +279,54 @@ impl Node {
             .map_err(|e| {
                 Error::Unavailable(format!("waiting to apply the read index {index}: {e}"))
             })
+    }
+
+    /// Subscribes to broker messages on `topic` published on any member; subscribers with the
+    /// same non-empty `queue` share the messages.
+    pub fn broker_subscribe(
+        &self,
+        topic: &str,
+        queue: &str,
+    ) -> tokio::sync::mpsc::Receiver<crate::broker::Message> {
+        self.inner.broker.subscribe(topic, queue)
+    }
+
+    /// Publishes a broker message to every member's subscribers (at most once, not logged).
+    pub async fn broker_publish(&self, topic: &str, message: crate::broker::Message) {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let members: Vec<(u64, String)> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let n = members.len().max(1);
+        let start = self
+            .inner
+            .broker_rr
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
+        let mut skip = BTreeSet::new();
+        for i in 0..members.len() {
+            let (id, addr) = &members[(start + i) % n];
+            let d = crate::broker::Delivery {
+                topic: topic.to_string(),
+                message: message.clone(),
+                plain: true,
+                skip_queues: skip.clone(),
+            };
+            let served = if *id == self.id() {
+                self.inner.broker.deliver(&d)
+            } else {
+                match self.inner.peer(addr) {
+                    Ok(p) => p
+                        .call::<_, BTreeSet<String>>(Method::Broker, &d, INFO_TIMEOUT)
+                        .await
+                        .unwrap_or_default(),
+                    Err(_) => BTreeSet::new(),
+                }
+            };
+            skip.extend(served);
+        }
     }
 
     /// Waits until this node has applied `index` (e.g. an entry this node wrote through the

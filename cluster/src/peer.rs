@@ -120,6 +120,11 @@ impl Peer for PeerService {
         reply(&res)
     }
 
+    async fn broker(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let d: crate::broker::Delivery = decode(req.get_ref())?;
+        reply(&self.node.broker.deliver(&d))
+    }
+
     async fn info(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
         reply(&self.node.self_status())
     }

@@ -15,6 +15,10 @@ pub mod events {
     tonic::include_proto!("events");
 }
 
+pub mod broker {
+    tonic::include_proto!("broker");
+}
+
 pub mod cluster {
     tonic::include_proto!("cluster");
 }

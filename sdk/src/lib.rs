@@ -87,6 +87,11 @@ impl Client {
         self.channel.clone()
     }
 
+    /// The broker: ephemeral pub/sub.
+    pub fn broker(&self) -> proto::broker::broker_client::BrokerClient<Channel> {
+        proto::broker::broker_client::BrokerClient::new(self.channel.clone())
+    }
+
     /// Event streams.
     pub fn events(&self) -> Events {
         Events::new(self.channel.clone())

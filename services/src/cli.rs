@@ -59,6 +59,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: EventsCmd,
     },
+    /// Ephemeral pub/sub (at most once, not stored)
+    Broker {
+        #[command(subcommand)]
+        cmd: BrokerCmd,
+    },
     /// Save, verify and restore snapshots (disaster recovery)
     Snapshot {
         #[command(subcommand)]
@@ -112,6 +117,28 @@ enum EventsCmd {
         /// Keep none older than this, e.g. 7d (default: unlimited)
         #[arg(long, value_parser = humantime::parse_duration)]
         max_age: Option<Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BrokerCmd {
+    /// Publish a message to every subscriber of TOPIC, on every node
+    Publish {
+        topic: String,
+        data: String,
+        /// Header as key=value (repeatable)
+        #[arg(long = "header", short = 'H', value_parser = parse_kv)]
+        header: Vec<(String, String)>,
+    },
+    /// Print messages published to TOPIC from now on
+    Subscribe {
+        topic: String,
+        /// Share messages with other subscribers of this queue
+        #[arg(long, default_value = "")]
+        queue: String,
+        /// Stop after this many messages
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
     },
 }
 
@@ -283,6 +310,7 @@ pub fn main() -> ExitCode {
             Cmd::Cluster { cmd } => cluster(&cli.server, cli.output, cmd).await,
             Cmd::Snapshot { cmd } => snapshot(&cli.server, cli.output, cmd).await,
             Cmd::Events { cmd } => events(&cli.server, cli.output, cmd).await,
+            Cmd::Broker { cmd } => broker(&cli.server, cli.output, cmd).await,
         }
     });
     match res {
@@ -851,6 +879,53 @@ async fn events(server: &str, out: Output, cmd: EventsCmd) -> anyhow::Result<Exi
                 .await?;
             if out == Output::Table {
                 println!("retention of {topic} set");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn broker(server: &str, out: Output, cmd: BrokerCmd) -> anyhow::Result<ExitCode> {
+    use micro::proto::broker as pb;
+    let mut client = Client::connect(server).await?.broker();
+    match cmd {
+        BrokerCmd::Publish {
+            topic,
+            data,
+            header,
+        } => {
+            let req = pb::PublishRequest {
+                topic,
+                message: Some(pb::Message {
+                    header: header.into_iter().collect(),
+                    body: data.into_bytes(),
+                }),
+            };
+            client.publish(req).await.map_err(micro::Error::from)?;
+        }
+        BrokerCmd::Subscribe {
+            topic,
+            queue,
+            limit,
+        } => {
+            let mut stream = client
+                .subscribe(pb::SubscribeRequest { topic, queue })
+                .await
+                .map_err(micro::Error::from)?
+                .into_inner();
+            let mut n = 0;
+            while let Some(m) = stream.message().await.map_err(micro::Error::from)? {
+                match out {
+                    Output::Json => println!(
+                        "{}",
+                        json!({"header": m.header, "body": String::from_utf8_lossy(&m.body)})
+                    ),
+                    Output::Table => println!("{}", String::from_utf8_lossy(&m.body)),
+                }
+                n += 1;
+                if limit > 0 && n >= limit {
+                    break;
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The gRPC services: thin adapters between protobuf and [`micro_cluster::Node`].
 
+pub mod broker;
 pub mod cluster;
 pub mod events;
 pub mod store;

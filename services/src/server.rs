@@ -48,6 +48,7 @@ pub async fn run(
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
         let svc_store = StoreService::server(node.clone());
         let svc_cluster = ClusterService::server(node.clone());
+        let svc_broker = crate::grpc::broker::BrokerService::server(node.clone());
         let (svc_stream, svc_events_store) =
             crate::grpc::events::EventsService::servers(node.clone());
         let stop = wait(stop_rx.clone());
@@ -56,6 +57,7 @@ pub async fn run(
                 .tcp_nodelay(true)
                 .add_service(svc_store)
                 .add_service(svc_cluster)
+                .add_service(svc_broker)
                 .add_service(svc_stream)
                 .add_service(svc_events_store)
                 .serve_with_incoming_shutdown(incoming, stop)

@@ -341,3 +341,85 @@ async fn retention_trims_and_a_trimmed_start_is_reported() -> anyhow::Result<()>
     assert!(err.to_string().contains("first retained is 151"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_fans_out_across_nodes_and_queues_share() -> anyhow::Result<()> {
+    use micro::proto::broker::{Message, PublishRequest, SubscribeRequest};
+    let c = TestCluster::start(3).await?;
+    let sub = |id: u64, queue: &str| {
+        let queue = queue.to_string();
+        let c = &c;
+        async move {
+            let mut b = c.client(id).await?.broker();
+            let s = b
+                .subscribe(SubscribeRequest {
+                    topic: "news".into(),
+                    queue,
+                })
+                .await?;
+            anyhow::Ok(s.into_inner())
+        }
+    };
+    // Subscriptions are registered once the subscribe call has answered.
+    let mut plain = sub(3, "").await?;
+    let q2 = sub(2, "workers").await?;
+    let q3 = sub(3, "workers").await?;
+    let mut publisher = c.client(1).await?.broker();
+    for i in 0..30 {
+        let msg = Message {
+            header: Default::default(),
+            body: format!("m{i}").into_bytes(),
+        };
+        publisher
+            .publish(PublishRequest {
+                topic: "news".into(),
+                message: Some(msg),
+            })
+            .await?;
+    }
+    let mut got = Vec::new();
+    for _ in 0..30 {
+        let m = tokio::time::timeout(LONG, plain.message())
+            .await??
+            .expect("message");
+        got.push(String::from_utf8(m.body)?);
+    }
+    assert_eq!(
+        got,
+        (0..30).map(|i| format!("m{i}")).collect::<Vec<_>>(),
+        "node 3 got node 1's messages in order"
+    );
+
+    // Each message went to exactly one queue subscriber, and both got some.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (name, mut s) in [(2u64, q2), (3, q3)] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = s.message().await {
+                let _ = tx.send((name, String::from_utf8_lossy(&m.body).into_owned()));
+            }
+        });
+    }
+    let mut shared = Vec::new();
+    while shared.len() < 30 {
+        let x = tokio::time::timeout(LONG, rx.recv())
+            .await?
+            .expect("queue message");
+        shared.push(x);
+    }
+    let bodies: BTreeSet<_> = shared.iter().map(|(_, b)| b.clone()).collect();
+    assert_eq!(
+        bodies.len(),
+        30,
+        "no message delivered to two queue members"
+    );
+    assert!(
+        shared.iter().any(|(n, _)| *n == 2) && shared.iter().any(|(n, _)| *n == 3),
+        "both queue members got a share"
+    );
+    // And nothing more arrives: 30 messages, 30 queue deliveries.
+    assert!(tokio::time::timeout(Duration::from_millis(300), rx.recv())
+        .await
+        .is_err());
+    Ok(())
+}
