@@ -301,6 +301,19 @@ mod tests {
         assert!(matches!(cut, Error::Truncated(_)), "{cut}");
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes (and arbitrary damage to a real file) never panic the parser.
+        #[test]
+        fn parse_never_panics(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256), cut in 0usize..200, flip in 0usize..200) {
+            let _ = verify(&raw);
+            let mut good = sample();
+            let _ = verify(&good[..cut.min(good.len())]);
+            let i = flip % good.len();
+            good[i] = good[i].wrapping_add(1);
+            proptest::prop_assert!(verify(&good).is_err());
+        }
+    }
+
     #[test]
     fn golden_bytes_v1() {
         // Changing this layout breaks every saved snapshot: add a version instead.

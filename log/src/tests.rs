@@ -106,3 +106,29 @@ fn state_scan_matches_the_memory_store() {
         assert_eq!(collect(&*db), collect(&mem), "{from:?} {to:?} {rev}");
     }
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use crate::frame;
+
+    proptest! {
+        /// Arbitrary bytes never panic the frame decoder, and anything it accepts re-encodes
+        /// to the same bytes.
+        #[test]
+        fn decode_never_panics(index in any::<u64>(), raw in prop::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(payload) = frame::decode(index, &raw) {
+                prop_assert_eq!(frame::encode(index, payload), raw);
+            }
+        }
+
+        /// Any single flipped bit in a frame is caught.
+        #[test]
+        fn every_bit_flip_is_caught(index in any::<u64>(), payload in prop::collection::vec(any::<u8>(), 0..64), bit in any::<prop::sample::Index>()) {
+            let mut raw = frame::encode(index, &payload);
+            let b = bit.index(raw.len() * 8);
+            raw[b / 8] ^= 1 << (b % 8);
+            prop_assert!(frame::decode(index, &raw).is_err());
+        }
+    }
+}

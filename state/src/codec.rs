@@ -32,7 +32,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if version != FORMAT_VERSION {
         return Err(Error::Version(version));
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+    // The limit stops a corrupt length prefix from asking for an absurd allocation.
+    let config = bincode::config::standard().with_limit::<{ 256 * 1024 * 1024 }>();
+    let (value, used) = bincode::serde::decode_from_slice(body, config)
         .map_err(|e| Error::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(Error::Decode(format!(

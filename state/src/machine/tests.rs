@@ -653,3 +653,13 @@ mod events_view {
         assert_eq!(get(&s, "order", 0), Some(b"placed".to_vec()));
     }
 }
+
+proptest! {
+    /// The value codec never panics on arbitrary bytes (records, entries, metadata).
+    #[test]
+    fn codec_decode_never_panics(raw in prop::collection::vec(any::<u8>(), 0..128)) {
+        let _ = crate::codec::decode::<crate::views::store::StoredRecord>(&raw);
+        let _ = crate::codec::decode::<Request>(&raw);
+        let _ = crate::codec::decode::<crate::views::events::GroupState>(&raw);
+    }
+}
