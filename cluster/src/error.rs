@@ -1,7 +1,7 @@
 //! Errors a node returns to the front ends. Each carries enough context to name the remedy;
 //! `micro-services` maps them to gRPC and HTTP statuses in one place.
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The cluster cannot serve right now (no leader, no quorum, shutting down). Retryable.
     #[error("cluster unavailable: {0}")]

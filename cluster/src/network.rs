@@ -151,11 +151,44 @@ pub enum Method {
     Broker,
 }
 
-/// Creates [`RaftPeer`]s for openraft.
-pub struct Network {
-    pub token: String,
+/// One connection per peer address, shared by everything that talks to that peer.
+///
+/// openraft asks for a new client for every leadership check (each linearizable read), so
+/// without sharing every read would open a TCP connection and an HTTP/2 session.
+pub struct PeerPool {
+    token: String,
     /// Member address → address to dial instead (see `NodeConfig::peer_routes`).
-    pub routes: std::collections::BTreeMap<String, String>,
+    routes: std::collections::BTreeMap<String, String>,
+    peers: std::sync::Mutex<std::collections::HashMap<String, Peer>>,
+}
+
+impl PeerPool {
+    pub fn new(token: String, routes: std::collections::BTreeMap<String, String>) -> Self {
+        PeerPool {
+            token,
+            routes,
+            peers: Default::default(),
+        }
+    }
+
+    /// The shared connection to the member at `addr`.
+    pub fn get(&self, addr: &str) -> Result<Peer, String> {
+        let mut peers = self.peers.lock().expect("peer pool lock");
+        if let Some(p) = peers.get(addr) {
+            return Ok(p.clone());
+        }
+        let p = Peer::new(
+            self.routes.get(addr).map_or(addr, String::as_str),
+            &self.token,
+        )?;
+        peers.insert(addr.to_string(), p.clone());
+        Ok(p)
+    }
+}
+
+/// Creates [`RaftPeer`]s for openraft from the shared pool.
+pub struct Network {
+    pub pool: std::sync::Arc<PeerPool>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -164,10 +197,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> RaftPeer {
         RaftPeer {
             target,
-            peer: Peer::new(
-                self.routes.get(&node.addr).unwrap_or(&node.addr),
-                &self.token,
-            ),
+            peer: self.pool.get(&node.addr),
         }
     }
 }

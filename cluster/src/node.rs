@@ -1,6 +1,6 @@
 //! A running member: Raft, its storage, the peer server, and what the front ends call.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::machine::StateMachine;
-use crate::network::{CallError, Method, Network, Peer};
+use crate::network::{CallError, Method, Network, Peer, PeerPool};
 use crate::store::LogStore;
 use crate::{now_ms, Error, NodeConfig, Raft};
 
@@ -34,6 +34,14 @@ pub enum ForwardError {
         reason: String,
     },
     Unavailable(String),
+}
+
+/// Linearizable reads waiting for a read index. One leadership round serves every read that
+/// arrived before the round started; reads arriving during a round wait for the next one.
+#[derive(Default)]
+struct ReadBatch {
+    in_flight: bool,
+    waiters: Vec<tokio::sync::oneshot::Sender<Result<u64, Error>>>,
 }
 
 /// See [`Node::applied_changes`].
@@ -95,8 +103,9 @@ pub(crate) struct Inner {
     pub(crate) raft: Raft,
     db: Arc<Db>,
     cfg: NodeConfig,
-    peers: Mutex<HashMap<String, Peer>>,
+    peers: Arc<PeerPool>,
     pub(crate) broker: crate::broker::LocalBroker,
+    reads: Mutex<ReadBatch>,
     broker_rr: std::sync::atomic::AtomicU64,
 }
 
@@ -145,18 +154,20 @@ impl Node {
             ..Default::default()
         }
         .validate()?;
-        let network = Network {
-            token: cfg.cluster_token.clone(),
-            routes: cfg.peer_routes.clone(),
-        };
+        let pool = Arc::new(PeerPool::new(
+            cfg.cluster_token.clone(),
+            cfg.peer_routes.clone(),
+        ));
+        let network = Network { pool: pool.clone() };
         let raft = Raft::new(cfg.node_id, Arc::new(raft_config), network, log_store, sm).await?;
 
         let inner = Arc::new(Inner {
             raft: raft.clone(),
             db,
             cfg: cfg.clone(),
-            peers: Mutex::new(HashMap::new()),
+            peers: pool,
             broker: Default::default(),
+            reads: Mutex::new(ReadBatch::default()),
             broker_rr: Default::default(),
         });
 
@@ -266,10 +277,7 @@ impl Node {
         if std::env::var_os("MICRO_PLANTED_BUG_STALE_READS").is_some() {
             return Ok(());
         }
-        let inner = self.inner.clone();
-        let index: u64 = self
-            .on_leader(Method::ReadIndex, &(), || inner.read_index_here())
-            .await?;
+        let index = self.batched_read_index().await?;
         self.inner
             .raft
             .wait(Some(REQUEST_DEADLINE))
@@ -339,6 +347,41 @@ impl Node {
             .await
             .map(|_| ())
             .map_err(|e| Error::Unavailable(format!("waiting to apply index {index}: {e}")))
+    }
+
+    /// A read index for this read: shared with every read that arrived before the same
+    /// leadership round started (so each still observes all writes acknowledged before it).
+    async fn batched_read_index(&self) -> Result<u64, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start_round = {
+            let mut b = self.inner.reads.lock().expect("read batch lock");
+            b.waiters.push(tx);
+            !std::mem::replace(&mut b.in_flight, true)
+        };
+        if start_round {
+            let node = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let waiters = {
+                        let mut b = node.inner.reads.lock().expect("read batch lock");
+                        if b.waiters.is_empty() {
+                            b.in_flight = false;
+                            break;
+                        }
+                        std::mem::take(&mut b.waiters)
+                    };
+                    let inner = node.inner.clone();
+                    let res = node
+                        .on_leader(Method::ReadIndex, &(), || inner.read_index_here())
+                        .await;
+                    for w in waiters {
+                        let _ = w.send(res.clone());
+                    }
+                }
+            });
+        }
+        rx.await
+            .map_err(|_| Error::Internal("the read-index round was dropped".into()))?
     }
 
     /// Adds a learner, promotes a caught-up learner to voter, or removes a member.
@@ -517,13 +560,7 @@ impl Node {
 
 impl Inner {
     fn peer(&self, addr: &str) -> Result<Peer, String> {
-        let mut peers = self.peers.lock().expect("peers lock");
-        if let Some(p) = peers.get(addr) {
-            return Ok(p.clone());
-        }
-        let p = Peer::new(self.cfg.route(addr), &self.cfg.cluster_token)?;
-        peers.insert(addr.to_string(), p.clone());
-        Ok(p)
+        self.peers.get(addr)
     }
 
     /// Waits (bounded) for the leader to change or become known, instead of spinning.
@@ -701,8 +738,11 @@ impl Inner {
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(self.leader_hint(f.leader_id, f.leader_node))
             }
+            // Heartbeat acks did not come back in time (a busy machine, a partition): nothing
+            // was read, so the caller may retry until its deadline.
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
-                Err(ForwardError::Unavailable(e.to_string()))
+                tracing::debug!("read index: {e}");
+                Err(ForwardError::NotLeader { leader: None })
             }
             Ok(Err(RaftError::Fatal(e))) => {
                 Err(ForwardError::Unavailable(format!("raft stopped: {e}")))
