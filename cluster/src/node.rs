@@ -278,15 +278,7 @@ impl Node {
             return Ok(());
         }
         let index = self.batched_read_index().await?;
-        self.inner
-            .raft
-            .wait(Some(REQUEST_DEADLINE))
-            .applied_index_at_least(Some(index), "read index")
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                Error::Unavailable(format!("waiting to apply the read index {index}: {e}"))
-            })
+        self.wait_applied(index).await
     }
 
     /// Subscribes to broker messages on `topic` published on any member; subscribers with the

@@ -363,10 +363,7 @@ async fn sse(
     body: Bytes,
 ) -> Result<Response, tonic::Status> {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("gRPC front end not ready: {e}")))?;
+    let mut grpc = ready(channel).await?;
     let stream = grpc
         .server_streaming(tonic::Request::new(body), grpc_path(rpc)?, RawCodec)
         .await?
@@ -398,22 +395,22 @@ async fn sse(
         .into_response())
 }
 
+async fn ready(channel: &Channel) -> Result<tonic::client::Grpc<Channel>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("gRPC front end not ready: {e}")))?;
+    Ok(grpc)
+}
+
 /// Calls `rpc` on the local gRPC front end with an encoded request.
 async fn call(
     channel: &Channel,
     rpc: &MethodDescriptor,
     body: Bytes,
 ) -> Result<Bytes, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("gRPC front end not ready: {e}")))?;
-    let path = http::uri::PathAndQuery::from_str(&format!(
-        "/{}/{}",
-        rpc.parent_service().full_name(),
-        rpc.name()
-    ))
-    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let mut grpc = ready(channel).await?;
+    let path = grpc_path(rpc)?;
     let req = tonic::Request::new(body);
     if rpc.is_server_streaming() {
         // Protobuf merges concatenated messages (repeated fields append), so the stream's

@@ -116,17 +116,7 @@ impl Command {
                 check_name("key", &p.key, true)?;
                 check_name("database", &p.db, false)?;
                 check_name("table", &p.table, false)?;
-                if p.value.len() > crate::MAX_VALUE_BYTES {
-                    return Err(reject(
-                        "value",
-                        format!(
-                            "is {} bytes; the limit is {} bytes",
-                            p.value.len(),
-                            crate::MAX_VALUE_BYTES
-                        ),
-                    ));
-                }
-                Ok(())
+                check_size("value", p.value.len(), crate::MAX_VALUE_BYTES)
             }
             Command::Delete(d) => {
                 check_name("key", &d.key, true)?;
@@ -156,17 +146,7 @@ impl Command {
             Command::SetClusterId(id) => check_name("cluster_id", id, true),
             Command::Publish(p) => {
                 check_name("topic", &p.topic, true)?;
-                if p.payload.len() > crate::MAX_VALUE_BYTES {
-                    return Err(reject(
-                        "payload",
-                        format!(
-                            "is {} bytes; the limit is {} bytes",
-                            p.payload.len(),
-                            crate::MAX_VALUE_BYTES
-                        ),
-                    ));
-                }
-                Ok(())
+                check_size("payload", p.payload.len(), crate::MAX_VALUE_BYTES)
             }
             Command::SetRetention(r) => check_name("topic", &r.topic, true),
             Command::Claim(c) => {
@@ -196,14 +176,15 @@ fn check_name(field: &str, value: &str, required: bool) -> Result<(), Outcome> {
     if required && value.is_empty() {
         return Err(reject(field, "must not be empty".into()));
     }
-    if value.len() > crate::MAX_KEY_BYTES {
+    check_size(field, value.len(), crate::MAX_KEY_BYTES)?;
+    Ok(())
+}
+
+fn check_size(field: &str, len: usize, limit: usize) -> Result<(), Outcome> {
+    if len > limit {
         return Err(reject(
             field,
-            format!(
-                "is {} bytes; the limit is {} bytes",
-                value.len(),
-                crate::MAX_KEY_BYTES
-            ),
+            format!("is {len} bytes; the limit is {limit} bytes"),
         ));
     }
     Ok(())
