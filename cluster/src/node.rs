@@ -179,7 +179,9 @@ impl Node {
         {
             let svc = crate::peer::server(inner.clone(), cfg.cluster_token.clone());
             let mut rx = stop_rx.clone();
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Set nodelay on accepted sockets: the builder's setting does not reach them.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tasks.push(tokio::spawn(async move {
                 let res = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
