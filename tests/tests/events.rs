@@ -423,3 +423,72 @@ async fn the_broker_fans_out_across_nodes_and_queues_share() -> anyhow::Result<(
         .is_err());
     Ok(())
 }
+
+#[tokio::test]
+async fn events_over_http_including_a_live_sse_stream() -> anyhow::Result<()> {
+    let c = TestCluster::start(1).await?;
+    let http = c.spec(1).http.clone();
+    let client = reqwest::Client::new();
+    // Publish through the gateway (`/events/publish` resolves to events.Stream/Publish).
+    for i in 1..=3 {
+        let body = serde_json::json!({"topic": "web", "payload": base64_of(&format!("p{i}"))});
+        let v: serde_json::Value = client
+            .post(format!("http://{http}/events/publish"))
+            .json(&body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(v["sequence"], i, "{v}");
+    }
+    // The backlog as one JSON answer.
+    let v: serde_json::Value = client
+        .post(format!("http://{http}/events/consume"))
+        .json(&serde_json::json!({"topic": "web", "from_sequence": 2, "stop_at_end": true}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        v["sequence"], 3,
+        "repeated fields append, scalars keep the last: {v}"
+    );
+    // Live, as Server-Sent Events: the backlog first, then an event published afterwards.
+    let mut resp = client
+        .post(format!("http://{http}/events/consume"))
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({"topic": "web", "from_sequence": 3}))
+        .send()
+        .await?;
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    let mut published_live = false;
+    while text.matches("data:").count() < 2 {
+        let chunk = tokio::time::timeout(LONG, resp.chunk())
+            .await??
+            .expect("stream open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if !published_live && text.contains("data:") {
+            c.client(1)
+                .await?
+                .events()
+                .publish("web", b"live".to_vec(), HashMap::new())
+                .await?;
+            published_live = true;
+        }
+    }
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(events[0]["sequence"], 3);
+    assert_eq!(events[1]["sequence"], 4);
+    assert_eq!(events[1]["payload"], base64_of("live"));
+    Ok(())
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
