@@ -422,11 +422,16 @@ impl Node {
     {
         let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
         loop {
-            let res = match local().await {
-                Err(ForwardError::NotLeader {
-                    leader: Some((id, addr)),
-                }) if id != self.id() => self.call_leader(&addr, method, payload).await,
-                other => other.map_err(Some),
+            // A follower that knows the leader goes straight to it, skipping a round trip
+            // through its own Raft core just to be told to forward.
+            let res = match self.inner.known_other_leader() {
+                Some(addr) => self.call_leader(&addr, method, payload).await,
+                None => match local().await {
+                    Err(ForwardError::NotLeader {
+                        leader: Some((id, addr)),
+                    }) if id != self.id() => self.call_leader(&addr, method, payload).await,
+                    other => other.map_err(Some),
+                },
             };
             match res {
                 Ok(r) => return Ok(r),
@@ -613,6 +618,17 @@ impl Inner {
                 Err(ForwardError::Unavailable(format!("raft stopped: {e}")))
             }
         }
+    }
+
+    /// The peer address of the leader, if this node knows one and it is another node.
+    fn known_other_leader(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader.filter(|l| *l != self.cfg.node_id)?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
     }
 
     /// The leader as this node knows it, for a NotLeader answer.
