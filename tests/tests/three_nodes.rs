@@ -97,11 +97,28 @@ async fn bootstrap_follower_writes_failover_and_catch_up() -> anyhow::Result<()>
 async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
     let mut c = TestCluster::start(3).await?;
     let leader = c.wait_leader(Duration::from_secs(10)).await?;
+    // The first leader names the cluster with an entry of its own; let that happen first so
+    // the only entry after the writes below is the expiry tick.
+    let deadline = tokio::time::Instant::now() + LONG;
+    while c
+        .client(leader)
+        .await?
+        .cluster_status()
+        .await?
+        .cluster_id
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster was never named"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let store = c.client(leader).await?.store();
     store
         .write_with_ttl("session", b"s".to_vec(), Some(Duration::from_secs(2)))
         .await?;
-    store.write("keeper", b"k".to_vec()).await?;
+    let after_writes = store.write("keeper", b"k".to_vec()).await?;
     for id in [1, 2, 3] {
         let rec = c.client(id).await?.store().read("session").await?;
         assert!(
@@ -125,9 +142,22 @@ async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
             }
         }
     }
-    // The purge is an applied entry: wait until all nodes applied the same index, stop them
-    // and compare their views byte for byte. The record must be physically gone.
-    let target = c.applied(leader).await?;
+    // Reads hide the record by the reader's clock at once; the purge itself is the leader's
+    // tick entry, applied with no client writes at all: wait for the leader to apply past
+    // the last write, then for every node to reach that index. Then stop them and compare
+    // their views byte for byte. The record must be physically gone.
+    let deadline = tokio::time::Instant::now() + LONG;
+    let target = loop {
+        let now = c.applied(leader).await?;
+        if now > after_writes {
+            break now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no tick entry after the expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     c.wait_applied(target, LONG).await?;
     let mut digests = BTreeSet::new();
     for id in [1, 2, 3] {
