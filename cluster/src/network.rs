@@ -230,9 +230,14 @@ impl RaftPeer {
         let res: Result<Resp, RaftError<u64>> = peer
             .call(method, req, option.hard_ttl())
             .await
+            // Every transport failure counts as Unreachable, which makes openraft back off.
+            // As a plain network error it retries at once: a peer that accepts connections and
+            // drops them (a dying process, a proxy) was hit thousands of times a second.
+            // Raft RPCs are idempotent, so nothing is lost by treating "no answer" this way.
             .map_err(|e| match e {
-                CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&Msg(m))),
-                CallError::Failed(m) => RPCError::Network(NetworkError::new(&Msg(m))),
+                CallError::Unreachable(m) | CallError::Failed(m) => {
+                    RPCError::Unreachable(Unreachable::new(&Msg(m)))
+                }
             })?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }

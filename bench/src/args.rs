@@ -1,0 +1,233 @@
+//! Command line: `micro-bench compare ...`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "micro-bench",
+    version,
+    about = "Load generator that measures Micro and etcd side by side"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Start a 3-node Micro cluster and a 3-node etcd cluster on 127.0.0.1 and drive both with
+    /// the same closed-loop workload, in alternating rounds
+    Compare(CompareArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    Micro,
+    Etcd,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Micro => "micro",
+            Target::Etcd => "etcd",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Write a random key of the key space
+    Put,
+    /// Linearizable read of a random (preloaded) key
+    Get,
+    /// Serializable read (the connected node's copy) of a random (preloaded) key
+    GetSerializable,
+    /// 90% linearizable get, 10% put
+    Mixed,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Put => "put",
+            Workload::Get => "get",
+            Workload::GetSerializable => "get-serializable",
+            Workload::Mixed => "mixed",
+        }
+    }
+
+    /// Whether the workload reads keys that must exist (so the key space is preloaded).
+    pub fn reads(self) -> bool {
+        !matches!(self, Workload::Put)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// Systems to measure, comma separated
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "micro,etcd")]
+    pub target: Vec<Target>,
+    /// Workloads, comma separated
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "put,get")]
+    pub workload: Vec<Workload>,
+    /// Concurrent closed-loop clients per cell, comma separated (client i talks to node i % 3)
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    pub clients: Vec<usize>,
+    /// Size of the key space (keys 0..N, zero padded to --key-size)
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// Key length in bytes
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Value length in bytes
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Measured time per cell (one target, one workload, one client count): 500ms, 10s, 1m
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Unmeasured load before each cell's measurement starts
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+    /// Directory for results.json and results.md
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// The `micro` binary (default: `release/micro` in this executable's target dir)
+    #[arg(long)]
+    pub micro_bin: Option<PathBuf>,
+    /// The `etcd` binary (default: `etcd` on PATH, installed by bench/scripts/install-etcd)
+    #[arg(long)]
+    pub etcd_bin: Option<PathBuf>,
+    /// Do not run `cargo build --release -p micro-services --bin micro` first
+    #[arg(long)]
+    pub no_build: bool,
+    /// Markdown file whose generated section gets the latest table (default: the workspace's
+    /// docs/benchmarks.md when it exists)
+    #[arg(long)]
+    pub docs: Option<PathBuf>,
+    /// Do not update any docs file
+    #[arg(long, conflicts_with = "docs")]
+    pub no_docs: bool,
+    /// Where the temporary data dirs go (default: the system temp dir); they are removed
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+}
+
+impl CompareArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.target.is_empty(), "--target is empty");
+        anyhow::ensure!(!self.workload.is_empty(), "--workload is empty");
+        anyhow::ensure!(
+            !self.clients.is_empty() && self.clients.iter().all(|c| *c > 0),
+            "--clients must list positive numbers"
+        );
+        anyhow::ensure!(self.keys > 0, "--keys must be positive");
+        let digits = (self.keys - 1).to_string().len();
+        anyhow::ensure!(
+            self.key_size >= digits,
+            "--key-size {} cannot hold {} distinct keys (need at least {digits} bytes)",
+            self.key_size,
+            self.keys
+        );
+        anyhow::ensure!(!self.duration.is_zero(), "--duration must be positive");
+        Ok(())
+    }
+}
+
+/// `250ms`, `10s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{s}` is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Key `i` of the key space, zero padded to `size` bytes.
+pub fn key(i: u64, size: usize) -> String {
+    format!("{i:0size$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn compare_command_line() {
+        let cli = Cli::try_parse_from([
+            "micro-bench",
+            "compare",
+            "--target",
+            "micro,etcd",
+            "--workload",
+            "put,get-serializable,mixed",
+            "--clients",
+            "1,16,256",
+            "--keys",
+            "100000",
+            "--duration",
+            "20s",
+            "--out",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let Cmd::Compare(a) = cli.cmd;
+        assert_eq!(a.target, vec![Target::Micro, Target::Etcd]);
+        assert_eq!(
+            a.workload,
+            vec![Workload::Put, Workload::GetSerializable, Workload::Mixed]
+        );
+        assert_eq!(a.clients, vec![1, 16, 256]);
+        assert_eq!(a.duration, Duration::from_secs(20));
+        assert_eq!((a.key_size, a.value_size), (8, 256));
+        a.validate().unwrap();
+        assert!(Cli::try_parse_from(["micro-bench", "compare", "--workload", "scan"]).is_err());
+    }
+
+    #[test]
+    fn keys_are_fixed_width() {
+        assert_eq!(key(42, 8), "00000042");
+        assert_eq!(key(99_999, 8).len(), 8);
+        let a = Cli::try_parse_from([
+            "micro-bench",
+            "compare",
+            "--keys",
+            "1000",
+            "--key-size",
+            "2",
+        ])
+        .unwrap();
+        let Cmd::Compare(a) = a.cmd;
+        assert!(a.validate().is_err());
+    }
+}

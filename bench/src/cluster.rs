@@ -1,0 +1,381 @@
+//! Three-node Micro and etcd clusters on 127.0.0.1, in a temp dir removed on drop, and the
+//! per-worker connections that drive them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::time::{sleep, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::args::Target;
+use crate::etcd::pb;
+use crate::procs::{cpu_seconds, free_ports, peak_rss_kib, Proc};
+
+pub const NODES: usize = 3;
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const MICRO_TOKEN: &str = "bench-token-123";
+
+pub struct Node {
+    /// Client (gRPC) address, `127.0.0.1:PORT`.
+    pub addr: String,
+    pub proc: Proc,
+}
+
+/// A running cluster. Fields drop in order: the nodes are killed before their data dir goes.
+pub struct Cluster {
+    pub target: Target,
+    pub nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts a 3-node Micro cluster and waits until every node names the same leader.
+    pub async fn start_micro(bin: &Path, root: &Path) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("micro-bench-micro-")
+            .tempdir_in(root)?;
+        let ports = free_ports(3 * NODES)?;
+        let peer = |i: usize| format!("127.0.0.1:{}", ports[3 * i + 2]);
+        let initial: Vec<String> = (0..NODES)
+            .map(|i| format!("{}={}", i + 1, peer(i)))
+            .collect();
+        let initial = initial.join(",");
+        let mut nodes = Vec::new();
+        for i in 0..NODES {
+            let id = i + 1;
+            let addr = format!("127.0.0.1:{}", ports[3 * i]);
+            let args: Vec<String> = vec![
+                "server".into(),
+                "--node-id".into(),
+                id.to_string(),
+                "--data-dir".into(),
+                dir.path().join(format!("node{id}")).display().to_string(),
+                "--grpc".into(),
+                addr.clone(),
+                "--http".into(),
+                format!("127.0.0.1:{}", ports[3 * i + 1]),
+                "--peer".into(),
+                peer(i),
+                "--cluster-token".into(),
+                MICRO_TOKEN.into(),
+                "--initial-cluster".into(),
+                initial.clone(),
+            ];
+            let log = dir.path().join(format!("node{id}.log"));
+            let proc = Proc::spawn(&format!("micro node {id}"), bin, &args, &[], &log)?;
+            nodes.push(Node { addr, proc });
+        }
+        let mut c = Cluster {
+            target: Target::Micro,
+            nodes,
+            _dir: dir,
+        };
+        c.wait_micro_leader().await?;
+        Ok(c)
+    }
+
+    async fn wait_micro_leader(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let mut leaders = Vec::new();
+            for n in &mut self.nodes {
+                n.proc.check_running()?;
+                if let Ok(c) = micro::Client::connect(&n.addr).await {
+                    if let Ok(s) = c.cluster_status().await {
+                        leaders.push(s.leader);
+                    }
+                }
+            }
+            if leaders.len() == NODES && leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0])
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "Micro: no leader all nodes agree on within {READY_TIMEOUT:?} (saw {leaders:?}); {}",
+                    self.log_tails()
+                );
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts a 3-member etcd cluster (fsync on, etcd's default) and waits until every member
+    /// names the same leader and answers a linearizable read.
+    pub async fn start_etcd(bin: &Path, root: &Path) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("micro-bench-etcd-")
+            .tempdir_in(root)?;
+        let ports = free_ports(2 * NODES)?;
+        let peer = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        let initial: Vec<String> = (0..NODES)
+            .map(|i| format!("n{}={}", i + 1, peer(i)))
+            .collect();
+        let initial = initial.join(",");
+        let mut nodes = Vec::new();
+        for i in 0..NODES {
+            let name = format!("n{}", i + 1);
+            let addr = format!("127.0.0.1:{}", ports[2 * i]);
+            let client_url = format!("http://{addr}");
+            let args: Vec<String> = vec![
+                "--name".into(),
+                name.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer(i),
+                "--listen-peer-urls".into(),
+                peer(i),
+                "--listen-client-urls".into(),
+                client_url.clone(),
+                "--advertise-client-urls".into(),
+                client_url,
+                "--initial-cluster".into(),
+                initial.clone(),
+                "--initial-cluster-token".into(),
+                "micro-bench-etcd".into(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                "--data-dir".into(),
+                dir.path().join(&name).display().to_string(),
+            ];
+            let log = dir.path().join(format!("{name}.log"));
+            let proc = Proc::spawn(&format!("etcd member {name}"), bin, &args, &[], &log)?;
+            nodes.push(Node { addr, proc });
+        }
+        let mut c = Cluster {
+            target: Target::Etcd,
+            nodes,
+            _dir: dir,
+        };
+        c.wait_etcd_ready().await?;
+        Ok(c)
+    }
+
+    async fn wait_etcd_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let mut leaders = Vec::new();
+            let mut reads = 0;
+            for n in &mut self.nodes {
+                n.proc.check_running()?;
+                let Ok(ch) = channel(&n.addr).await else {
+                    continue;
+                };
+                let mut m = pb::maintenance_client::MaintenanceClient::new(ch.clone());
+                if let Ok(s) = m.status(pb::StatusRequest {}).await {
+                    leaders.push(s.into_inner().leader);
+                }
+                let mut kv = pb::kv_client::KvClient::new(ch);
+                let probe = pb::RangeRequest {
+                    key: b"micro-bench-probe".to_vec(),
+                    ..Default::default()
+                };
+                if kv.range(probe).await.is_ok() {
+                    reads += 1;
+                }
+            }
+            if leaders.len() == NODES
+                && reads == NODES
+                && leaders[0] != 0
+                && leaders.iter().all(|l| *l == leaders[0])
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "etcd: not healthy within {READY_TIMEOUT:?} (leaders {leaders:?}, {reads} reads ok); {}",
+                    self.log_tails()
+                );
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `Err` naming the node and its log tail if any node has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.nodes
+            .iter_mut()
+            .try_for_each(|n| n.proc.check_running())
+    }
+
+    fn log_tails(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {}:\n{}", n.proc.name, n.proc.log_tail(15)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// CPU seconds used so far by each node.
+    pub fn cpu_seconds(&self) -> Vec<Option<f64>> {
+        self.nodes
+            .iter()
+            .map(|n| cpu_seconds(&n.proc.pid().to_string()))
+            .collect()
+    }
+
+    /// Peak RSS of each node so far, in MiB.
+    pub fn peak_rss_mib(&self) -> Vec<Option<f64>> {
+        self.nodes
+            .iter()
+            .map(|n| peak_rss_kib(&n.proc.pid().to_string()).map(|k| k as f64 / 1024.0))
+            .collect()
+    }
+
+    /// The client address of the node that worker `i` talks to.
+    pub fn addr_for_worker(&self, i: usize) -> &str {
+        &self.nodes[i % self.nodes.len()].addr
+    }
+
+    /// One connection per worker, worker `i` to node `i % 3`.
+    pub async fn connect(&self, workers: usize) -> anyhow::Result<Vec<Conn>> {
+        let conns = futures::future::join_all(
+            (0..workers).map(|i| Conn::open(self.target, self.addr_for_worker(i).to_string())),
+        )
+        .await;
+        conns.into_iter().collect()
+    }
+}
+
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+/// One worker's connection to one node.
+pub enum Conn {
+    Micro(micro::Store),
+    Etcd(pb::kv_client::KvClient<Channel>),
+}
+
+impl Conn {
+    pub async fn open(target: Target, addr: String) -> anyhow::Result<Conn> {
+        Ok(match target {
+            Target::Micro => Conn::Micro(
+                micro::Client::connect(&addr)
+                    .await
+                    .with_context(|| format!("connect to Micro at {addr}"))?
+                    .store(),
+            ),
+            Target::Etcd => Conn::Etcd(pb::kv_client::KvClient::new(
+                channel(&addr)
+                    .await
+                    .with_context(|| format!("connect to etcd at {addr}"))?,
+            )),
+        })
+    }
+
+    pub async fn put(&mut self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Conn::Micro(s) => {
+                s.write(key, value.to_vec()).await?;
+            }
+            Conn::Etcd(kv) => {
+                kv.put(pb::PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.to_vec(),
+                    ..Default::default()
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `key`, which must exist.
+    pub async fn get(&mut self, key: &str, serializable: bool) -> anyhow::Result<()> {
+        let found = match self {
+            Conn::Micro(s) => {
+                let q = micro::store::Query {
+                    serializable,
+                    ..Default::default()
+                };
+                !s.query(key, q).await?.is_empty()
+            }
+            Conn::Etcd(kv) => {
+                let r = kv
+                    .range(pb::RangeRequest {
+                        key: key.as_bytes().to_vec(),
+                        serializable,
+                        ..Default::default()
+                    })
+                    .await?;
+                !r.into_inner().kvs.is_empty()
+            }
+        };
+        if !found {
+            bail!("key not found (preload missing?)");
+        }
+        Ok(())
+    }
+
+    /// Writes all `pairs` in one transaction (one log entry on either system).
+    pub async fn put_batch(&mut self, pairs: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+        match self {
+            Conn::Micro(s) => {
+                use micro::proto::store as spb;
+                let success = pairs
+                    .iter()
+                    .map(|(k, v)| spb::TxnOp {
+                        op: Some(spb::txn_op::Op::Write(spb::WriteRequest {
+                            record: Some(spb::Record {
+                                key: k.clone(),
+                                value: v.clone(),
+                                ..Default::default()
+                            }),
+                            options: None,
+                        })),
+                    })
+                    .collect();
+                let r = s
+                    .txn(spb::TxnRequest {
+                        compare: vec![],
+                        success,
+                        failure: vec![],
+                    })
+                    .await?;
+                anyhow::ensure!(r.succeeded, "Micro txn without guards did not succeed");
+            }
+            Conn::Etcd(kv) => {
+                let success = pairs
+                    .iter()
+                    .map(|(k, v)| pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                            key: k.as_bytes().to_vec(),
+                            value: v.clone(),
+                            ..Default::default()
+                        })),
+                    })
+                    .collect();
+                let r = kv
+                    .txn(pb::TxnRequest {
+                        success,
+                        failure: vec![],
+                    })
+                    .await?;
+                anyhow::ensure!(
+                    r.into_inner().succeeded,
+                    "etcd txn without guards did not succeed"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where `micro` is: `--micro-bin`, else `release/micro` in this executable's target dir.
+pub fn default_micro_bin() -> anyhow::Result<PathBuf> {
+    Ok(target_dir()?.join("release").join("micro"))
+}
+
+/// The target dir this executable was built into (`<target>/<profile>/micro-bench`).
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("path of this executable")?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("this executable is not in a cargo target dir")
+}

@@ -1,0 +1,8 @@
+//! etcd's v3 gRPC API (the subset in proto/etcd/kv.proto), over the same tonic stack the Micro
+//! SDK uses, so both systems are driven by identical client code paths.
+
+#![allow(clippy::all, clippy::pedantic)]
+
+pub mod pb {
+    tonic::include_proto!("etcdserverpb");
+}

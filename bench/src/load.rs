@@ -1,0 +1,273 @@
+//! The closed-loop load generator: N tasks, each issuing its next request as soon as the
+//! previous one answered, for a warmup and then a measured window.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::args::{key, Workload};
+use crate::cluster::{Cluster, Conn};
+use crate::procs::cpu_seconds;
+
+/// Latencies are recorded in microseconds, up to 60 s, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub workload: Workload,
+    pub clients: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub keys: u64,
+    pub key_size: usize,
+    pub value_size: usize,
+}
+
+pub struct CellOutcome {
+    /// Requests that completed successfully inside the measured window.
+    pub ops: u64,
+    pub errors: u64,
+    pub error_samples: BTreeMap<String, u64>,
+    pub hist: Histogram<u64>,
+    pub seconds: f64,
+    /// CPU seconds the servers (summed over the nodes) and the bench itself used in the window.
+    pub server_cpu_s: Option<f64>,
+    pub bench_cpu_s: Option<f64>,
+    pub peak_rss_mib: Vec<Option<f64>>,
+}
+
+struct WorkerOutcome {
+    ops: u64,
+    errors: u64,
+    error_samples: BTreeMap<String, u64>,
+    hist: Histogram<u64>,
+}
+
+fn progress_bar(len: u64, prefix: String) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>28} [{elapsed_precise}] {bar:30} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix);
+    pb
+}
+
+fn sum_cpu(samples: &[Option<f64>]) -> Option<f64> {
+    samples.iter().copied().sum()
+}
+
+/// Runs one cell against `cluster`: connects `clients` workers, loads for warmup + duration.
+pub async fn run_cell(cluster: &mut Cluster, cell: &Cell) -> anyhow::Result<CellOutcome> {
+    let conns = cluster
+        .connect(cell.clients)
+        .await
+        .with_context(|| format!("{} clients for {}", cell.clients, cluster.target.name()))?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let measure_from = start + cell.warmup;
+    let end = measure_from + cell.duration;
+
+    let mut tasks = Vec::new();
+    for (i, conn) in conns.into_iter().enumerate() {
+        let cell = cell.clone();
+        let counter = counter.clone();
+        let seed = 0x5eed_0000 + i as u64;
+        tasks.push(tokio::spawn(worker(
+            conn,
+            cell,
+            seed,
+            measure_from,
+            end,
+            counter,
+        )));
+    }
+
+    let total_ms = (end - start).as_millis() as u64;
+    let pb = progress_bar(
+        total_ms,
+        format!(
+            "{} {} c={}",
+            cluster.target.name(),
+            cell.workload.name(),
+            cell.clients
+        ),
+    );
+    let mut cpu0: Option<(Vec<Option<f64>>, Option<f64>)> = None;
+    let mut last = (Instant::now(), 0u64);
+    let mut rate = 0.0;
+    loop {
+        let now = Instant::now();
+        if cpu0.is_none() && now >= measure_from {
+            cpu0 = Some((cluster.cpu_seconds(), cpu_seconds("self")));
+        }
+        if now >= end {
+            break;
+        }
+        let done = counter.load(Ordering::Relaxed);
+        let dt = (now - last.0).as_secs_f64();
+        if dt >= 1.0 {
+            rate = (done - last.1) as f64 / dt;
+            last = (now, done);
+        }
+        pb.set_position((now - start).as_millis() as u64);
+        let phase = if now < measure_from {
+            "warmup"
+        } else {
+            "measuring"
+        };
+        pb.set_message(format!("{phase}: {rate:.0} ops/s"));
+        let next =
+            (now + Duration::from_millis(250)).min(if cpu0.is_none() { measure_from } else { end });
+        sleep_until(next).await;
+    }
+    let cpu1 = (cluster.cpu_seconds(), cpu_seconds("self"));
+    let seconds = (end - measure_from).as_secs_f64();
+
+    let mut out = CellOutcome {
+        ops: 0,
+        errors: 0,
+        error_samples: BTreeMap::new(),
+        hist: new_histogram(),
+        seconds,
+        server_cpu_s: None,
+        bench_cpu_s: None,
+        peak_rss_mib: cluster.peak_rss_mib(),
+    };
+    if let Some((c0, b0)) = cpu0 {
+        out.server_cpu_s = sum_cpu(&c0)
+            .zip(sum_cpu(&cpu1.0))
+            .map(|(a, b)| (b - a).max(0.0));
+        out.bench_cpu_s = b0.zip(cpu1.1).map(|(a, b)| (b - a).max(0.0));
+    }
+    for t in tasks {
+        let w = t.await.context("load worker panicked")?;
+        out.ops += w.ops;
+        out.errors += w.errors;
+        out.hist.add(&w.hist).context("merge histograms")?;
+        for (k, v) in w.error_samples {
+            *out.error_samples.entry(k).or_default() += v;
+        }
+    }
+    pb.finish_and_clear();
+    cluster.check_running()?;
+    Ok(out)
+}
+
+async fn worker(
+    mut conn: Conn,
+    cell: Cell,
+    seed: u64,
+    measure_from: Instant,
+    end: Instant,
+    counter: Arc<AtomicU64>,
+) -> WorkerOutcome {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let value: Vec<u8> = (0..cell.value_size)
+        .map(|_| rng.alphanumeric() as u8)
+        .collect();
+    let mut out = WorkerOutcome {
+        ops: 0,
+        errors: 0,
+        error_samples: BTreeMap::new(),
+        hist: new_histogram(),
+    };
+    while Instant::now() < end {
+        let k = key(rng.u64(0..cell.keys), cell.key_size);
+        let t0 = Instant::now();
+        let res = match cell.workload {
+            Workload::Put => conn.put(&k, &value).await,
+            Workload::Get => conn.get(&k, false).await,
+            Workload::GetSerializable => conn.get(&k, true).await,
+            Workload::Mixed if rng.u8(0..10) == 0 => conn.put(&k, &value).await,
+            Workload::Mixed => conn.get(&k, false).await,
+        };
+        let t1 = Instant::now();
+        let measured = t1 >= measure_from && t1 <= end;
+        match res {
+            Ok(()) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+                if measured {
+                    out.ops += 1;
+                    let us = (t1 - t0).as_micros().clamp(1, 60_000_000) as u64;
+                    out.hist.saturating_record(us);
+                }
+            }
+            Err(e) => {
+                if measured {
+                    out.errors += 1;
+                    if out.error_samples.len() < 8 || out.error_samples.contains_key(&err_key(&e)) {
+                        *out.error_samples.entry(err_key(&e)).or_default() += 1;
+                    }
+                }
+                // A failing node answers at once; do not spin on it.
+                sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    out
+}
+
+fn err_key(e: &anyhow::Error) -> String {
+    let s = format!("{e:#}");
+    s.chars().take(240).collect()
+}
+
+/// Writes every key of the key space once, in transactions of `BATCH` puts, from 16 workers
+/// spread over the nodes. Returns the seconds it took.
+pub async fn preload(cluster: &Cluster, cell: &Cell) -> anyhow::Result<f64> {
+    const BATCH: u64 = 100; // etcd's --max-txn-ops defaults to 128
+    const WORKERS: usize = 16;
+    let conns = cluster.connect(WORKERS).await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let pb = progress_bar(
+        cell.keys,
+        format!("{} preload {} keys", cluster.target.name(), cell.keys),
+    );
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        let next = next.clone();
+        let pb = pb.clone();
+        let cell = cell.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(0xfeed + i as u64);
+            let value: Vec<u8> = (0..cell.value_size)
+                .map(|_| rng.alphanumeric() as u8)
+                .collect();
+            loop {
+                let from = next.fetch_add(BATCH, Ordering::Relaxed);
+                if from >= cell.keys {
+                    return anyhow::Ok(());
+                }
+                let to = (from + BATCH).min(cell.keys);
+                let pairs: Vec<(String, Vec<u8>)> = (from..to)
+                    .map(|k| (key(k, cell.key_size), value.clone()))
+                    .collect();
+                let mut tries = 0;
+                while let Err(e) = conn.put_batch(&pairs).await {
+                    tries += 1;
+                    if tries >= 5 {
+                        return Err(e.context(format!("preload keys {from}..{to}")));
+                    }
+                    sleep(Duration::from_millis(200)).await;
+                }
+                pb.inc(to - from);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("preload worker panicked")??;
+    }
+    pb.finish_and_clear();
+    Ok(started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,332 @@
+//! `micro-bench`: measures Micro and etcd side by side.
+//!
+//! `micro-bench compare` starts a 3-node Micro cluster and a 3-node etcd cluster on 127.0.0.1
+//! (free ports, temp data dirs, fsync on), drives both with the same closed-loop workload in
+//! alternating rounds, and writes a table (stdout, `DIR/results.md`, `docs/benchmarks.md`) and
+//! `DIR/results.json`. See docs/benchmarks.md.
+
+mod args;
+mod cluster;
+mod etcd;
+mod load;
+mod procs;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use args::{Cli, Cmd, CompareArgs, Target};
+use cluster::Cluster;
+use load::Cell;
+use report::{Machine, Params, Report, Row, Versions};
+
+fn main() -> ExitCode {
+    procs::install_panic_hook();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        // Dropping `run` on a signal drops the clusters: their processes are killed and their
+        // data dirs removed before we exit.
+        tokio::select! {
+            r = run(cli) => r,
+            sig = signals() => Err(anyhow::anyhow!("interrupted by {sig}; servers stopped, data dirs removed")),
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn signals() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Compare(a) => compare(a).await,
+    }
+}
+
+/// The workspace this crate was built from, when it is still there.
+fn workspace_root() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    root.join("Cargo.toml")
+        .is_file()
+        .then(|| root.to_path_buf())
+}
+
+/// Builds (or confirms fresh) the `micro` binary in this executable's target dir.
+fn build_micro(workspace: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = cluster::target_dir()?;
+    eprintln!(
+        "building micro: cargo build --release -p micro-services --bin micro (CARGO_TARGET_DIR={})",
+        target.display()
+    );
+    let status = Command::new(cargo)
+        .current_dir(workspace)
+        .env("CARGO_TARGET_DIR", &target)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "micro-services",
+            "--bin",
+            "micro",
+        ])
+        .status()
+        .context("run cargo")?;
+    if !status.success() {
+        bail!("building micro failed ({status})");
+    }
+    Ok(())
+}
+
+fn micro_bin(a: &CompareArgs, workspace: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(b) = &a.micro_bin {
+        return Ok(b.clone());
+    }
+    if let (false, Some(ws)) = (a.no_build, workspace) {
+        build_micro(ws)?;
+    }
+    let bin = cluster::default_micro_bin()?;
+    if !bin.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p micro-services` (same \
+             CARGO_TARGET_DIR as micro-bench) or pass --micro-bin",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn etcd_bin(a: &CompareArgs) -> anyhow::Result<PathBuf> {
+    if let Some(b) = &a.etcd_bin {
+        return Ok(b.clone());
+    }
+    let find = || {
+        procs::find_on_path("etcd").or_else(|| {
+            let p = PathBuf::from("/usr/bin/etcd");
+            p.is_file().then_some(p)
+        })
+    };
+    if let Some(b) = find() {
+        return Ok(b);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-etcd");
+    if !script.is_file() {
+        bail!("etcd is not installed and {} is missing; install etcd (Debian: apt-get install etcd-server) or pass --etcd-bin", script.display());
+    }
+    eprintln!("etcd not found: running {}", script.display());
+    let status = Command::new(&script).status().context("run install-etcd")?;
+    if !status.success() {
+        bail!("{} failed ({status})", script.display());
+    }
+    find().context("etcd still not on PATH after install-etcd")
+}
+
+/// How to run this again, as typed from the workspace root.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c)) {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            } else {
+                a
+            }
+        })
+        .collect();
+    let prefix = std::env::var("CARGO_TARGET_DIR")
+        .map(|d| format!("CARGO_TARGET_DIR={d} "))
+        .unwrap_or_default();
+    format!(
+        "{prefix}cargo run --release -p micro-bench -- {}",
+        args.join(" ")
+    )
+}
+
+async fn compare(a: CompareArgs) -> anyhow::Result<()> {
+    a.validate()?;
+    let wall = Instant::now();
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let workspace = workspace_root();
+    let mut targets = a.target.clone();
+    targets.dedup();
+    let micro = if targets.contains(&Target::Micro) {
+        Some(micro_bin(&a, workspace.as_deref())?)
+    } else {
+        None
+    };
+    let etcd = if targets.contains(&Target::Etcd) {
+        Some(etcd_bin(&a)?)
+    } else {
+        None
+    };
+    let data_root = a.data_root.clone().unwrap_or_else(std::env::temp_dir);
+    let mut machine = Machine::probe(&data_root);
+    let versions = Versions {
+        micro: micro.as_deref().map_or("-".into(), report::version_of),
+        micro_git: match (workspace.as_deref(), &a.micro_bin) {
+            (Some(ws), None) => report::git_rev(ws),
+            (Some(ws), Some(_)) => format!(
+                "unknown: --micro-bin given; the workspace is at {}",
+                report::git_rev(ws)
+            ),
+            (None, _) => "unknown".into(),
+        },
+        etcd: etcd.as_deref().map_or("-".into(), report::version_of),
+        client: "tonic 0.14 for both (Micro's SDK; etcd's KV API generated from bench/proto)"
+            .into(),
+    };
+    eprintln!(
+        "machine: {} × {}, load {:.2}; {} / {}",
+        machine.nproc, machine.cpu_model, machine.loadavg_before, versions.micro, versions.etcd
+    );
+
+    let mut clusters: Vec<Cluster> = Vec::new();
+    for t in &targets {
+        let t0 = Instant::now();
+        let c = match t {
+            Target::Micro => Cluster::start_micro(micro.as_deref().context("micro")?, &data_root)
+                .await
+                .context("start the Micro cluster")?,
+            Target::Etcd => Cluster::start_etcd(etcd.as_deref().context("etcd")?, &data_root)
+                .await
+                .context("start the etcd cluster")?,
+        };
+        eprintln!(
+            "{}: 3 nodes up with a leader in {:.1} s",
+            t.name(),
+            t0.elapsed().as_secs_f64()
+        );
+        clusters.push(c);
+    }
+
+    let cell_for = |workload, clients| Cell {
+        workload,
+        clients,
+        warmup: a.warmup,
+        duration: a.duration,
+        keys: a.keys,
+        key_size: a.key_size,
+        value_size: a.value_size,
+    };
+    let mut preload_seconds = BTreeMap::new();
+    if a.workload.iter().any(|w| w.reads()) {
+        for c in &clusters {
+            let secs = load::preload(c, &cell_for(args::Workload::Get, 1))
+                .await
+                .with_context(|| format!("preload {}", c.target.name()))?;
+            eprintln!(
+                "{}: preloaded {} keys in {secs:.1} s",
+                c.target.name(),
+                a.keys
+            );
+            preload_seconds.insert(c.target.name().to_string(), secs);
+        }
+    }
+
+    let mut rows = Vec::new();
+    for &w in &a.workload {
+        for &n in &a.clients {
+            for c in &mut clusters {
+                let cell = cell_for(w, n);
+                let o = load::run_cell(c, &cell).await.with_context(|| {
+                    format!("{} {} with {n} clients", c.target.name(), w.name())
+                })?;
+                let row = Row::new(w, n, c.target, &o);
+                eprintln!(
+                    "{:>5} {:<16} c={:<4} {:>8.0} ops/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
+                    c.target.name(),
+                    w.name(),
+                    n,
+                    row.ops_per_sec,
+                    row.p50_ms,
+                    row.p99_ms,
+                    row.errors
+                );
+                rows.push(row);
+            }
+        }
+    }
+    drop(clusters);
+    report::fill_ratios(&mut rows);
+    machine.loadavg_after = report::loadavg();
+
+    let report = Report {
+        command: command_line(),
+        started_unix,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        machine,
+        versions,
+        params: Params {
+            targets,
+            workloads: a.workload.clone(),
+            clients: a.clients.clone(),
+            keys: a.keys,
+            key_size: a.key_size,
+            value_size: a.value_size,
+            duration_s: a.duration.as_secs_f64(),
+            warmup_s: a.warmup.as_secs_f64(),
+        },
+        preload_seconds,
+        rows,
+    };
+    println!("\n{}", report::text_table(&report.rows));
+    report.write(&a.out)?;
+    eprintln!(
+        "wrote {} and {}",
+        a.out.join("results.json").display(),
+        a.out.join("results.md").display()
+    );
+    let docs = match (&a.docs, a.no_docs, &workspace) {
+        (Some(d), _, _) => Some(d.clone()),
+        (None, false, Some(ws)) => Some(ws.join("docs/benchmarks.md")),
+        _ => None,
+    };
+    if let Some(d) = docs {
+        if let Some(dir) = d.parent() {
+            std::fs::write(
+                dir.join("benchmarks-throughput.svg"),
+                report::throughput_svg(&report.rows),
+            )?;
+        }
+        report::update_docs(&d, &report.markdown())?;
+        eprintln!("updated {}", d.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Checkers over a recorded history, and the verdict that combines them.
+
+pub mod register;
+pub mod set;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::history::{pairs, Op, Type, F, NEMESIS};
+
+/// States a single key's linearizability search may visit before giving up ("unknown").
+pub const DEFAULT_BUDGET: usize = 2_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Validity {
+    Valid,
+    Anomaly,
+    /// Nothing wrong found, but something could not be checked (search budget, no final read).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counts {
+    pub ok: usize,
+    pub fail: usize,
+    pub info: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct FaultCount {
+    pub attempted: usize,
+    /// The fault took effect (e.g. the node was running when killed).
+    pub effective: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub valid: Validity,
+    /// ok/fail/info per operation type (client operations only).
+    pub counts: BTreeMap<&'static str, Counts>,
+    pub faults: BTreeMap<String, FaultCount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register: Option<register::RegisterReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set: Option<set::SetReport>,
+}
+
+/// Runs every checker that has operations to check.
+pub fn check(history: &[Op], budget: usize) -> Verdict {
+    let ps = pairs(history);
+    let mut counts: BTreeMap<&'static str, Counts> = BTreeMap::new();
+    for p in ps.iter().filter(|p| p.process != NEMESIS) {
+        let c = counts.entry(p.f.name()).or_default();
+        match p.kind {
+            Type::Ok => c.ok += 1,
+            Type::Fail => c.fail += 1,
+            _ => c.info += 1,
+        }
+    }
+    let mut faults: BTreeMap<String, FaultCount> = BTreeMap::new();
+    for p in ps.iter().filter(|p| p.f == F::Nemesis) {
+        let fault = p.value["fault"].as_str().unwrap_or("?");
+        if fault == "heal" {
+            continue;
+        }
+        let c = faults.entry(fault.to_string()).or_default();
+        c.attempted += 1;
+        if p.value["effect"].as_bool() == Some(true) {
+            c.effective += 1;
+        }
+    }
+    let has_register = ps
+        .iter()
+        .any(|p| p.key.as_deref().is_some_and(|k| k.starts_with("r/")));
+    let has_set = ps.iter().any(|p| p.key.as_deref() == Some(set::SET_KEY));
+    let register = has_register.then(|| register::check(&ps, budget));
+    let set = has_set.then(|| set::check(&ps));
+    let anomaly = register.as_ref().is_some_and(|r| !r.valid)
+        || set.as_ref().is_some_and(|s| s.valid == Some(false));
+    let unknown = register
+        .as_ref()
+        .is_some_and(|r| !r.unknown_keys.is_empty())
+        || set.as_ref().is_some_and(|s| s.valid.is_none());
+    Verdict {
+        valid: if anomaly {
+            Validity::Anomaly
+        } else if unknown {
+            Validity::Unknown
+        } else {
+            Validity::Valid
+        },
+        counts,
+        faults,
+        register,
+        set,
+    }
+}
+
+impl Verdict {
+    /// A human summary, a few lines long (plus the failing sub-histories).
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let v = match self.valid {
+            Validity::Valid => "VALID",
+            Validity::Anomaly => "ANOMALY",
+            Validity::Unknown => "UNKNOWN",
+        };
+        s.push_str(&format!("verdict: {v}\n"));
+        for (f, c) in &self.counts {
+            s.push_str(&format!(
+                "  {f:<6} ok {:>6}  fail {:>5}  info {:>5}\n",
+                c.ok, c.fail, c.info
+            ));
+        }
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, c)| format!("{k} {}/{}", c.effective, c.attempted))
+            .collect();
+        s.push_str(&format!(
+            "  faults (took effect/attempted): {}\n",
+            if faults.is_empty() {
+                "none".to_string()
+            } else {
+                faults.join(", ")
+            }
+        ));
+        if let Some(r) = &self.register {
+            s.push_str(&format!(
+                "  register: {} keys, {} ops checked, {}\n",
+                r.keys,
+                r.ops_checked,
+                if r.valid {
+                    "linearizable"
+                } else {
+                    "NOT linearizable"
+                }
+            ));
+            if !r.unknown_keys.is_empty() {
+                s.push_str(&format!(
+                    "  register: search budget exhausted on {:?}\n",
+                    r.unknown_keys
+                ));
+            }
+            for a in &r.anomalies {
+                s.push_str(&format!(
+                    "  key {}: no linearization explains {}\n    shortest failing prefix ({} of {} ops):\n",
+                    a.key, a.culprit, a.prefix_len, a.ops
+                ));
+                let skip = a.prefix.len().saturating_sub(20);
+                if skip > 0 {
+                    s.push_str(&format!("      ... {skip} earlier ops\n"));
+                }
+                for line in &a.prefix[skip..] {
+                    s.push_str(&format!("      {line}\n"));
+                }
+            }
+        }
+        if let Some(r) = &self.set {
+            s.push_str(&format!(
+                "  set: {} attempted, {} acknowledged, {} indeterminate ({} recovered), final size {}, {} reads; lost {}, unexpected {}, stale {}, vanished {}{}\n",
+                r.attempted,
+                r.acknowledged,
+                r.indeterminate,
+                r.recovered,
+                r.final_size,
+                r.reads_checked,
+                r.lost_count,
+                r.unexpected_count,
+                r.stale_count,
+                r.vanished_count,
+                if r.valid.is_none() { " (no final read: unknown)" } else { "" }
+            ));
+            if !r.lost.is_empty() {
+                s.push_str(&format!("    lost: {:?}\n", r.lost));
+            }
+            if !r.unexpected.is_empty() {
+                s.push_str(&format!("    unexpected: {:?}\n", r.unexpected));
+            }
+            if !r.stale.is_empty() {
+                s.push_str(&format!("    stale (element, read #): {:?}\n", r.stale));
+            }
+            if !r.vanished.is_empty() {
+                s.push_str(&format!(
+                    "    vanished (element, read #): {:?}\n",
+                    r.vanished
+                ));
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,334 @@
+//! The `micro server` processes under test: start, SIGKILL, SIGSTOP/SIGCONT, restart. Every
+//! process started here is killed when the [`Cluster`] is dropped (including on panic).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::proxy::Net;
+
+pub const TOKEN: &str = "jepsen-token-123";
+
+/// A free port on 127.0.0.1, below the kernel's ephemeral range (32768+), so no outgoing
+/// connection can take it between this check and the listener's bind. A per-process counter
+/// starting at a pid-derived offset keeps concurrent harnesses apart.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() * 7919 + 3) % SPAN + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000 on 127.0.0.1");
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub peer: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Running,
+    Paused,
+    Killed,
+}
+
+pub struct Cluster {
+    bin: PathBuf,
+    pub specs: BTreeMap<u64, NodeSpec>,
+    procs: BTreeMap<u64, Child>,
+    paused: std::collections::BTreeSet<u64>,
+    initial_cluster: String,
+    planted_bug: bool,
+    /// `--peer-routes` of each node (through the proxies).
+    routes: BTreeMap<u64, String>,
+    /// Unexpected exits seen (node, status).
+    pub crashes: Vec<(u64, String)>,
+}
+
+impl Cluster {
+    /// Lays out `n` nodes with data dirs under `data` and logs under `logs`.
+    pub fn new(bin: &Path, n: u64, data: &Path, logs: &Path, planted_bug: bool) -> Cluster {
+        let mut specs = BTreeMap::new();
+        for id in 1..=n {
+            specs.insert(
+                id,
+                NodeSpec {
+                    id,
+                    grpc: format!("127.0.0.1:{}", free_port()),
+                    http: format!("127.0.0.1:{}", free_port()),
+                    peer: format!("127.0.0.1:{}", free_port()),
+                    data_dir: data.join(format!("n{id}")),
+                    log: logs.join(format!("n{id}.log")),
+                },
+            );
+        }
+        let initial_cluster = specs
+            .values()
+            .map(|s| format!("{}={}", s.id, s.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster {
+            bin: bin.to_path_buf(),
+            specs,
+            procs: BTreeMap::new(),
+            paused: Default::default(),
+            initial_cluster,
+            planted_bug,
+            routes: BTreeMap::new(),
+            crashes: Vec::new(),
+        }
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.specs.keys().copied().collect()
+    }
+
+    /// Routes every peer link through `net`'s proxies.
+    pub fn route_through(&mut self, net: &Net) {
+        for &i in self.specs.keys() {
+            let r: Vec<String> = self
+                .specs
+                .values()
+                .filter(|s| s.id != i)
+                .map(|s| format!("{}=127.0.0.1:{}", s.peer, net.port(i, s.id)))
+                .collect();
+            self.routes.insert(i, r.join(","));
+        }
+    }
+
+    /// Starts node `id` (again, with the same data dir), appending to its log.
+    pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let s = self.specs[&id].clone();
+        std::fs::create_dir_all(&s.data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&s.log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("server")
+            .args(["--node-id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&s.data_dir)
+            .args(["--grpc", &s.grpc, "--http", &s.http, "--peer", &s.peer])
+            .args(["--cluster-token", TOKEN])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .env("MICRO_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        if let Some(r) = self.routes.get(&id).filter(|r| !r.is_empty()) {
+            cmd.args(["--peer-routes", r]);
+        }
+        if self.planted_bug {
+            cmd.env("MICRO_PLANTED_BUG_STALE_READS", "1");
+        } else {
+            cmd.env_remove("MICRO_PLANTED_BUG_STALE_READS");
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", self.bin.display()))?;
+        self.procs.insert(id, child);
+        self.paused.remove(&id);
+        Ok(())
+    }
+
+    pub fn state(&self, id: u64) -> NodeState {
+        if !self.procs.contains_key(&id) {
+            NodeState::Killed
+        } else if self.paused.contains(&id) {
+            NodeState::Paused
+        } else {
+            NodeState::Running
+        }
+    }
+
+    /// Nodes that are up and not paused.
+    pub fn running(&self) -> Vec<u64> {
+        self.ids()
+            .into_iter()
+            .filter(|i| self.state(*i) == NodeState::Running)
+            .collect()
+    }
+
+    /// SIGKILL; true when the node was running.
+    pub fn kill(&mut self, id: u64) -> bool {
+        match self.procs.remove(&id) {
+            Some(mut c) => {
+                let alive = matches!(c.try_wait(), Ok(None));
+                let _ = c.kill();
+                let _ = c.wait();
+                self.paused.remove(&id);
+                alive
+            }
+            None => false,
+        }
+    }
+
+    fn signal(&self, id: u64, sig: &str) -> anyhow::Result<()> {
+        let Some(c) = self.procs.get(&id) else {
+            bail!("node {id} is not running");
+        };
+        let st = Command::new("kill")
+            .args([sig, &c.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("kill {sig} node {id} failed: {st}");
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP; true when it took effect.
+    pub fn pause(&mut self, id: u64) -> bool {
+        if self.state(id) != NodeState::Running {
+            return false;
+        }
+        let ok = self.signal(id, "-STOP").is_ok();
+        if ok {
+            self.paused.insert(id);
+        }
+        ok
+    }
+
+    /// SIGCONT; true when the node was paused.
+    pub fn resume(&mut self, id: u64) -> bool {
+        if self.state(id) != NodeState::Paused {
+            return false;
+        }
+        let ok = self.signal(id, "-CONT").is_ok();
+        self.paused.remove(&id);
+        ok
+    }
+
+    /// Collects nodes that exited by themselves (crashes); they count as killed from then on.
+    pub fn reap(&mut self) -> Vec<u64> {
+        let mut gone = Vec::new();
+        for (id, c) in self.procs.iter_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                gone.push(*id);
+                self.crashes.push((*id, st.to_string()));
+            }
+        }
+        for id in &gone {
+            self.procs.remove(id);
+            self.paused.remove(id);
+        }
+        gone
+    }
+
+    /// Resumes paused nodes and restarts killed ones.
+    pub fn revive_all(&mut self) -> anyhow::Result<Vec<u64>> {
+        let mut revived = Vec::new();
+        for id in self.ids() {
+            match self.state(id) {
+                NodeState::Paused => {
+                    self.resume(id);
+                    revived.push(id);
+                }
+                NodeState::Killed => {
+                    self.spawn(id)?;
+                    revived.push(id);
+                }
+                NodeState::Running => {}
+            }
+        }
+        Ok(revived)
+    }
+
+    pub fn kill_all(&mut self) {
+        for id in self.ids() {
+            self.kill(id);
+        }
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.specs[&id].log).unwrap_or_default()
+    }
+
+    pub fn grpc(&self, id: u64) -> String {
+        self.specs[&id].grpc.clone()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// Asks every given node for its leader; returns the leader they all agree on, if any.
+pub async fn agreed_leader(addrs: &[(u64, String)]) -> Option<u64> {
+    let views = leader_views(addrs).await;
+    let first = *views.first()?;
+    (views.len() == addrs.len() && first != 0 && views.iter().all(|l| *l == first)).then_some(first)
+}
+
+/// The leader each answering node reports (0 = none).
+pub async fn leader_views(addrs: &[(u64, String)]) -> Vec<u64> {
+    let calls = addrs.iter().map(|(_, a)| async move {
+        let f = async {
+            let c = micro::Client::connect(a).await.ok()?;
+            c.cluster_status().await.ok().map(|s| s.leader)
+        };
+        tokio::time::timeout(Duration::from_secs(2), f)
+            .await
+            .ok()
+            .flatten()
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The leader most answering nodes name (ties: the lowest id).
+pub async fn probable_leader(addrs: &[(u64, String)]) -> Option<u64> {
+    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+    for l in leader_views(addrs).await.into_iter().filter(|l| *l != 0) {
+        *votes.entry(l).or_default() += 1;
+    }
+    let best = votes.values().copied().max()?;
+    votes.into_iter().find(|(_, v)| *v == best).map(|(l, _)| l)
+}
+
+/// Polls until every node in `addrs` names the same leader, which must be among them.
+pub async fn wait_leader(addrs: &[(u64, String)], timeout: Duration) -> anyhow::Result<u64> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(l) = agreed_leader(addrs).await {
+            if addrs.iter().any(|(id, _)| *id == l) {
+                return Ok(l);
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "no agreed leader within {timeout:?} (views: {:?})",
+                leader_views(addrs).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

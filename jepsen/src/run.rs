@@ -1,0 +1,322 @@
+//! One test run: start the cluster behind proxies, drive clients while the nemesis injects
+//! faults, heal, read everything back, stop every process, check the history.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::checker::{self, Validity, Verdict};
+use crate::cluster::{wait_leader, Cluster};
+use crate::history::{self, Recorder};
+use crate::nemesis::{Nemesis, Schedule};
+use crate::proxy::Net;
+use crate::workload::{Ctx, Process, Workload};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nodes: u64,
+    pub workloads: Vec<Workload>,
+    pub schedule: Schedule,
+    pub time: Duration,
+    /// Operations per second, over all client processes.
+    pub rate: f64,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub planted_bug: bool,
+    /// The `micro` binary.
+    pub bin: PathBuf,
+    /// Client processes; process p talks to node `p % nodes + 1`.
+    pub concurrency: usize,
+    pub op_timeout: Duration,
+    pub keys: u64,
+    pub ops_per_key: u64,
+    /// Percent of register operations that are reads / writes (the rest cas).
+    pub read_pct: u32,
+    pub write_pct: u32,
+    pub keep_data: bool,
+    /// Linearizability search budget per key (states).
+    pub budget: usize,
+    /// Print progress to stderr.
+    pub verbose: bool,
+}
+
+impl Config {
+    pub fn new(bin: PathBuf, out: PathBuf) -> Config {
+        Config {
+            nodes: 3,
+            workloads: vec![Workload::Register],
+            schedule: Schedule::default(),
+            time: Duration::from_secs(60),
+            rate: 200.0,
+            seed: 42,
+            out,
+            planted_bug: false,
+            bin,
+            concurrency: 5,
+            op_timeout: Duration::from_secs(2),
+            keys: 5,
+            ops_per_key: 300,
+            read_pct: 50,
+            write_pct: 30,
+            keep_data: false,
+            budget: checker::DEFAULT_BUDGET,
+            verbose: true,
+        }
+    }
+}
+
+/// What went wrong with the system apart from the checkers' verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub verdict: Verdict,
+    /// Crashes, panics in logs, failure to recover after healing.
+    pub observations: Vec<String>,
+    pub duration_s: f64,
+    pub out: PathBuf,
+}
+
+impl Report {
+    pub fn valid(&self) -> Validity {
+        self.verdict.valid
+    }
+}
+
+macro_rules! say {
+    ($cfg:expr, $($t:tt)*) => {
+        if $cfg.verbose {
+            eprintln!("[jepsen] {}", format!($($t)*));
+        }
+    };
+}
+
+fn lock(c: &Mutex<Cluster>) -> std::sync::MutexGuard<'_, Cluster> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn addrs(c: &Mutex<Cluster>) -> Vec<(u64, String)> {
+    let c = lock(c);
+    c.ids().into_iter().map(|i| (i, c.grpc(i))).collect()
+}
+
+pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
+    anyhow::ensure!(cfg.nodes >= 1, "--nodes must be at least 1");
+    anyhow::ensure!(cfg.concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(
+        cfg.bin.exists(),
+        "{} does not exist: build it (cargo build -p micro-services --bin micro) or pass --bin",
+        cfg.bin.display()
+    );
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("create {}", cfg.out.display()))?;
+    let out = cfg.out.canonicalize()?;
+    let data = tempfile::Builder::new().prefix("data-").tempdir_in(&out)?;
+    let rec = Arc::new(Recorder::new(Some(&out.join("history.jsonl")))?);
+
+    let mut cluster = Cluster::new(&cfg.bin, cfg.nodes, data.path(), &out, cfg.planted_bug);
+    let mut links = Vec::new();
+    for i in cluster.ids() {
+        for j in cluster.ids() {
+            if i != j {
+                links.push((
+                    i,
+                    j,
+                    crate::cluster::free_port(),
+                    cluster.specs[&j].peer.parse()?,
+                ));
+            }
+        }
+    }
+    let net = Arc::new(Net::start(links).await?);
+    cluster.route_through(&net);
+    for id in cluster.ids() {
+        cluster.spawn(id)?;
+    }
+    let cluster = Arc::new(Mutex::new(cluster));
+    say!(
+        cfg,
+        "seed {}: {} nodes, logs and history in {}",
+        cfg.seed,
+        cfg.nodes,
+        out.display()
+    );
+    let all = addrs(&cluster);
+    let leader = match wait_leader(&all, Duration::from_secs(30)).await {
+        Ok(l) => l,
+        Err(e) => {
+            let logs: Vec<String> = {
+                let c = lock(&cluster);
+                c.ids()
+                    .iter()
+                    .map(|i| format!("--- node {i}\n{}", tail(&c.log(*i), 30)))
+                    .collect()
+            };
+            anyhow::bail!("the cluster did not start: {e}\n{}", logs.join("\n"));
+        }
+    };
+    say!(cfg, "leader {leader}; running for {:?}", cfg.time);
+
+    let mut ctx = Ctx::new(rec.clone(), cfg.op_timeout, cfg.workloads.clone());
+    ctx.keys = cfg.keys.max(1);
+    ctx.ops_per_key = cfg.ops_per_key.max(1);
+    ctx.read_pct = cfg.read_pct;
+    ctx.write_pct = cfg.write_pct;
+    let ctx = Arc::new(ctx);
+    let interval = Duration::from_secs_f64(cfg.concurrency as f64 / cfg.rate.max(0.1));
+    let mut workers = Vec::new();
+    for p in 0..cfg.concurrency {
+        let node = (p as u64 % cfg.nodes) + 1;
+        let proc_ = Process::new(
+            p as i64,
+            node,
+            lock(&cluster).grpc(node),
+            cfg.seed,
+            ctx.clone(),
+        );
+        workers.push(tokio::spawn(proc_.run(interval)));
+    }
+    let nemesis = Nemesis::new(
+        cluster.clone(),
+        net.clone(),
+        rec.clone(),
+        ctx.clone(),
+        cfg.schedule.clone(),
+        cfg.seed,
+    );
+    let nemesis = tokio::spawn(nemesis.run());
+
+    tokio::time::sleep(cfg.time).await;
+    ctx.stop.store(true, Ordering::SeqCst);
+    let mut procs = Vec::new();
+    for w in workers {
+        procs.push(w.await?);
+    }
+    nemesis.await?;
+
+    // Heal everything (the nemesis did; this is the safety net), then wait for recovery.
+    let mut observations = Vec::new();
+    net.heal();
+    {
+        let mut c = lock(&cluster);
+        c.reap();
+        c.revive_all()?;
+    }
+    say!(cfg, "healed; waiting for the cluster to agree on a leader");
+    match wait_leader(&all, Duration::from_secs(30)).await {
+        Ok(l) => say!(cfg, "leader {l} after healing; final reads"),
+        Err(e) => observations.push(format!("no recovery within 30 s of healing: {e}")),
+    }
+
+    // Final reads: every register key, and the set from every node.
+    let keys = ctx.used_keys();
+    let mut unread = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let n = procs.len();
+        let mut ok = false;
+        for attempt in 0..10 {
+            let p = &mut procs[(i + attempt) % n];
+            if matches!(p.read(key, true).await, crate::workload::Outcome::Ok(_)) {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !ok {
+            unread.push(key.clone());
+        }
+    }
+    if !unread.is_empty() {
+        observations.push(format!("final reads failed 10 times on keys {unread:?}"));
+    }
+    if cfg.workloads.contains(&Workload::Set) {
+        let nodes = cfg.nodes.min(procs.len() as u64) as usize;
+        for p in procs.iter_mut().take(nodes) {
+            let mut ok = false;
+            for _ in 0..10 {
+                if p.read_set(true).await {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            if !ok {
+                observations.push(format!("final set read on node {} failed 10 times", p.node));
+            }
+        }
+    }
+
+    // Stop every process we started, then look for trouble in their logs.
+    {
+        let mut c = lock(&cluster);
+        c.reap();
+        for (n, st) in &c.crashes {
+            observations.push(format!("node {n} exited by itself: {st}"));
+        }
+        c.kill_all();
+        for id in c.ids() {
+            let log = c.log(id);
+            let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
+            if !panics.is_empty() {
+                observations.push(format!(
+                    "node {id} log has {} panic(s), first: {}",
+                    panics.len(),
+                    panics[0]
+                ));
+            }
+        }
+    }
+    drop(net);
+    if cfg.keep_data {
+        let kept = data.keep();
+        say!(cfg, "kept data dirs in {}", kept.display());
+    } else {
+        drop(data);
+    }
+
+    let ops = rec.snapshot();
+    say!(cfg, "checking {} history events", ops.len());
+    let verdict = checker::check(&ops, cfg.budget);
+    let report = Report {
+        seed: cfg.seed,
+        verdict,
+        observations,
+        duration_s: rec.start().elapsed().as_secs_f64(),
+        out: out.clone(),
+    };
+    write_outputs(&out, &ops, &report)?;
+    Ok(report)
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// results.json, timeline.html and, per anomalous key, that key's sub-history.
+pub fn write_outputs(out: &Path, ops: &[history::Op], report: &Report) -> anyhow::Result<()> {
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    let mut flagged = std::collections::HashSet::new();
+    if let Some(r) = &report.verdict.register {
+        for a in &r.anomalies {
+            let sub: Vec<history::Op> = ops
+                .iter()
+                .filter(|o| o.key.as_deref() == Some(a.key.as_str()))
+                .cloned()
+                .collect();
+            let name = format!("anomaly-{}.jsonl", a.key.replace('/', "_"));
+            history::write(&out.join(name), &sub)?;
+            flagged.extend(a.culprit_indices.iter().copied());
+        }
+    }
+    std::fs::write(
+        out.join("timeline.html"),
+        crate::timeline::render(ops, &report.verdict, &flagged),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! Client processes: each is bound to one node and runs one operation at a time, recording
+//! its invocation and completion.
+//!
+//! Classification of outcomes: a timeout, a lost connection or a server "may or may not have
+//! taken effect" is `info` (indeterminate); only answers that prove the operation did not
+//! apply are `fail` (InvalidArgument, NotFound, a refused connection, a cas whose guard did not
+//! hold). A read that finds no record is an `ok` read of `null`.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use micro::proto::store as pb;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use crate::checker::set::SET_KEY;
+use crate::history::{Op, Recorder, Type, F};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Per-key read/write/cas on a few rotating keys with unique written values.
+    Register,
+    /// Unique adds (keys `set/<n>`), occasional reads of the whole set.
+    Set,
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "register" => Ok(Workload::Register),
+            "set" => Ok(Workload::Set),
+            o => Err(format!("unknown workload {o:?} (register, set)")),
+        }
+    }
+}
+
+/// State shared by the client processes.
+pub struct Ctx {
+    pub rec: Arc<Recorder>,
+    pub op_timeout: Duration,
+    pub workloads: Vec<Workload>,
+    /// Register keys in use at a time.
+    pub keys: u64,
+    /// Operations per register key before the processes move on to fresh keys (keeps each
+    /// key's history short enough for the linearizability search).
+    pub ops_per_key: u64,
+    /// Percent of register operations that are reads / writes (the rest are cas).
+    pub read_pct: u32,
+    pub write_pct: u32,
+    /// Percent of set operations that read the whole set.
+    pub set_read_pct: u32,
+    pub stop: AtomicBool,
+    next_value: AtomicI64,
+    key_ops: AtomicU64,
+    used_keys: Mutex<BTreeSet<String>>,
+}
+
+impl Ctx {
+    pub fn new(rec: Arc<Recorder>, op_timeout: Duration, workloads: Vec<Workload>) -> Ctx {
+        Ctx {
+            rec,
+            op_timeout,
+            workloads,
+            keys: 5,
+            ops_per_key: 300,
+            read_pct: 50,
+            write_pct: 30,
+            set_read_pct: 4,
+            stop: AtomicBool::new(false),
+            next_value: AtomicI64::new(1),
+            key_ops: AtomicU64::new(0),
+            used_keys: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn value(&self) -> i64 {
+        self.next_value.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn pick_key(&self, rng: &mut StdRng) -> String {
+        let n = self.key_ops.fetch_add(1, Ordering::SeqCst);
+        let group = n / (self.ops_per_key * self.keys).max(1);
+        let k = format!("r/{}", group * self.keys + rng.random_range(0..self.keys));
+        self.used_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(k.clone());
+        k
+    }
+
+    pub fn used_keys(&self) -> Vec<String> {
+        self.used_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+pub enum Outcome<T> {
+    Ok(T),
+    Fail(String),
+    Info(String),
+}
+
+/// True when the error proves the request was never processed.
+fn surely_failed(e: &micro::Error) -> bool {
+    match e {
+        micro::Error::Connect { .. } => true,
+        micro::Error::Status(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::InvalidArgument | tonic::Code::NotFound
+            ) || refused(s)
+        }
+    }
+}
+
+/// A transport error whose cause is a refused TCP connection: nothing was sent.
+fn refused(s: &tonic::Status) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+fn describe(e: &micro::Error) -> String {
+    let code = e.code().map(|c| format!("{c:?}: ")).unwrap_or_default();
+    let mut msg = format!("{code}{e}");
+    msg.truncate(300);
+    msg
+}
+
+/// Runs `fut` under the operation timeout and classifies the result.
+pub async fn call<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, micro::Error>>,
+) -> Outcome<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Outcome::Info(format!("timed out after {timeout:?}")),
+        Ok(Ok(v)) => Outcome::Ok(v),
+        Ok(Err(e)) if surely_failed(&e) => Outcome::Fail(describe(&e)),
+        Ok(Err(e)) => Outcome::Info(describe(&e)),
+    }
+}
+
+fn parse_value(v: &[u8]) -> Value {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .map_or_else(|| json!(String::from_utf8_lossy(v)), |n| json!(n))
+}
+
+/// One client process.
+pub struct Process {
+    pub id: i64,
+    pub node: u64,
+    pub addr: String,
+    client: Option<micro::Client>,
+    rng: StdRng,
+    ctx: Arc<Ctx>,
+}
+
+impl Process {
+    pub fn new(id: i64, node: u64, addr: String, seed: u64, ctx: Arc<Ctx>) -> Process {
+        Process {
+            id,
+            node,
+            addr,
+            client: None,
+            rng: StdRng::seed_from_u64(seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            ctx,
+        }
+    }
+
+    fn invoke(&self, f: F, key: &str, value: Value, phase: Option<&str>) {
+        let mut op = Op::new(self.id, Type::Invoke, f, Some(key), value, 0);
+        op.node = Some(self.node);
+        op.phase = phase.map(str::to_string);
+        self.ctx.rec.record(op);
+    }
+
+    fn complete<T>(
+        &self,
+        f: F,
+        key: &str,
+        out: &Outcome<T>,
+        value: Value,
+        phase: Option<&str>,
+    ) -> Type {
+        let (kind, err) = match out {
+            Outcome::Ok(_) => (Type::Ok, None),
+            Outcome::Fail(e) => (Type::Fail, Some(e.clone())),
+            Outcome::Info(e) => (Type::Info, Some(e.clone())),
+        };
+        let mut op = Op::new(self.id, kind, f, Some(key), value, 0);
+        op.node = Some(self.node);
+        op.error = err;
+        op.phase = phase.map(str::to_string);
+        self.ctx.rec.record(op);
+        kind
+    }
+
+    /// The client, connecting first if needed (a failed connect is part of the operation).
+    async fn connect(&mut self) -> Result<micro::Client, micro::Error> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let c = micro::Client::connect(&self.addr).await?;
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn run_op<T, Fut>(&mut self, f: impl FnOnce(micro::Client) -> Fut) -> Outcome<T>
+    where
+        Fut: Future<Output = Result<T, micro::Error>>,
+    {
+        let timeout = self.ctx.op_timeout;
+        let start = tokio::time::Instant::now();
+        let client = match tokio::time::timeout(timeout, self.connect()).await {
+            Err(_) => return Outcome::Fail("connect timed out (nothing sent)".into()),
+            Ok(Err(e)) => return Outcome::Fail(describe(&e)),
+            Ok(Ok(c)) => c,
+        };
+        let left = timeout.saturating_sub(start.elapsed());
+        call(left.max(Duration::from_millis(50)), f(client)).await
+    }
+
+    /// Reads a register; `Ok((value, mod_revision))`, `(null, 0)` when there is no record.
+    pub async fn read(&mut self, key: &str, final_read: bool) -> Outcome<(Value, u64)> {
+        let phase = final_read.then_some("final");
+        self.invoke(F::Read, key, Value::Null, phase);
+        let k = key.to_string();
+        let out = self
+            .run_op(|c| async move {
+                match c.store().read(&k).await {
+                    Ok(r) => Ok((parse_value(&r.value), r.mod_revision)),
+                    Err(e) if e.is_not_found() => Ok((Value::Null, 0)),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+        let value = match &out {
+            Outcome::Ok((v, _)) => v.clone(),
+            _ => Value::Null,
+        };
+        self.complete(F::Read, key, &out, value, phase);
+        out
+    }
+
+    async fn write(&mut self, key: &str) {
+        let v = self.ctx.value();
+        self.invoke(F::Write, key, json!(v), None);
+        let k = key.to_string();
+        let out = self
+            .run_op(|c| async move { c.store().write(&k, v.to_string().into_bytes()).await })
+            .await;
+        self.complete(F::Write, key, &out, json!(v), None);
+    }
+
+    /// Reads the key, then swaps the value read for a new one, guarded by its mod revision
+    /// (values are unique, so the revision identifies the value).
+    async fn cas(&mut self, key: &str) {
+        let Outcome::Ok((from, rev)) = self.read(key, false).await else {
+            return;
+        };
+        if !(from.is_null() || from.is_i64()) {
+            return;
+        }
+        let to = self.ctx.value();
+        let value = json!([from, to]);
+        self.invoke(F::Cas, key, value.clone(), None);
+        let req = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                key: key.to_string(),
+                database: String::new(),
+                table: String::new(),
+                mod_revision: rev,
+            }],
+            success: vec![pb::TxnOp {
+                op: Some(pb::txn_op::Op::Write(pb::WriteRequest {
+                    record: Some(pb::Record {
+                        key: key.to_string(),
+                        value: to.to_string().into_bytes(),
+                        ..Default::default()
+                    }),
+                    options: None,
+                })),
+            }],
+            failure: vec![],
+        };
+        let out = self
+            .run_op(|c| async move { c.store().txn(req).await })
+            .await;
+        let out = match out {
+            Outcome::Ok(r) if !r.succeeded => Outcome::Fail("guard did not hold".into()),
+            o => o,
+        };
+        self.complete(F::Cas, key, &out, value, None);
+    }
+
+    async fn add(&mut self) {
+        let v = self.ctx.value();
+        self.invoke(F::Add, SET_KEY, json!(v), None);
+        let out = self
+            .run_op(|c| async move {
+                c.store()
+                    .write(&format!("set/{v}"), v.to_string().into_bytes())
+                    .await
+            })
+            .await;
+        self.complete(F::Add, SET_KEY, &out, json!(v), None);
+    }
+
+    /// Reads the whole set (a linearizable prefix read).
+    pub async fn read_set(&mut self, final_read: bool) -> bool {
+        let phase = final_read.then_some("final");
+        self.invoke(F::Read, SET_KEY, Value::Null, phase);
+        let out = self
+            .run_op(|c| async move {
+                let q = micro::store::Query {
+                    prefix: true,
+                    ..Default::default()
+                };
+                let recs = c.store().query("set/", q).await?;
+                let mut elems: Vec<Value> = recs
+                    .iter()
+                    .map(|r| {
+                        r.key
+                            .strip_prefix("set/")
+                            .and_then(|n| n.parse::<i64>().ok())
+                            .map_or_else(|| json!(r.key), |n| json!(n))
+                    })
+                    .collect();
+                elems.sort_by_key(|v| v.as_i64());
+                Ok(elems)
+            })
+            .await;
+        let value = match &out {
+            Outcome::Ok(v) => Value::Array(v.clone()),
+            _ => Value::Null,
+        };
+        let kind = self.complete(F::Read, SET_KEY, &out, value, phase);
+        kind == Type::Ok
+    }
+
+    /// One randomly chosen operation.
+    pub async fn step(&mut self) {
+        let w = self.ctx.workloads[self.rng.random_range(0..self.ctx.workloads.len())];
+        match w {
+            Workload::Register => {
+                let key = self.ctx.pick_key(&mut self.rng);
+                let r = self.rng.random_range(0..100);
+                if r < self.ctx.read_pct {
+                    self.read(&key, false).await;
+                } else if r < self.ctx.read_pct + self.ctx.write_pct {
+                    self.write(&key).await;
+                } else {
+                    self.cas(&key).await;
+                }
+            }
+            Workload::Set => {
+                if self.rng.random_range(0..100) < self.ctx.set_read_pct {
+                    self.read_set(false).await;
+                } else {
+                    self.add().await;
+                }
+            }
+        }
+    }
+
+    /// Runs operations at one per `interval` (with jitter) until the context stops.
+    pub async fn run(mut self, interval: Duration) -> Process {
+        let mut next =
+            tokio::time::Instant::now() + interval.mul_f64(self.rng.random_range(0.0..1.0));
+        while !self.ctx.stop.load(Ordering::SeqCst) {
+            tokio::time::sleep_until(next).await;
+            if self.ctx.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            self.step().await;
+            let jitter = interval.mul_f64(self.rng.random_range(0.5..1.5));
+            next = (next + jitter).max(tokio::time::Instant::now());
+        }
+        self
+    }
+}

@@ -1,0 +1,121 @@
+//! End-to-end runs against real `micro` processes (the debug binary next to the test
+//! executable's directory: `cargo build -p micro-services --bin micro` first). Both tests
+//! together take well under a minute; they run one after the other.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use micro_jepsen::nemesis::{Fault, Schedule};
+use micro_jepsen::workload::Workload;
+use micro_jepsen::{Config, Validity};
+
+/// One cluster at a time: the machines have two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn micro_bin() -> PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>/micro
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("micro");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p micro-services --bin micro` (or `cargo build --bins`) first",
+        bin.display()
+    );
+    bin
+}
+
+fn config(out: &std::path::Path, seed: u64) -> Config {
+    let mut cfg = Config::new(micro_bin(), out.to_path_buf());
+    cfg.seed = seed;
+    cfg.verbose = true;
+    cfg
+}
+
+fn keep(dir: tempfile::TempDir) -> PathBuf {
+    dir.keep()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_kill_and_partition_is_valid() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::Builder::new()
+        .prefix("jepsen-smoke-")
+        .tempdir()
+        .unwrap();
+    let mut cfg = config(dir.path(), 7);
+    cfg.time = Duration::from_secs(15);
+    cfg.rate = 100.0;
+    cfg.workloads = vec![Workload::Register, Workload::Set];
+    cfg.schedule = Schedule {
+        faults: vec![Fault::Kill, Fault::IsolateOne, Fault::IsolateLeader],
+        quiet: (Duration::from_secs(1), Duration::from_secs(2)),
+        hold: (Duration::from_secs(2), Duration::from_secs(4)),
+        warmup: Duration::from_secs(1),
+    };
+    let report = micro_jepsen::run(&cfg).await.expect("run");
+    let summary = report.verdict.summary();
+    eprintln!("{summary}");
+    let faults: usize = report.verdict.faults.values().map(|f| f.effective).sum();
+    if report.valid() != Validity::Valid || faults == 0 {
+        panic!(
+            "expected a valid history with faults; history kept in {}\n{summary}\nobservations: {:?}",
+            keep(dir).display(),
+            report.observations
+        );
+    }
+    assert!(report.verdict.counts["read"].ok > 0);
+    assert!(report.verdict.counts["add"].ok > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_stale_reads_are_caught() {
+    let _serial = SERIAL.lock().await;
+    let mut summaries = Vec::new();
+    for seed in 1..=4 {
+        let dir = tempfile::Builder::new()
+            .prefix("jepsen-planted-")
+            .tempdir()
+            .unwrap();
+        let mut cfg = config(dir.path(), seed);
+        cfg.planted_bug = true;
+        cfg.time = Duration::from_secs(8);
+        cfg.workloads = vec![Workload::Register];
+        // Few keys, many reads, short timeouts: clients stuck on the isolated leader give up
+        // on writes quickly and keep reading, so a stale read is likely in every run.
+        cfg.keys = 2;
+        cfg.read_pct = 60;
+        cfg.write_pct = 30;
+        cfg.concurrency = 6;
+        cfg.op_timeout = Duration::from_millis(500);
+        // Isolate the leader early and for long: processes bound to it keep reading from it
+        // while the majority elects a new leader and takes writes.
+        cfg.schedule = Schedule {
+            faults: vec![Fault::IsolateLeader],
+            quiet: (Duration::from_secs(1), Duration::from_secs(1)),
+            hold: (Duration::from_secs(3), Duration::from_secs(4)),
+            warmup: Duration::from_millis(500),
+        };
+        let report = micro_jepsen::run(&cfg).await.expect("run");
+        if report.valid() == Validity::Anomaly {
+            let r = report.verdict.register.as_ref().expect("register report");
+            assert!(!r.anomalies.is_empty());
+            assert!(
+                r.anomalies[0].culprit.contains("read"),
+                "{}",
+                report.verdict.summary()
+            );
+            assert!(dir.path().join("timeline.html").exists());
+            eprintln!("caught with seed {seed}:\n{}", report.verdict.summary());
+            return;
+        }
+        summaries.push(report.verdict.summary());
+    }
+    panic!(
+        "the planted stale-read bug went unnoticed in 4 runs:\n{}",
+        summaries.join("\n")
+    );
+}
