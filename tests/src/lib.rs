@@ -52,6 +52,33 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000..32000 on 127.0.0.1");
 }
 
+/// Re-checks `check` every 25 ms until it yields a value, or fails naming `what` after
+/// `timeout`. The one place tests wait for a condition.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(25));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_err = None;
+    loop {
+        tick.tick().await;
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            match last_err {
+                Some(e) => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
     pub id: u64,
@@ -238,25 +265,19 @@ impl TestCluster {
 
     /// A client of node `id`, retrying while the node starts up.
     pub async fn client(&self, id: u64) -> anyhow::Result<micro::Client> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            match micro::Client::connect(&self.spec(id).grpc).await {
-                Ok(c) => return Ok(c),
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    bail!(
-                        "node {id} never accepted connections: {e}; log:\n{}",
-                        self.log(id)
-                    )
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        let addr = self.spec(id).grpc.clone();
+        eventually(
+            &format!("node {id} to accept connections"),
+            Duration::from_secs(15),
+            || async { Ok(micro::Client::connect(&addr).await.ok()) },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.log(id)))
     }
 
     /// Polls cluster status until every running node names the same leader.
     pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let res = eventually("an agreed leader", timeout, || async {
             let mut leaders = Vec::new();
             for id in self.running() {
                 if let Ok(c) = micro::Client::connect(&self.spec(id).grpc).await {
@@ -265,27 +286,22 @@ impl TestCluster {
                     }
                 }
             }
-            let running = self.running().len();
-            if leaders.len() == running
-                && leaders[0] != 0
-                && leaders.iter().all(|l| *l == leaders[0])
-                && self.procs.contains_key(&leaders[0])
-            {
-                return Ok(leaders[0]);
-            }
-            if tokio::time::Instant::now() > deadline {
-                let logs: Vec<String> = self
-                    .running()
-                    .iter()
-                    .map(|i| format!("--- node {i}\n{}", self.log(*i)))
-                    .collect();
-                bail!(
-                    "no agreed leader within {timeout:?} (saw {leaders:?}); logs:\n{}",
-                    logs.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let agreed = leaders.len() == self.running().len()
+                && leaders
+                    .first()
+                    .is_some_and(|l| *l != 0 && self.procs.contains_key(l))
+                && leaders.iter().all(|l| *l == leaders[0]);
+            Ok(agreed.then(|| leaders[0]))
+        })
+        .await;
+        res.map_err(|e| {
+            let logs: Vec<String> = self
+                .running()
+                .iter()
+                .map(|i| format!("--- node {i}\n{}", self.log(*i)))
+                .collect();
+            anyhow::anyhow!("{e}; logs:\n{}", logs.join("\n"))
+        })
     }
 
     /// This node's own applied index.
@@ -300,18 +316,11 @@ impl TestCluster {
 
     /// Waits until every running node has applied at least `index`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
         for id in self.running() {
-            loop {
-                let a = self.applied(id).await.unwrap_or(0);
-                if a >= index {
-                    break;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    bail!("node {id} applied only {a} of {index} within {timeout:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            eventually(&format!("node {id} to apply {index}"), timeout, || async {
+                Ok((self.applied(id).await.unwrap_or(0) >= index).then_some(()))
+            })
+            .await?;
         }
         Ok(())
     }

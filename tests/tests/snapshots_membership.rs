@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use micro::store::Query;
-use micro_tests::TestCluster;
+use micro_tests::{eventually, TestCluster};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -167,17 +167,11 @@ async fn grow_from_one_to_three_and_shrink_under_writes() -> anyhow::Result<()> 
 
     for id in [2, 3] {
         c.spawn(id)?; // with --join: it adds itself as a learner
-        let deadline = Instant::now() + LONG;
-        loop {
-            match admin.promote_member(id).await {
-                Ok(_) => break,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => anyhow::bail!("node {id} never became promotable: {e}\n{}", c.log(id)),
-            }
-        }
+                      // Refused until it has caught up, then accepted.
+        eventually(&format!("node {id} to become promotable"), LONG, || async {
+            Ok(admin.promote_member(id).await.ok())
+        })
+        .await?;
     }
     let s = admin.cluster_status().await?;
     assert_eq!(s.members.iter().filter(|m| m.role == "voter").count(), 3);
@@ -191,14 +185,10 @@ async fn grow_from_one_to_three_and_shrink_under_writes() -> anyhow::Result<()> 
     );
     // Keep writing a little on the two-node cluster, then stop the writer.
     let before = acked.lock().unwrap().len();
-    let deadline = Instant::now() + LONG;
-    while acked.lock().unwrap().len() < before + 50 {
-        assert!(
-            Instant::now() < deadline,
-            "writes stalled after the removal"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("writes to continue after the removal", LONG, || async {
+        Ok((acked.lock().unwrap().len() >= before + 50).then_some(()))
+    })
+    .await?;
     stop.store(true, Ordering::Relaxed);
     let worst = writer.await?;
     assert!(

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use micro::store::Query;
-use micro_tests::TestCluster;
+use micro_tests::{eventually, TestCluster};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -99,21 +99,17 @@ async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
     let leader = c.wait_leader(Duration::from_secs(10)).await?;
     // The first leader names the cluster with an entry of its own; let that happen first so
     // the only entry after the writes below is the expiry tick.
-    let deadline = tokio::time::Instant::now() + LONG;
-    while c
-        .client(leader)
-        .await?
-        .cluster_status()
-        .await?
-        .cluster_id
-        .is_empty()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cluster was never named"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the cluster to be named", LONG, || async {
+        Ok((!c
+            .client(leader)
+            .await?
+            .cluster_status()
+            .await?
+            .cluster_id
+            .is_empty())
+        .then_some(()))
+    })
+    .await?;
     let store = c.client(leader).await?.store();
     store
         .write_with_ttl("session", b"s".to_vec(), Some(Duration::from_secs(2)))
@@ -129,35 +125,30 @@ async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
     }
     // After the expiry every node answers NotFound. No writes are sent: the leader's tick
     // entry must carry the clock past the expiry.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for id in [1, 2, 3] {
         let s = c.client(id).await?.store();
-        loop {
-            match s.read("session").await {
-                Err(e) if e.is_not_found() => break,
-                Ok(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
+        eventually(
+            &format!("node {id} to stop serving the expired record"),
+            Duration::from_secs(10),
+            || async {
+                match s.read("session").await {
+                    Err(e) if e.is_not_found() => Ok(Some(())),
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(e.into()),
                 }
-                other => panic!("node {id}: still {other:?} after the expiry"),
-            }
-        }
+            },
+        )
+        .await?;
     }
     // Reads hide the record by the reader's clock at once; the purge itself is the leader's
     // tick entry, applied with no client writes at all: wait for the leader to apply past
     // the last write, then for every node to reach that index. Then stop them and compare
     // their views byte for byte. The record must be physically gone.
-    let deadline = tokio::time::Instant::now() + LONG;
-    let target = loop {
+    let target = eventually("the expiry tick entry", LONG, || async {
         let now = c.applied(leader).await?;
-        if now > after_writes {
-            break now;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no tick entry after the expiry"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        Ok((now > after_writes).then_some(now))
+    })
+    .await?;
     c.wait_applied(target, LONG).await?;
     let mut digests = BTreeSet::new();
     for id in [1, 2, 3] {
@@ -205,14 +196,10 @@ async fn acknowledged_writes_survive_kill_9_of_every_node() -> anyhow::Result<()
         }));
     }
     // Let the writers get going (condition: some writes acknowledged), then kill everything.
-    let deadline = tokio::time::Instant::now() + LONG;
-    while acked.lock().unwrap().len() < 300 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "writers made no progress"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the writers to make progress", LONG, || async {
+        Ok((acked.lock().unwrap().len() >= 300).then_some(()))
+    })
+    .await?;
     for id in [1, 2, 3] {
         c.kill(id);
     }
