@@ -22,6 +22,28 @@ pub enum Cmd {
     /// Start a 3-node Micro cluster and a 3-node etcd cluster on 127.0.0.1 and drive both with
     /// the same closed-loop workload, in alternating rounds
     Compare(CompareArgs),
+    /// Micro's event streams: publish throughput (fsync before ack) and replay rate from
+    /// sequence 1, on a 3-node cluster
+    Streams(StreamsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StreamsArgs {
+    /// Concurrent closed-loop publishers (publisher i talks to node i % 3)
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// How long to publish
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: std::time::Duration,
+    /// Payload size in bytes
+    #[arg(long, default_value_t = 256)]
+    pub payload_size: usize,
+    /// The `micro` binary (default: next to this one)
+    #[arg(long)]
+    pub micro_bin: Option<std::path::PathBuf>,
+    /// Where the temporary data dirs go
+    #[arg(long, default_value = "/tmp")]
+    pub data_root: std::path::PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]

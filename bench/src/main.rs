@@ -11,6 +11,7 @@ mod etcd;
 mod load;
 mod procs;
 mod report;
+mod streams;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,7 @@ async fn signals() -> &'static str {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Compare(a) => compare(a).await,
+        Cmd::Streams(a) => streams::run(a).await,
     }
 }
 
