@@ -223,7 +223,9 @@ mod tests {
             "/tmp/x",
         ])
         .unwrap();
-        let Cmd::Compare(a) = cli.cmd;
+        let Cmd::Compare(a) = cli.cmd else {
+            panic!("not a compare command")
+        };
         assert_eq!(a.target, vec![Target::Micro, Target::Etcd]);
         assert_eq!(
             a.workload,
@@ -249,7 +251,9 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let Cmd::Compare(a) = a.cmd;
+        let Cmd::Compare(a) = a.cmd else {
+            panic!("not a compare command")
+        };
         assert!(a.validate().is_err());
     }
 }
