@@ -345,3 +345,26 @@ async fn damaged_snapshots_are_refused_before_anything_is_written() -> anyhow::R
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_damaged_snapshot_file_on_disk_stops_the_node_and_is_named() -> anyhow::Result<()> {
+    let mut c = TestCluster::new(1).with_args(&["--snapshot-every", "10"]);
+    c.spawn(1)?;
+    c.wait_leader(Duration::from_secs(10)).await?;
+    write_keys(&c, 1, "x", 0..30, 5).await?;
+    c.stop(1)?;
+    let file = c.spec(1).data_dir.join("snapshots").join("current.snap");
+    let mut bytes = std::fs::read(&file)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, &bytes)?;
+    // It must refuse to start rather than risk serving (or sending a follower) wrong data.
+    let out = c.server_command(1).output()?;
+    assert!(
+        !out.status.success(),
+        "a node with a damaged snapshot must not start"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("snapshot is corrupt"), "{stderr}");
+    Ok(())
+}
