@@ -115,6 +115,15 @@ async fn handle(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(origin) = foreign_origin(&headers) {
+        // There is no auth yet: without this, any web page open in a browser on this machine
+        // could POST to the gateway (a cross-site request needs no preflight for text/plain).
+        return error(
+            "micro.gateway",
+            StatusCode::FORBIDDEN,
+            format!("cross-origin request from {origin} refused; call the gateway from the same origin or without a browser"),
+        );
+    }
     let Some((service, endpoint)) = resolve(uri.path()) else {
         return error(
             "micro.gateway",
@@ -340,6 +349,21 @@ fn strip_position(s: &str) -> &str {
     s.split(" at line ").next().unwrap_or(s)
 }
 
+/// The request's `Origin` when it names another site than the one it was sent to (browsers
+/// send `Origin` on cross-site requests; command-line clients send none).
+fn foreign_origin(headers: &axum::http::HeaderMap) -> Option<String> {
+    let origin = headers
+        .get(axum::http::header::ORIGIN)?
+        .to_str()
+        .unwrap_or("?");
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    (origin_host != host).then(|| origin.to_string())
+}
+
 fn json_options() -> prost_reflect::SerializeOptions {
     prost_reflect::SerializeOptions::new()
         .stringify_64_bit_integers(false)
@@ -511,6 +535,17 @@ mod tests {
             find_method(&pool, "raft", "Peer.Vote").unwrap_err().0,
             StatusCode::NOT_FOUND
         );
+    }
+
+    #[test]
+    fn cross_origin_requests_are_recognised() {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("host", "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(foreign_origin(&h), None, "no Origin: curl, SDKs");
+        h.insert("origin", "http://127.0.0.1:8080".parse().unwrap());
+        assert_eq!(foreign_origin(&h), None, "same origin");
+        h.insert("origin", "https://evil.example".parse().unwrap());
+        assert_eq!(foreign_origin(&h).as_deref(), Some("https://evil.example"));
     }
 
     #[test]
