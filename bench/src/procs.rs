@@ -6,9 +6,7 @@
 //! before unwinding starts. Where `setpriv` exists, children are started with
 //! `--pdeathsig KILL`, so even a SIGKILLed bench takes its servers with it.
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -16,7 +14,6 @@ use std::sync::{Mutex, OnceLock};
 use anyhow::Context;
 
 static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// On panic, SIGKILL every live child first (the unwinding drops then reap them).
 pub fn install_panic_hook() {
@@ -132,22 +129,10 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// `n` distinct ports that were free on 127.0.0.1 (all bound at once, then released for the
-/// servers to take), never one this process has handed out before.
+/// `n` distinct ports for servers to listen on (see `micro_testkit`: below the ephemeral
+/// range, so no outgoing connection can take one before the server binds it).
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let mut handed = HANDED_OUT.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    let handed = handed.get_or_insert_with(HashSet::new);
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-        let port = l.local_addr()?.port();
-        if handed.insert(port) {
-            ports.push(port);
-        }
-        held.push(l);
-    }
-    Ok(ports)
+    Ok(micro_testkit::free_ports(n))
 }
 
 /// Clock ticks per second of /proc/PID/stat's times (`getconf CLK_TCK`, 100 on Linux).
@@ -205,6 +190,9 @@ fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+    use std::net::TcpListener;
+
     use super::*;
 
     #[test]

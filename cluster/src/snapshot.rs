@@ -106,10 +106,6 @@ impl Writer {
         self.chunk_count = 0;
     }
 
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
     /// Finishes the file with `header` (its `record_count` is filled in).
     pub fn finish(mut self, mut header: Header) -> Vec<u8> {
         self.flush_chunk();

@@ -2,7 +2,6 @@
 //! process started here is killed when the [`Cluster`] is dropped (including on panic).
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -13,28 +12,7 @@ use crate::proxy::Net;
 
 pub const TOKEN: &str = "jepsen-token-123";
 
-/// A free port on 127.0.0.1, below the kernel's ephemeral range (32768+), so no outgoing
-/// connection can take it between this check and the listener's bind. A per-process counter
-/// starting at a pid-derived offset keeps concurrent harnesses apart.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    let _ = NEXT.compare_exchange(
-        0,
-        (std::process::id() * 7919 + 3) % SPAN + 1,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..SPAN {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in 20000..32000 on 127.0.0.1");
-}
+pub use micro_testkit::free_port;
 
 #[derive(Debug, Clone)]
 pub struct NodeSpec {

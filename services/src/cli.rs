@@ -443,14 +443,20 @@ fn record_json(r: &Record) -> Value {
         "version": r.version,
         "metadata": r.metadata.iter().map(|(k, f)| (k.clone(), json!({"type": f.r#type, "value": f.value}))).collect::<serde_json::Map<_, _>>(),
     });
-    match std::str::from_utf8(&r.value) {
-        Ok(s) => v["value"] = json!(s),
+    put_bytes(&mut v, "value", &r.value);
+    v
+}
+
+/// Sets `field` to the bytes as text when they are UTF-8, else `{field}_base64`.
+fn put_bytes(v: &mut Value, field: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => v[field] = json!(s),
         Err(_) => {
             use base64::Engine;
-            v["value_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&r.value));
+            v[format!("{field}_base64")] =
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes));
         }
     }
-    v
 }
 
 fn print_json(v: &Value) {
@@ -775,14 +781,7 @@ fn event_json(e: &micro::events::Event) -> Value {
         "timestamp": e.timestamp,
         "metadata": e.metadata,
     });
-    match std::str::from_utf8(&e.payload) {
-        Ok(s) => v["payload"] = json!(s),
-        Err(_) => {
-            use base64::Engine;
-            v["payload_base64"] =
-                json!(base64::engine::general_purpose::STANDARD.encode(&e.payload));
-        }
-    }
+    put_bytes(&mut v, "payload", &e.payload);
     v
 }
 

@@ -102,8 +102,8 @@ impl Read for MemStore {
 }
 
 /// Pending writes layered over a base store: reads see the writes. Apply works on an overlay,
-/// so a batch of entries turns into one write set and a rejected command can be rolled back
-/// with [`Overlay::savepoint`] / [`Overlay::rollback`].
+/// so a batch of entries turns into one write set. (A request is validated as a whole before
+/// any of it runs, so nothing ever needs rolling back.)
 pub struct Overlay<'a, S: Read + ?Sized> {
     base: &'a S,
     writes: WriteSet,
@@ -123,15 +123,6 @@ impl<'a, S: Read + ?Sized> Overlay<'a, S> {
 
     pub fn delete(&mut self, key: Vec<u8>) {
         self.writes.insert(key, None);
-    }
-
-    /// A copy of the pending writes to return to with [`Overlay::rollback`].
-    pub fn savepoint(&self) -> WriteSet {
-        self.writes.clone()
-    }
-
-    pub fn rollback(&mut self, to: WriteSet) {
-        self.writes = to;
     }
 
     /// The pending writes, to commit atomically.

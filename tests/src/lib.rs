@@ -5,7 +5,6 @@
 //! `MICRO_TEST_KEEP_DIR=1` to keep the data dirs and logs of a run for a post-mortem.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -26,31 +25,7 @@ pub fn micro_bin() -> PathBuf {
     bin
 }
 
-/// A free port on 127.0.0.1 for a node to listen on.
-///
-/// Ports come from below the kernel's ephemeral range (32768+): a port handed out by binding
-/// port 0 and releasing it can be taken by any outgoing connection before the node binds it,
-/// while ports in 20000..32000 are only ever taken by listeners. A per-process counter from a
-/// pid-derived start keeps concurrent test binaries apart.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    let _ = NEXT.compare_exchange(
-        0,
-        (std::process::id() * 7919) % SPAN + 1,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..SPAN {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in 20000..32000 on 127.0.0.1");
-}
+pub use micro_testkit::free_port;
 
 /// Re-checks `check` every 25 ms until it yields a value, or fails naming `what` after
 /// `timeout`. The one place tests wait for a condition.

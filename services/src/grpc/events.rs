@@ -247,6 +247,9 @@ async fn follow(
                 return;
             }
         };
+        // A short batch means we are caught up: wait for the next apply. (The wake-up cannot
+        // be missed: `mark_seen` ran before the read.)
+        let caught_up = batch.len() < BATCH;
         for (seq, e) in batch {
             if req.stop_at_end && seq > end {
                 return;
@@ -266,10 +269,7 @@ async fn follow(
         if tx.is_closed() {
             return;
         }
-        if view::read(node.view(), &req.topic, next, 1)
-            .map(|b| b.is_empty())
-            .unwrap_or(true)
-        {
+        if caught_up {
             applied_change(&mut changes).await;
         }
     }
