@@ -13,6 +13,7 @@
 // the same type so `?` works without boxing at every boundary.
 #![allow(clippy::result_large_err)]
 
+mod batch;
 pub mod broker;
 pub mod config;
 pub mod error;

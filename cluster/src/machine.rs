@@ -120,6 +120,7 @@ pub(crate) fn snapshot_bytes(
     let mut applied = None;
     let mut membership = None;
     let mut cluster_id = None;
+    let mut revision = None;
     db.for_each_state(|k, v| {
         if k == META_APPLIED {
             applied = Some(v.to_vec());
@@ -127,6 +128,8 @@ pub(crate) fn snapshot_bytes(
             membership = Some(v.to_vec());
         } else if k == keys::META_CLUSTER_ID {
             cluster_id = Some(String::from_utf8_lossy(v).into_owned());
+        } else if k == keys::META_REVISION {
+            revision = v.try_into().ok().map(u64::from_be_bytes);
         }
         w.record(k, v);
     })
@@ -148,7 +151,8 @@ pub(crate) fn snapshot_bytes(
         snapshot_id: snapshot_id.clone(),
         last_log_id,
         membership: last_membership.clone(),
-        revision: last_log_id.map_or(0, |l| l.index),
+        // Before the revision counter existed, revisions were log indexes.
+        revision: revision.unwrap_or_else(|| last_log_id.map_or(0, |l| l.index)),
         record_count: 0,
     });
     Ok((

@@ -113,6 +113,7 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
+    proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
     stop: watch::Sender<bool>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
@@ -227,12 +228,17 @@ impl Node {
             tracing::info!("resuming the existing cluster from the data dir");
         }
 
-        tasks.push(tokio::spawn(ticker(inner.clone(), stop_rx)));
-        Ok(Node {
+        tasks.push(tokio::spawn(ticker(inner.clone(), stop_rx.clone())));
+        let (proposer, queued) = tokio::sync::mpsc::unbounded_channel();
+        let node = Node {
             inner,
+            proposer,
             stop,
             tasks: Arc::new(Mutex::new(tasks)),
-        })
+        };
+        let batcher = tokio::spawn(crate::batch::run(node.clone(), queued, stop_rx));
+        node.tasks.lock().expect("task list lock").push(batcher);
+        Ok(node)
     }
 
     pub fn id(&self) -> u64 {
@@ -254,14 +260,23 @@ impl Node {
         &self.inner.db
     }
 
-    /// Proposes `cmds` as one entry and waits until it is committed and applied here or on
-    /// the leader. Returns the entry's log index and one outcome per command.
-    pub async fn write(&self, cmds: Vec<Command>) -> Result<(u64, Vec<Outcome>), Error> {
-        for c in &cmds {
-            if let Err(Outcome::Rejected { field, reason }) = c.validate() {
-                return Err(Error::Invalid { field, reason });
-            }
+    /// Proposes `cmd` and waits until it is committed and applied here or on the leader.
+    /// Returns the index of the entry that carried it (concurrent writes share entries; see
+    /// `batch`) and its outcome.
+    pub async fn write(&self, cmd: Command) -> Result<(u64, Outcome), Error> {
+        if let Err(Outcome::Rejected { field, reason }) = cmd.validate() {
+            return Err(Error::Invalid { field, reason });
         }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.proposer
+            .send(crate::batch::Pending { cmd, reply })
+            .map_err(|_| Error::Unavailable("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the node is shutting down".into()))?
+    }
+
+    /// Proposes a batch of independent commands as one entry, on the leader.
+    pub(crate) async fn propose(&self, cmds: Vec<Command>) -> Result<(u64, Vec<Outcome>), Error> {
         let inner = self.inner.clone();
         self.on_leader(Method::Forward, &cmds, || inner.propose_here(cmds.clone()))
             .await
@@ -599,15 +614,8 @@ impl Inner {
             cmds,
         };
         match self.raft.client_write(req).await {
-            Ok(resp) => {
-                if let Some(Outcome::Rejected { field, reason }) = resp.data.first() {
-                    return Err(ForwardError::Invalid {
-                        field: field.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-                Ok((resp.log_id.index, resp.data))
-            }
+            // A rejected command is an outcome of its own: the others in the entry stand.
+            Ok(resp) => Ok((resp.log_id.index, resp.data)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(self.leader_hint(f.leader_id, f.leader_node))
             }

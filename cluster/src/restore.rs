@@ -102,7 +102,7 @@ pub fn restore(
     write_file_durably(&snap_dir.join(SNAPSHOT_FILE), &file)?;
     db.sync()?;
     Ok(Restored {
-        revision: last.index,
+        revision: from.revision,
         from,
         cluster_id,
         records,

@@ -33,7 +33,7 @@ pub struct Header {
     /// The last log entry the snapshot includes.
     pub last_log_id: Option<LogId>,
     pub membership: Membership,
-    /// The store revision at the snapshot (= the last applied log index).
+    /// The store revision at the snapshot (the last applied command's).
     pub revision: u64,
     pub record_count: u64,
 }

@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The application payload of one log entry: the commands of one client request, applied
-/// atomically, and the leader's wall clock when it proposed them.
+/// The application payload of one log entry: commands of one or more client requests (each
+/// command is one request, applied on its own; a leader batches concurrent requests into one
+/// entry) and the leader's wall clock when it proposed them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Request {
     /// Leader wall clock in ms since the Unix epoch; the state clock is the max of all of them.
     pub time_ms: u64,
-    /// Applied in order, all or nothing. Empty for a tick (advances the clock, purges).
+    /// Applied in order, each on its own. Empty for a tick (advances the clock, purges).
     pub cmds: Vec<Command>,
 }
 
@@ -78,7 +79,7 @@ pub enum Command {
 /// The result of one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// The record now has this mod revision (the entry's log index).
+    /// The record now has this mod revision (the command's store revision).
     Put {
         revision: u64,
     },
@@ -88,9 +89,11 @@ pub enum Outcome {
     },
     Txn {
         succeeded: bool,
+        /// The transaction's store revision (shared by all of its writes).
+        revision: u64,
         results: Vec<Outcome>,
     },
-    /// The command was invalid; nothing of its request was applied.
+    /// The command was invalid; nothing of it was applied.
     Rejected {
         field: String,
         reason: String,
@@ -108,6 +111,33 @@ pub enum Outcome {
 }
 
 impl Command {
+    /// Roughly how many bytes the command adds to a log entry (for batch limits).
+    pub fn size_hint(&self) -> usize {
+        const FIXED: usize = 48;
+        match self {
+            Command::Put(p) => {
+                FIXED
+                    + p.key.len()
+                    + p.value.len()
+                    + p.metadata
+                        .iter()
+                        .map(|(k, v)| k.len() + v.kind.len() + v.value.len())
+                        .sum::<usize>()
+            }
+            Command::Publish(p) => FIXED + p.topic.len() + p.payload.len(),
+            Command::Txn(t) => {
+                FIXED
+                    + t.compare.len() * FIXED
+                    + t.success
+                        .iter()
+                        .chain(&t.failure)
+                        .map(Command::size_hint)
+                        .sum::<usize>()
+            }
+            _ => FIXED,
+        }
+    }
+
     /// Checks the command's fields. Front ends call it before proposing; apply calls it again
     /// so that a bad entry is rejected deterministically instead of half-applied.
     pub fn validate(&self) -> Result<(), Outcome> {

@@ -20,6 +20,8 @@ pub const GROUP: u8 = 0x06;
 
 /// The state machine clock (u64 ms, big-endian).
 pub const META_CLOCK: &[u8] = &[META, b'c'];
+/// The store revision counter (u64, big-endian): one per applied command.
+pub const META_REVISION: &[u8] = &[META, b'r'];
 /// The cluster id (UTF-8).
 pub const META_CLUSTER_ID: &[u8] = &[META, b'i'];
 /// The applied log id (written by micro-cluster with every applied batch).

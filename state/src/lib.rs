@@ -22,7 +22,7 @@ pub mod storage;
 pub mod views;
 
 pub use command::{Command, Compare, Delete, MetaField, Outcome, Put, Request, Txn};
-pub use machine::{apply, clock_ms, cluster_id, next_expiry};
+pub use machine::{apply, clock_ms, cluster_id, next_expiry, revision};
 pub use storage::{MemStore, Overlay, Read, StorageError, WriteSet};
 
 /// Database and table used when a request leaves them empty, as in Micro v3.

@@ -17,6 +17,18 @@ pub fn clock_ms<S: Read + ?Sized>(s: &S) -> Result<u64, StorageError> {
     })
 }
 
+/// The store revision: the revision of the last applied command (0 before the first).
+pub fn revision<S: Read + ?Sized>(s: &S) -> Result<u64, StorageError> {
+    Ok(match s.get(keys::META_REVISION)? {
+        Some(b) => u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| StorageError("corrupt store revision".into()))?,
+        ),
+        None => 0,
+    })
+}
+
 /// When the next record expires (ms on the state clock), so the leader can propose a tick.
 pub fn next_expiry<S: Read + ?Sized>(s: &S) -> Result<Option<u64>, StorageError> {
     store::next_expiry(s)
@@ -25,9 +37,10 @@ pub fn next_expiry<S: Read + ?Sized>(s: &S) -> Result<Option<u64>, StorageError>
 /// Applies the request of the entry at log index `index`.
 ///
 /// First the state clock advances to `max(clock, req.time_ms)` and everything due by then is
-/// purged; then the commands run in order. If any command is invalid the whole request is
-/// rolled back (the purge stays: it belongs to the entry, not the request) and every outcome
-/// is the rejection.
+/// purged; then the commands run in order. Each command is one client's request: it is
+/// validated and applied on its own (an invalid one is rejected and changes nothing) and gets
+/// its own revision, one above the last — so a leader may batch many clients' commands into one
+/// entry and a compare-and-swap on a mod revision still names exactly one write.
 pub fn apply<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
     index: u64,
@@ -40,32 +53,43 @@ pub fn apply<S: Read + ?Sized>(
     }
     store::purge_expired(ov, now)?;
 
-    for cmd in &req.cmds {
-        if let Err(rejected) = cmd.validate() {
-            return Ok(vec![rejected; req.cmds.len()]);
-        }
-    }
+    let start = match ov.get(keys::META_REVISION)? {
+        Some(_) => revision(ov)?,
+        // Data written before the counter existed used the log index as the revision:
+        // continuing from the index keeps every new revision above every old one.
+        None => index.saturating_sub(1),
+    };
+    let mut rev = start;
     let mut out = Vec::with_capacity(req.cmds.len());
     for cmd in &req.cmds {
-        out.push(apply_one(ov, index, now, cmd)?);
+        match cmd.validate() {
+            Err(rejected) => out.push(rejected),
+            Ok(()) => {
+                rev += 1;
+                out.push(apply_one(ov, rev, now, cmd)?);
+            }
+        }
+    }
+    if rev != start {
+        ov.put(keys::META_REVISION.to_vec(), rev.to_be_bytes().to_vec());
     }
     Ok(out)
 }
 
 fn apply_one<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
-    index: u64,
+    revision: u64,
     now: u64,
     cmd: &Command,
 ) -> Result<Outcome, StorageError> {
     Ok(match cmd {
         Command::Put(p) => Outcome::Put {
-            revision: store::put(ov, p, index, now)?,
+            revision: store::put(ov, p, revision, now)?,
         },
         Command::Delete(d) => Outcome::Deleted {
             existed: store::delete(ov, d)?,
         },
-        Command::Txn(t) => apply_txn(ov, index, now, t)?,
+        Command::Txn(t) => apply_txn(ov, revision, now, t)?,
         Command::SetClusterId(id) => match ov.get(keys::META_CLUSTER_ID)? {
             Some(existing) => Outcome::ClusterId(String::from_utf8_lossy(&existing).into_owned()),
             None => {
@@ -94,7 +118,7 @@ pub fn cluster_id<S: Read + ?Sized>(s: &S) -> Result<Option<String>, StorageErro
 
 fn apply_txn<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
-    index: u64,
+    revision: u64,
     now: u64,
     t: &Txn,
 ) -> Result<Outcome, StorageError> {
@@ -112,9 +136,13 @@ fn apply_txn<S: Read + ?Sized>(
     let branch = if succeeded { &t.success } else { &t.failure };
     let mut results = Vec::with_capacity(branch.len());
     for cmd in branch {
-        results.push(apply_one(ov, index, now, cmd)?);
+        results.push(apply_one(ov, revision, now, cmd)?);
     }
-    Ok(Outcome::Txn { succeeded, results })
+    Ok(Outcome::Txn {
+        succeeded,
+        revision,
+        results,
+    })
 }
 
 #[cfg(test)]

@@ -120,12 +120,12 @@ impl pb::stream_server::Stream for EventsService {
         let topic = req.topic.clone();
         let (_, out) = self
             .node
-            .write(vec![publish_command(req, "")?])
+            .write(publish_command(req, "")?)
             .await
             .map_err(status)?;
-        match out.first() {
-            Some(Outcome::Published { seq }) => Ok(Response::new(pb::PublishResponse {
-                sequence: *seq,
+        match out {
+            Outcome::Published { seq } => Ok(Response::new(pb::PublishResponse {
+                sequence: seq,
                 id: format!("{topic}/{seq}"),
             })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
@@ -182,7 +182,7 @@ impl pb::stream_server::Stream for EventsService {
             seqs: vec![seq],
             success: req.success,
         });
-        self.node.write(vec![cmd]).await.map_err(status)?;
+        self.node.write(cmd).await.map_err(status)?;
         Ok(Response::new(pb::AckResponse {}))
     }
 
@@ -216,7 +216,7 @@ impl pb::stream_server::Stream for EventsService {
             max_events: req.max_events,
             max_age_ms: req.max_age,
         });
-        self.node.write(vec![cmd]).await.map_err(status)?;
+        self.node.write(cmd).await.map_err(status)?;
         Ok(Response::new(pb::RetentionResponse {}))
     }
 }
@@ -338,11 +338,11 @@ async fn follow_group(
                 Start::End
             },
         });
-        let seqs = match node.write(vec![cmd]).await {
+        let seqs = match node.write(cmd).await {
             // The claim was applied on the leader; read the events only once this node has
             // applied it too (and so every event it names).
-            Ok((index, out)) => match (out.into_iter().next(), node.wait_applied(index).await) {
-                (Some(Outcome::Claimed(c)), Ok(())) => c.seqs,
+            Ok((index, out)) => match (out, node.wait_applied(index).await) {
+                (Outcome::Claimed(c), Ok(())) => c.seqs,
                 (_, Err(e)) => {
                     let _ = tx.send(Err(status(e))).await;
                     break;
@@ -388,7 +388,7 @@ async fn follow_group(
             group: req.group.clone(),
             consumer,
         });
-        if let Err(e) = node.write(vec![cmd]).await {
+        if let Err(e) = node.write(cmd).await {
             tracing::debug!("release after consumer left: {e}");
         }
     }
@@ -443,7 +443,7 @@ impl pb::store_server::Store for EventsService {
             },
             "event.",
         )?;
-        self.node.write(vec![cmd]).await.map_err(status)?;
+        self.node.write(cmd).await.map_err(status)?;
         Ok(Response::new(pb::WriteResponse {}))
     }
 }

@@ -195,9 +195,9 @@ impl pb::store_server::Store for StoreService {
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let cmd = put_command(req.into_inner(), "")?;
-        let (_, out) = self.node.write(vec![cmd]).await.map_err(status)?;
-        let revision = match out.first() {
-            Some(Outcome::Put { revision }) => *revision,
+        let (_, out) = self.node.write(cmd).await.map_err(status)?;
+        let revision = match out {
+            Outcome::Put { revision } => revision,
             _ => 0,
         };
         Ok(Response::new(pb::WriteResponse { revision }))
@@ -208,7 +208,7 @@ impl pb::store_server::Store for StoreService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         self.node
-            .write(vec![delete_command(req.into_inner())])
+            .write(delete_command(req.into_inner()))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DeleteResponse {}))
@@ -281,12 +281,13 @@ impl pb::store_server::Store for StoreService {
             success: txn_ops(req.success, "success")?,
             failure: txn_ops(req.failure, "failure")?,
         };
-        let (index, out) = self
-            .node
-            .write(vec![Command::Txn(txn)])
-            .await
-            .map_err(status)?;
-        let Some(Outcome::Txn { succeeded, results }) = out.into_iter().next() else {
+        let (_, out) = self.node.write(Command::Txn(txn)).await.map_err(status)?;
+        let Outcome::Txn {
+            succeeded,
+            revision,
+            results,
+        } = out
+        else {
             return Err(Status::internal("txn produced no outcome"));
         };
         let results = results
@@ -310,7 +311,7 @@ impl pb::store_server::Store for StoreService {
         Ok(Response::new(pb::TxnResponse {
             succeeded,
             results,
-            revision: index,
+            revision,
         }))
     }
 }

@@ -148,18 +148,98 @@ fn rewrite_drops_the_old_expiry() {
 }
 
 #[test]
-fn an_invalid_command_rejects_the_whole_request() {
+fn an_invalid_command_is_rejected_alone() {
     let mut s = MemStore::default();
     let out = run(
         &mut s,
         1,
         &Request {
             time_ms: 0,
-            cmds: vec![put("ok", "1", 0), put("", "x", 0)],
+            cmds: vec![put("ok", "1", 0), put("", "x", 0), put("also", "2", 0)],
         },
     );
-    assert!(matches!(&out[0], Outcome::Rejected { field, .. } if field == "key"));
-    assert_eq!(get(&s, "ok", 0), None);
+    assert_eq!(out[0], Outcome::Put { revision: 1 });
+    assert!(matches!(&out[1], Outcome::Rejected { field, .. } if field == "key"));
+    // The rejected command takes no revision.
+    assert_eq!(out[2], Outcome::Put { revision: 2 });
+    assert_eq!(get(&s, "ok", 0), Some(b"1".to_vec()));
+    assert_eq!(get(&s, "also", 0), Some(b"2".to_vec()));
+}
+
+#[test]
+fn batched_commands_get_their_own_revisions() {
+    let mut s = MemStore::default();
+    // Two writes of one key in one entry: each has its own mod revision, so a CAS on the
+    // first one's revision fails once the second has landed.
+    let out = run(
+        &mut s,
+        10,
+        &Request {
+            time_ms: 0,
+            cmds: vec![put("k", "1", 0), put("k", "2", 0)],
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Outcome::Put { revision: 10 }, Outcome::Put { revision: 11 }]
+    );
+    let cas = |rev| {
+        Command::Txn(Txn {
+            compare: vec![Compare {
+                key: "k".into(),
+                mod_revision: rev,
+                ..Default::default()
+            }],
+            success: vec![put("k", "3", 0)],
+            failure: vec![],
+        })
+    };
+    let out = run(
+        &mut s,
+        11,
+        &Request {
+            time_ms: 0,
+            cmds: vec![cas(10), cas(11)],
+        },
+    );
+    assert_eq!(
+        out,
+        vec![
+            Outcome::Txn {
+                succeeded: false,
+                revision: 12,
+                results: vec![]
+            },
+            Outcome::Txn {
+                succeeded: true,
+                revision: 13,
+                results: vec![Outcome::Put { revision: 13 }]
+            },
+        ]
+    );
+    assert_eq!(revision(&s).unwrap(), 13);
+    // A tick (no commands) leaves the revision alone.
+    run(&mut s, 12, &Request::default());
+    assert_eq!(revision(&s).unwrap(), 13);
+    let e = query(
+        &s,
+        &Query {
+            key: "k".into(),
+            ..Default::default()
+        },
+        0,
+    )
+    .unwrap()
+    .pop()
+    .unwrap();
+    assert_eq!(
+        (
+            e.record.create_revision,
+            e.record.mod_revision,
+            e.record.version
+        ),
+        (10, 13, 3)
+    );
 }
 
 #[test]

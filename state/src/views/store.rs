@@ -1,5 +1,5 @@
 //! The key-value store view: database / table / key → record, with metadata, expiry and
-//! revisions (create / mod revision = the log index that wrote it; version counts writes since
+//! revisions (create / mod revision = the store revision of the command that wrote it; version counts writes since
 //! creation), as etcd reports them.
 
 use std::collections::BTreeMap;
@@ -93,7 +93,7 @@ fn bump_table<S: Read + ?Sized>(
     Ok(())
 }
 
-/// Applies a put at log index `revision` with state clock `now_ms`.
+/// Applies a put at store revision `revision` with state clock `now_ms`.
 pub fn put<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
     p: &Put,
