@@ -6,6 +6,9 @@
 //! batch — one entry, one Forward call, one apply. A lone writer never waits: with a free slot
 //! its batch of one leaves at once. Each command keeps its own outcome and store revision
 //! (see `micro_state::apply`), so batching is invisible to clients.
+//!
+//! On the leader, batches forwarded by followers join the same queue, so the whole cluster's
+//! concurrent writes tend to leave in a few entries per replication round.
 
 use std::sync::Arc;
 
@@ -21,12 +24,17 @@ const IN_FLIGHT: usize = 4;
 const MAX_COMMANDS: usize = 2048;
 const MAX_BYTES: usize = 2 * 1024 * 1024;
 
-pub(crate) type Reply = oneshot::Sender<Result<(u64, Outcome), Error>>;
+pub(crate) type Reply = oneshot::Sender<Result<(u64, Vec<Outcome>), Error>>;
 
-/// One queued write.
+/// Commands queued together (one client write, or a batch forwarded by a follower); they
+/// stay together and in order in the entry.
 pub(crate) struct Pending {
-    pub(crate) cmd: Command,
+    pub(crate) cmds: Vec<Command>,
     pub(crate) reply: Reply,
+}
+
+fn size(cmds: &[Command]) -> usize {
+    cmds.iter().map(Command::size_hint).sum()
 }
 
 /// Takes queued writes off `rx` in batches and proposes each batch through `node`.
@@ -48,12 +56,14 @@ pub(crate) async fn run(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = first.cmd.size_hint();
+        let mut bytes = size(&first.cmds);
+        let mut count = first.cmds.len();
         let mut batch = vec![first];
-        while batch.len() < MAX_COMMANDS && bytes < MAX_BYTES {
+        while count < MAX_COMMANDS && bytes < MAX_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
-                    bytes += p.cmd.size_hint();
+                    bytes += size(&p.cmds);
+                    count += p.cmds.len();
                     batch.push(p);
                 }
                 Err(_) => break,
@@ -61,32 +71,30 @@ pub(crate) async fn run(
         }
         let node = node.clone();
         tokio::spawn(async move {
-            let (cmds, replies): (Vec<Command>, Vec<Reply>) =
-                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            let mut cmds = Vec::with_capacity(count);
+            let mut groups = Vec::with_capacity(batch.len());
+            for p in batch {
+                groups.push((p.cmds.len(), p.reply));
+                cmds.extend(p.cmds);
+            }
             match node.propose(cmds).await {
-                Ok((index, outcomes)) if outcomes.len() == replies.len() => {
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        let res = match outcome {
-                            Outcome::Rejected { field, reason } => {
-                                Err(Error::Invalid { field, reason })
-                            }
-                            o => Ok((index, o)),
-                        };
-                        let _ = reply.send(res);
+                Ok((index, outcomes)) if outcomes.len() == count => {
+                    let mut outcomes = outcomes.into_iter();
+                    for (n, reply) in groups {
+                        let _ = reply.send(Ok((index, outcomes.by_ref().take(n).collect())));
                     }
                 }
                 Ok((_, outcomes)) => {
                     let e = Error::Internal(format!(
-                        "a batch of {} commands produced {} outcomes",
-                        replies.len(),
+                        "a batch of {count} commands produced {} outcomes",
                         outcomes.len()
                     ));
-                    for reply in replies {
+                    for (_, reply) in groups {
                         let _ = reply.send(Err(e.clone()));
                     }
                 }
                 Err(e) => {
-                    for reply in replies {
+                    for (_, reply) in groups {
                         let _ = reply.send(Err(e.clone()));
                     }
                 }

@@ -176,9 +176,11 @@ impl Node {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for peers on {}: {e}", cfg.peer_addr))?;
         let (stop, stop_rx) = watch::channel(false);
+        let (proposer, queued) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         {
-            let svc = crate::peer::server(inner.clone(), cfg.cluster_token.clone());
+            let svc =
+                crate::peer::server(inner.clone(), proposer.clone(), cfg.cluster_token.clone());
             let mut rx = stop_rx.clone();
             // Set nodelay on accepted sockets: the builder's setting does not reach them.
             let incoming =
@@ -229,7 +231,6 @@ impl Node {
         }
 
         tasks.push(tokio::spawn(ticker(inner.clone(), stop_rx.clone())));
-        let (proposer, queued) = tokio::sync::mpsc::unbounded_channel();
         let node = Node {
             inner,
             proposer,
@@ -267,9 +268,19 @@ impl Node {
         if let Err(Outcome::Rejected { field, reason }) = cmd.validate() {
             return Err(Error::Invalid { field, reason });
         }
+        let (index, mut out) = self.submit(vec![cmd]).await?;
+        match out.pop() {
+            Some(Outcome::Rejected { field, reason }) => Err(Error::Invalid { field, reason }),
+            Some(o) => Ok((index, o)),
+            None => Err(Error::Internal("a write produced no outcome".into())),
+        }
+    }
+
+    /// Queues commands for the batcher; they are proposed together, in order.
+    pub(crate) async fn submit(&self, cmds: Vec<Command>) -> Result<(u64, Vec<Outcome>), Error> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.proposer
-            .send(crate::batch::Pending { cmd, reply })
+            .send(crate::batch::Pending { cmds, reply })
             .map_err(|_| Error::Unavailable("the node is shutting down".into()))?;
         rx.await
             .map_err(|_| Error::Unavailable("the node is shutting down".into()))?
@@ -628,6 +639,13 @@ impl Inner {
         }
     }
 
+    /// Whether this node believes it leads (a hint: Raft decides at proposal time).
+    pub(crate) fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.cfg.node_id)
+    }
+
     /// The peer address of the leader, if this node knows one and it is another node.
     fn known_other_leader(&self) -> Option<String> {
         let m = self.raft.metrics();
@@ -838,12 +856,7 @@ async fn ticker(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             _ = every.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let is_leader = {
-            let m = inner.raft.metrics();
-            let m = m.borrow();
-            m.state == ServerState::Leader && m.current_leader == Some(inner.cfg.node_id)
-        };
-        if !is_leader {
+        if !inner.is_leader() {
             continue;
         }
         if matches!(micro_state::cluster_id(&*inner.db), Ok(None)) {

@@ -16,6 +16,8 @@ use crate::TypeConfig;
 
 pub(crate) struct PeerService {
     pub(crate) node: Arc<Inner>,
+    /// The node's write batcher: forwarded writes join the leader's own batches.
+    pub(crate) proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
 }
 
 fn reply<T: Serialize>(v: &T) -> Result<Response<Payload>, Status> {
@@ -36,6 +38,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// The peer service wrapped in the token check.
 pub(crate) fn server(
     node: Arc<Inner>,
+    proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
     token: String,
 ) -> tonic::service::interceptor::InterceptedService<
     PeerServer<PeerService>,
@@ -52,7 +55,7 @@ pub(crate) fn server(
             )),
         }
     };
-    let svc = PeerServer::new(PeerService { node })
+    let svc = PeerServer::new(PeerService { node, proposer })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     tonic::service::interceptor::InterceptedService::new(svc, check)
@@ -104,8 +107,31 @@ impl Peer for PeerService {
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let cmds: Vec<micro_state::Command> = decode(req.get_ref())?;
-        let res: Result<(u64, Vec<micro_state::Outcome>), ForwardError> =
-            self.node.propose_here(cmds).await;
+        if !self.node.is_leader() {
+            // Raft answers with the leader it knows, for the follower to retry there.
+            let res: Result<(u64, Vec<micro_state::Outcome>), ForwardError> =
+                self.node.propose_here(cmds).await;
+            return reply(&res);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued = self
+            .proposer
+            .send(crate::batch::Pending { cmds, reply: tx });
+        let res: Result<(u64, Vec<micro_state::Outcome>), ForwardError> = match queued {
+            Err(_) => Err(ForwardError::Unavailable(
+                "the leader is shutting down".into(),
+            )),
+            Ok(()) => match rx.await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(crate::Error::Invalid { field, reason })) => {
+                    Err(ForwardError::Invalid { field, reason })
+                }
+                Ok(Err(e)) => Err(ForwardError::Unavailable(e.to_string())),
+                Err(_) => Err(ForwardError::Unavailable(
+                    "the leader is shutting down".into(),
+                )),
+            },
+        };
         reply(&res)
     }
 
