@@ -24,6 +24,15 @@ const IN_FLIGHT: usize = 4;
 const MAX_COMMANDS: usize = 2048;
 const MAX_BYTES: usize = 2 * 1024 * 1024;
 
+/// Entries per AppendEntries message. openraft bounds messages by entries, not bytes, so this
+/// keeps the largest possible message (every entry a full batch plus one largest value) under
+/// the peer message limit.
+pub(crate) const ENTRIES_PER_MESSAGE: u64 = 64;
+const _: () = assert!(
+    (ENTRIES_PER_MESSAGE as usize) * (MAX_BYTES + micro_state::MAX_VALUE_BYTES + 64 * 1024)
+        < crate::network::MAX_MESSAGE
+);
+
 pub(crate) type Reply = oneshot::Sender<Result<(u64, Vec<Outcome>), Error>>;
 
 /// Commands queued together (one client write, or a batch forwarded by a follower); they

@@ -149,7 +149,7 @@ impl Node {
             election_timeout_min: cfg.election_timeout.0.as_millis() as u64,
             election_timeout_max: cfg.election_timeout.1.as_millis() as u64,
             install_snapshot_timeout: 60_000,
-            max_payload_entries: 1024,
+            max_payload_entries: crate::batch::ENTRIES_PER_MESSAGE,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
             ..Default::default()
