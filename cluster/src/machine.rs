@@ -232,6 +232,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )
             .into());
         }
+        pairs.retain(|(k, _)| k.as_slice() != keys::META_INSTALLED);
+        pairs.push((
+            keys::META_INSTALLED.to_vec(),
+            codec::encode(&meta.last_log_id),
+        ));
         self.db.replace_state(pairs).map_err(sm_write)?;
         write_file_durably(&self.file(), &data).map_err(snap_err)?;
         self.applied = meta.last_log_id;

@@ -137,6 +137,7 @@ impl Node {
         let db = Db::open(&cfg.data_dir.join("db"))?;
         // Refuse to serve from a damaged log: name the record and stop.
         let records = db.verify_log()?;
+        crate::store::check_tail(&db)?;
         tracing::info!(records, "log verified");
 
         let log_store = LogStore::new(db.clone());

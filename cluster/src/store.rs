@@ -61,6 +61,48 @@ pub(crate) fn mark_restored(db: &Db, log_id: LogId) -> micro_log::Result<()> {
     db.purge_log(log_id.index, (PURGED, &codec::encode(&log_id)))
 }
 
+/// Refuses a log that lost records after they were durable. Entries this node applied or knew
+/// committed were in its log (fsynced before they counted); in a crash RocksDB's WAL keeps a
+/// prefix, so they are still there, or below the purge point, or covered by an installed
+/// snapshot. If not, the disk lost acknowledged data: with such a log the node could resume as
+/// leader and write different entries under ids its peers already hold, so it must not run.
+pub(crate) fn check_tail(db: &Db) -> anyhow::Result<()> {
+    let meta = |key: &[u8]| -> anyhow::Result<Option<Vec<u8>>> { Ok(db.get_meta(key)?) };
+    let purged: Option<LogId> = match meta(PURGED)? {
+        Some(b) => Some(codec::decode::<LogId>(&b)?),
+        None => None,
+    };
+    let committed: Option<LogId> = match meta(COMMITTED)? {
+        Some(b) => codec::decode::<Option<LogId>>(&b)?,
+        None => None,
+    };
+    let (applied, _) = crate::machine::applied_meta(db)?;
+    let installed: Option<LogId> =
+        match micro_state::Read::get(db, micro_state::keys::META_INSTALLED)? {
+            Some(b) => codec::decode(&b)?,
+            None => None,
+        };
+    let end = db
+        .last_log()?
+        .map_or(0, |(i, _)| i)
+        .max(purged.map_or(0, |l| l.index));
+    let covered = end.max(installed.map_or(0, |l| l.index));
+    for (what, id) in [("applied", applied), ("committed", committed)] {
+        let Some(id) = id else { continue };
+        if id.index > covered {
+            anyhow::bail!(
+                "log records {}..={} are missing: the log ends at index {end} but this node had {what} index {}. \
+                 The disk lost records after they were made durable; this node must not serve or vote with this log. \
+                 Remove it from the cluster (`micro cluster remove ID` on a healthy member), wipe --data-dir and start it again with --join, then promote it",
+                end + 1,
+                id.index,
+                id.index
+            );
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn decode_entry(index: u64, payload: &[u8]) -> SResult<Entry<TypeConfig>> {
     codec::decode(payload).map_err(|e| {
         StorageIOError::read_log_at_index(
@@ -168,5 +210,55 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db
             .purge_log(log_id.index, (PURGED, &codec::encode(&log_id)))
             .map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use micro_state::keys::{META_APPLIED, META_INSTALLED};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn set_state(db: &Db, key: &[u8], value: Vec<u8>) {
+        db.commit_state([(key.to_vec(), Some(value))].into_iter().collect())
+            .unwrap();
+    }
+
+    #[test]
+    fn a_lost_applied_tail_is_refused_but_purges_and_installs_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        check_tail(&db).unwrap();
+        let records: Vec<(u64, Vec<u8>)> = (1..=5).map(|i| (i, vec![i as u8])).collect();
+        db.append(records.iter().map(|(i, p)| (*i, p.as_slice())))
+            .unwrap();
+        set_state(&db, META_APPLIED, codec::encode(&Some(log_id(5))));
+        check_tail(&db).unwrap();
+
+        // The disk loses records 4 and 5 after they were applied.
+        db.truncate_log(4).unwrap();
+        let e = check_tail(&db).unwrap_err().to_string();
+        assert!(e.contains("log records 4..=5 are missing"), "{e}");
+
+        // Purged up to 5 (a compacted log): fine.
+        db.purge_log(5, (PURGED, &codec::encode(&log_id(5))))
+            .unwrap();
+        check_tail(&db).unwrap();
+
+        // Applied beyond the log and the purge point, but covered by an installed snapshot
+        // whose log purge did not happen yet (a crash in between): fine.
+        set_state(&db, META_APPLIED, codec::encode(&Some(log_id(9))));
+        assert!(check_tail(&db).is_err());
+        set_state(&db, META_INSTALLED, codec::encode(&Some(log_id(9))));
+        check_tail(&db).unwrap();
+
+        // A committed index beyond everything the node still has is refused too.
+        db.put_meta(COMMITTED, &codec::encode(&Some(log_id(12))), true)
+            .unwrap();
+        let e = check_tail(&db).unwrap_err().to_string();
+        assert!(e.contains("committed index 12"), "{e}");
     }
 }

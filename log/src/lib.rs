@@ -32,8 +32,9 @@ const CF_STATE: &str = "state";
 pub enum Error {
     #[error("rocksdb at {path}: {message}")]
     Rocks { path: String, message: String },
-    #[error("log record {index} is corrupt: {source}")]
-    Corrupt { index: u64, source: FrameError },
+    // Not named `source`: thiserror would chain it and reports would print the cause twice.
+    #[error("log record {index} is corrupt: {damage}")]
+    Corrupt { index: u64, damage: FrameError },
     #[error("log key of {len} bytes is not an index")]
     BadKey { len: usize },
 }
@@ -171,7 +172,7 @@ impl Db {
                 break;
             }
             let payload =
-                frame::decode(index, &v).map_err(|source| Error::Corrupt { index, source })?;
+                frame::decode(index, &v).map_err(|damage| Error::Corrupt { index, damage })?;
             out.push((index, payload.to_vec()));
         }
         Ok(out)
@@ -186,7 +187,7 @@ impl Db {
                 let (k, v) = item.map_err(|e| self.rocks(e))?;
                 let index = parse_index(&k)?;
                 let payload =
-                    frame::decode(index, &v).map_err(|source| Error::Corrupt { index, source })?;
+                    frame::decode(index, &v).map_err(|damage| Error::Corrupt { index, damage })?;
                 Ok(Some((index, payload.to_vec())))
             }
         }
@@ -199,7 +200,7 @@ impl Db {
         for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             let index = parse_index(&k)?;
-            frame::decode(index, &v).map_err(|source| Error::Corrupt { index, source })?;
+            frame::decode(index, &v).map_err(|damage| Error::Corrupt { index, damage })?;
             n += 1;
         }
         Ok(n)

@@ -22,6 +22,9 @@ pub const GROUP: u8 = 0x06;
 pub const META_CLOCK: &[u8] = &[META, b'c'];
 /// The store revision counter (u64, big-endian): one per applied command.
 pub const META_REVISION: &[u8] = &[META, b'r'];
+/// The last log id covered by a snapshot this node installed (written by micro-cluster with
+/// the installed state), so startup can tell an installed snapshot from a lost log tail.
+pub const META_INSTALLED: &[u8] = &[META, b's'];
 /// The cluster id (UTF-8).
 pub const META_CLUSTER_ID: &[u8] = &[META, b'i'];
 /// The applied log id (written by micro-cluster with every applied batch).

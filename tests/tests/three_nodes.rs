@@ -264,6 +264,45 @@ async fn a_corrupt_log_record_stops_the_node_and_is_named() -> anyhow::Result<()
     Ok(())
 }
 
+/// A disk that loses log records after they were fsynced (outside Raft's fault model) must not
+/// let the node run: with the tail gone it could resume leadership in the same term and write
+/// different entries under ids its peers already hold (found by the jepsen corrupt nemesis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_lost_its_applied_tail_stops_the_node() -> anyhow::Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    let store = c.client(1).await?.store();
+    for i in 0..20 {
+        store.write(&format!("t{i}"), b"payload".to_vec()).await?;
+    }
+    let target = c.applied(1).await?;
+    c.wait_applied(target, LONG).await?;
+    c.stop(3)?;
+    {
+        let db = micro_log::Db::open(&c.spec(3).data_dir.join("db"))?;
+        db.truncate_log(target - 1)?;
+    }
+    // Bounded: a node that wrongly starts would run until killed.
+    let mut cmd = tokio::process::Command::from(c.server_command(3));
+    cmd.kill_on_drop(true);
+    let out = tokio::time::timeout(LONG, cmd.output())
+        .await
+        .map_err(|_| anyhow::anyhow!("node 3 started on a log that lost its applied tail"))??;
+    assert!(
+        !out.status.success(),
+        "a node whose log lost applied records must refuse to start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("log records {}..=", target - 1))
+            && stderr.contains("are missing"),
+        "stderr should name the missing records from {}: {stderr}",
+        target - 1
+    );
+    store.write("after", b"ok".to_vec()).await?;
+    Ok(())
+}
+
 /// Many clients on every node increment one counter by compare-and-swap at once. Concurrent
 /// writes share log entries, so this checks that each write in an entry still has its own mod
 /// revision: a CAS can only win against the exact write it read, and no increment is lost.
