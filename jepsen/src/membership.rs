@@ -220,7 +220,7 @@ pub async fn ensure_voters(c: &Mutex<Cluster>, deadline: Instant) -> Vec<String>
 }
 
 /// Waits until node `id` has applied at least what the leader had applied when this was
-/// called; returns the node's applied index.
+/// called (trivial when it is the leader); returns the node's applied index.
 pub async fn caught_up(c: &Mutex<Cluster>, id: u64, deadline: Instant) -> Result<u64, String> {
     let self_applied = |s: &StatusResponse| {
         s.members
@@ -230,9 +230,10 @@ pub async fn caught_up(c: &Mutex<Cluster>, id: u64, deadline: Instant) -> Result
     };
     let mut target = None;
     while target.is_none() {
-        let others = running_except(c, Some(id));
-        if let Some(l) = probable_leader(&others).await {
-            if let Some((_, addr)) = others.iter().find(|(i, _)| *i == l) {
+        // (the node itself may have become the leader: then it is its own target)
+        let all = running_except(c, None);
+        if let Some(l) = probable_leader(&all).await {
+            if let Some((_, addr)) = all.iter().find(|(i, _)| *i == l) {
                 target = status(addr).await.ok().and_then(|s| self_applied(&s));
             }
         }

@@ -340,6 +340,7 @@ impl Nemesis {
     /// Kills a node, damages its data dir, restarts it and sees what it does.
     async fn apply_corrupt(&mut self) -> (Value, Option<Active>) {
         let f = Fault::Corrupt;
+        let leader = self.leader().await;
         let n = self.target().await;
         let (killed, dir, log) = {
             let mut c = lock(&self.cluster);
@@ -354,7 +355,7 @@ impl Nemesis {
             .await
             .map_err(anyhow::Error::from)
             .and_then(|r| r);
-        let mut v = json!({"fault": f.name(), "nodes": [n], "killed": killed});
+        let mut v = json!({"fault": f.name(), "nodes": [n], "leader": leader, "killed": killed});
         let damage = match damage {
             Ok(d) => d,
             Err(e) => {

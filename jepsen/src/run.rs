@@ -345,6 +345,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     }
 
     let ops = rec.snapshot();
+    observations.extend(fault_observations(&ops));
     say!(cfg, "checking {} history events", ops.len());
     let verdict = checker::check(&ops, cfg.budget);
     let report = Report {
@@ -356,6 +357,36 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     };
     write_outputs(&out, &ops, &report)?;
     Ok(report)
+}
+
+/// What the nemesis saw that deserves a closer look: a damaged node that refused to start
+/// without naming the damage, one that neither started nor exited, a heal that did not take.
+pub fn fault_observations(ops: &[history::Op]) -> Vec<String> {
+    let mut out = Vec::new();
+    for o in ops
+        .iter()
+        .filter(|o| o.process == history::NEMESIS && o.kind == history::Type::Ok)
+    {
+        let v = &o.value;
+        if v["fault"] == "corrupt" {
+            if v["named"] == false {
+                out.push(format!(
+                    "node {} refused to start on {} without naming it: {}",
+                    v["nodes"], v["damage"], v["error"]
+                ));
+            }
+            if v["outcome"] == "no answer" {
+                out.push(format!(
+                    "node {} neither started nor exited within 30 s of {}",
+                    v["nodes"], v["damage"]
+                ));
+            }
+        }
+        if v["fault"] == "heal" && v["effect"] == false {
+            out.push(format!("heal did not take effect: {v}"));
+        }
+    }
+    out
 }
 
 fn tail(s: &str, n: usize) -> String {

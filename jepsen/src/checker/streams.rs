@@ -43,7 +43,7 @@ pub struct StreamReport {
     /// Anomalies by kind (lost, wrong-seq, gap, order, duplicate, mismatch, unexpected,
     /// realtime, live).
     pub anomaly_counts: BTreeMap<String, usize>,
-    /// The first few anomalies, each with its evidence.
+    /// The first few anomalies of each kind, each with its evidence.
     pub anomalies: Vec<StreamAnomaly>,
     /// Topics published to without a successful final replay.
     pub unreplayed: Vec<String>,
@@ -61,7 +61,8 @@ pub struct StreamAnomaly {
     pub culprit_indices: Vec<usize>,
 }
 
-const MAX_LISTED: usize = 20;
+/// Anomalies listed per kind (all are counted).
+const MAX_LISTED: usize = 5;
 
 #[derive(Debug, Clone)]
 struct Publish {
@@ -178,8 +179,9 @@ impl Out<'_> {
         evidence: Vec<String>,
         idx: Vec<usize>,
     ) {
-        *self.rep.anomaly_counts.entry(kind.to_string()).or_default() += 1;
-        if self.rep.anomalies.len() < MAX_LISTED {
+        let n = self.rep.anomaly_counts.entry(kind.to_string()).or_default();
+        *n += 1;
+        if *n <= MAX_LISTED {
             self.rep.anomalies.push(StreamAnomaly {
                 kind: kind.to_string(),
                 topic: topic.to_string(),
@@ -341,6 +343,11 @@ fn check_topic(name: &str, t: &Topic, out: &mut Out<'_>) {
         return;
     };
     out.rep.replayed += reference.entries.len();
+    let mut by_payload: BTreeMap<&str, &Publish> = BTreeMap::new();
+    for p in &t.publishes {
+        // A payload published twice would be a harness bug; keep the first.
+        by_payload.entry(p.payload.as_str()).or_insert(p);
+    }
     // Every node's replay is the same.
     for r in &t.replays[1..] {
         if r.entries == reference.entries {
@@ -357,6 +364,16 @@ fn check_topic(name: &str, t: &Topic, out: &mut Out<'_>) {
                 .get(pos)
                 .map_or("nothing".to_string(), |(s, p)| format!("{s}:{p}"))
         };
+        let mut evidence = vec![reference.window(pos), r.window(pos)];
+        for x in [reference, r] {
+            if let Some(p) = x
+                .entries
+                .get(pos)
+                .and_then(|(_, p)| by_payload.get(p.as_str()))
+            {
+                evidence.push(p.describe());
+            }
+        }
         out.flag(
             "mismatch",
             name,
@@ -370,7 +387,7 @@ fn check_topic(name: &str, t: &Topic, out: &mut Out<'_>) {
                 reference.entries.len(),
                 r.entries.len()
             ),
-            vec![reference.window(pos), r.window(pos)],
+            evidence,
             vec![reference.index, r.index],
         );
     }
@@ -383,11 +400,6 @@ fn check_topic(name: &str, t: &Topic, out: &mut Out<'_>) {
         .rev() // the first occurrence wins
         .map(|(i, (_, p))| (p.as_str(), i))
         .collect();
-    let mut by_payload: BTreeMap<&str, &Publish> = BTreeMap::new();
-    for p in &t.publishes {
-        // A payload published twice would be a harness bug; keep the first.
-        by_payload.entry(p.payload.as_str()).or_insert(p);
-    }
     for p in t.publishes.iter().filter(|p| p.kind == Type::Ok) {
         match (at.get(p.payload.as_str()), p.seq) {
             (None, _) => {

@@ -758,3 +758,23 @@ fn streams_without_replay_is_unknown() {
     assert_eq!(v.valid, Validity::Unknown, "{}", v.summary());
     assert_eq!(v.streams.unwrap().unreplayed, vec![T.to_string()]);
 }
+
+#[test]
+fn streams_every_kind_is_listed_even_when_one_floods() {
+    // An extra event at sequence 1 shifts 30 acknowledged publishes (30 wrong-seq), and the
+    // last one is lost: the lost one is still listed, wrong-seq only a few times.
+    let mut h = H::new().publish(9, 99, Type::Info, 0, 0, 500);
+    let mut entries = vec![(1, 99)];
+    for i in 0..31u64 {
+        h = h.publish(0, 100 + i as i64, Type::Ok, i + 1, 10 + i * 10, 15 + i * 10);
+        if i < 30 {
+            entries.push((i + 2, 100 + i as i64));
+        }
+    }
+    let v = h.replay_all(&entries, 1000).verdict();
+    let s = v.streams.unwrap();
+    assert_eq!(s.anomaly_counts["wrong-seq"], 30);
+    assert_eq!(s.anomaly_counts["lost"], 1);
+    assert!(s.anomalies.iter().any(|a| a.kind == "lost"));
+    assert!(s.anomalies.len() <= 10, "{}", s.anomalies.len());
+}
