@@ -25,6 +25,35 @@ pub enum Kind {
     FlipSnapshot,
 }
 
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::FlipLog, Kind::TruncateLog, Kind::FlipSnapshot];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::FlipLog => "flip-log",
+            Kind::TruncateLog => "truncate-log",
+            Kind::FlipSnapshot => "flip-snapshot",
+        }
+    }
+
+    /// Parses a comma-separated list (`flip-log,truncate-log,flip-snapshot`).
+    pub fn parse_list(s: &str) -> Result<Vec<Kind>, String> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let k = Kind::ALL
+                .into_iter()
+                .find(|k| k.name() == part)
+                .ok_or_else(|| {
+                    format!("unknown corruption {part:?} (flip-log, truncate-log, flip-snapshot)")
+                })?;
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Exactly what was done, for the history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -63,13 +92,15 @@ impl Damage {
     }
 }
 
-/// The kinds that apply to `data_dir`: the snapshot flip only when there is a snapshot file.
-pub fn available(data_dir: &Path) -> Vec<Kind> {
-    let mut k = vec![Kind::FlipLog, Kind::TruncateLog];
-    if snapshot_file(data_dir).is_file() {
-        k.push(Kind::FlipSnapshot);
-    }
-    k
+/// The kinds of `allowed` that apply to `data_dir`: the snapshot flip only when there is a
+/// snapshot file.
+pub fn available(data_dir: &Path, allowed: &[Kind]) -> Vec<Kind> {
+    let snapshot = snapshot_file(data_dir).is_file();
+    allowed
+        .iter()
+        .copied()
+        .filter(|k| *k != Kind::FlipSnapshot || snapshot)
+        .collect()
 }
 
 /// A nonzero XOR mask.
@@ -201,14 +232,18 @@ mod tests {
     fn the_snapshot_flip_changes_exactly_one_byte() {
         let dir = data_dir_with_log(3);
         assert_eq!(
-            available(dir.path()),
+            available(dir.path(), &Kind::ALL),
             vec![Kind::FlipLog, Kind::TruncateLog]
         );
         let file = snapshot_file(dir.path());
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         let before: Vec<u8> = (0..=255u8).collect();
         std::fs::write(&file, &before).unwrap();
-        assert!(available(dir.path()).contains(&Kind::FlipSnapshot));
+        assert!(available(dir.path(), &Kind::ALL).contains(&Kind::FlipSnapshot));
+        assert_eq!(
+            available(dir.path(), &[Kind::FlipSnapshot]),
+            vec![Kind::FlipSnapshot]
+        );
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let d = apply(dir.path(), Kind::FlipSnapshot, &mut rng).unwrap();
         let after = std::fs::read(&file).unwrap();
@@ -220,6 +255,17 @@ mod tests {
         };
         assert_eq!(diff, vec![offset as usize]);
         assert_eq!(before[offset as usize] ^ after[offset as usize], mask);
+    }
+
+    #[test]
+    fn corruption_lists() {
+        assert_eq!(
+            Kind::parse_list("truncate-log, flip-log,flip-log").unwrap(),
+            vec![Kind::TruncateLog, Kind::FlipLog]
+        );
+        assert!(Kind::parse_list("flip")
+            .unwrap_err()
+            .contains("flip-snapshot"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use micro_jepsen::corrupt::Kind;
 use micro_jepsen::nemesis::{Fault, Schedule};
 use micro_jepsen::workload::Workload;
 use micro_jepsen::{checker, history, parse_duration, Config, Validity};
@@ -67,6 +68,9 @@ struct Args {
     hold_min: Duration,
     #[arg(long, default_value = "8s", value_parser = parse_duration)]
     hold_max: Duration,
+    /// What the corrupt nemesis may do, comma separated: flip-log, truncate-log, flip-snapshot
+    #[arg(long, default_value = "flip-log,truncate-log,flip-snapshot")]
+    corruptions: String,
     /// Topics of the streams workload
     #[arg(long, default_value_t = 3)]
     topics: u64,
@@ -115,8 +119,11 @@ fn real_main(args: Args) -> anyhow::Result<Validity> {
     let mut cfg = Config::new(args.bin.unwrap_or_else(micro_jepsen::default_bin), args.out);
     cfg.nodes = args.nodes;
     cfg.workloads = workloads;
+    let corruptions = Kind::parse_list(&args.corruptions).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(!corruptions.is_empty(), "--corruptions is empty");
     cfg.schedule = Schedule {
         faults,
+        corruptions,
         quiet: (args.quiet_min, args.quiet_max),
         hold: (args.hold_min, args.hold_max),
         ..Schedule::default()

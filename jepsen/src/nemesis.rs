@@ -116,6 +116,8 @@ pub struct Schedule {
     pub hold: (Duration, Duration),
     /// Before the first fault.
     pub warmup: Duration,
+    /// What the corrupt nemesis may do (one is picked among those that apply each time).
+    pub corruptions: Vec<corrupt::Kind>,
 }
 
 impl Default for Schedule {
@@ -125,6 +127,7 @@ impl Default for Schedule {
             quiet: (Duration::from_secs(2), Duration::from_secs(5)),
             hold: (Duration::from_secs(3), Duration::from_secs(8)),
             warmup: Duration::from_secs(2),
+            corruptions: corrupt::Kind::ALL.to_vec(),
         }
     }
 }
@@ -348,7 +351,13 @@ impl Nemesis {
             let killed = c.kill(n);
             (killed, c.data_dir(n), c.specs[&n].log.clone())
         };
-        let kinds = corrupt::available(&dir);
+        let kinds = corrupt::available(&dir, &self.schedule.corruptions);
+        if kinds.is_empty() {
+            let v = json!({"fault": f.name(), "nodes": [n], "leader": leader, "killed": killed,
+                "effect": false, "error": "no allowed corruption applies (no snapshot yet?)"});
+            let _ = lock(&self.cluster).spawn(n);
+            return (v, None);
+        }
         let kind = kinds[self.rng.random_range(0..kinds.len())];
         let mut rng = StdRng::seed_from_u64(self.rng.random());
         let damage = tokio::task::spawn_blocking(move || corrupt::apply(&dir, kind, &mut rng))
