@@ -2,6 +2,7 @@
 
 pub mod register;
 pub mod set;
+pub mod streams;
 
 #[cfg(test)]
 mod tests;
@@ -48,6 +49,8 @@ pub struct Verdict {
     pub register: Option<register::RegisterReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub set: Option<set::SetReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams: Option<streams::StreamReport>,
 }
 
 /// Runs every checker that has operations to check.
@@ -78,14 +81,20 @@ pub fn check(history: &[Op], budget: usize) -> Verdict {
         .iter()
         .any(|p| p.key.as_deref().is_some_and(|k| k.starts_with("r/")));
     let has_set = ps.iter().any(|p| p.key.as_deref() == Some(set::SET_KEY));
+    let has_streams = ps
+        .iter()
+        .any(|p| matches!(p.f, F::Publish | F::Consume | F::Replay));
     let register = has_register.then(|| register::check(&ps, budget));
     let set = has_set.then(|| set::check(&ps));
+    let streams = has_streams.then(|| streams::check(&ps));
     let anomaly = register.as_ref().is_some_and(|r| !r.valid)
-        || set.as_ref().is_some_and(|s| s.valid == Some(false));
+        || set.as_ref().is_some_and(|s| s.valid == Some(false))
+        || streams.as_ref().is_some_and(|s| s.valid == Some(false));
     let unknown = register
         .as_ref()
         .is_some_and(|r| !r.unknown_keys.is_empty())
-        || set.as_ref().is_some_and(|s| s.valid.is_none());
+        || set.as_ref().is_some_and(|s| s.valid.is_none())
+        || streams.as_ref().is_some_and(|s| s.valid.is_none());
     Verdict {
         valid: if anomaly {
             Validity::Anomaly
@@ -98,6 +107,7 @@ pub fn check(history: &[Op], budget: usize) -> Verdict {
         faults,
         register,
         set,
+        streams,
     }
 }
 
@@ -190,6 +200,37 @@ impl Verdict {
                     "    vanished (element, read #): {:?}\n",
                     r.vanished
                 ));
+            }
+        }
+        if let Some(r) = &self.streams {
+            let anomalies: Vec<String> = r
+                .anomaly_counts
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            s.push_str(&format!(
+                "  streams: {} topics, {} published ({} acknowledged, {} indeterminate ({} recovered), {} failed), {} replays of {} events, {} live deliveries; anomalies: {}{}\n",
+                r.topics,
+                r.attempted,
+                r.acknowledged,
+                r.indeterminate,
+                r.recovered,
+                r.failed,
+                r.replays,
+                r.replayed,
+                r.live_delivered,
+                if anomalies.is_empty() { "none".to_string() } else { anomalies.join(", ") },
+                if r.unreplayed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (no final replay of {:?}: unknown)", r.unreplayed)
+                }
+            ));
+            for a in &r.anomalies {
+                s.push_str(&format!("    {} [{}]: {}\n", a.kind, a.topic, a.what));
+                for e in &a.evidence {
+                    s.push_str(&format!("      {e}\n"));
+                }
             }
         }
         s

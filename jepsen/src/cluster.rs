@@ -42,6 +42,11 @@ pub struct Cluster {
     routes: BTreeMap<u64, String>,
     /// Unexpected exits seen (node, status).
     pub crashes: Vec<(u64, String)>,
+    /// Nodes that rejoined with an empty data dir: they start with `--join <this peer
+    /// address>` instead of `--initial-cluster` from then on.
+    joined: BTreeMap<u64, String>,
+    /// More `micro server` arguments for every node (e.g. `--snapshot-every 500`).
+    pub extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -75,6 +80,8 @@ impl Cluster {
             planted_bug,
             routes: BTreeMap::new(),
             crashes: Vec::new(),
+            joined: BTreeMap::new(),
+            extra_args: Vec::new(),
         }
     }
 
@@ -110,11 +117,15 @@ impl Cluster {
             .arg(&s.data_dir)
             .args(["--grpc", &s.grpc, "--http", &s.http, "--peer", &s.peer])
             .args(["--cluster-token", TOKEN])
-            .args(["--initial-cluster", &self.initial_cluster])
+            .args(&self.extra_args)
             .env("MICRO_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
+        match self.joined.get(&id) {
+            Some(seed) => cmd.args(["--join", seed]),
+            None => cmd.args(["--initial-cluster", &self.initial_cluster]),
+        };
         if let Some(r) = self.routes.get(&id).filter(|r| !r.is_empty()) {
             cmd.args(["--peer-routes", r]);
         }
@@ -129,6 +140,33 @@ impl Cluster {
         self.procs.insert(id, child);
         self.paused.remove(&id);
         Ok(())
+    }
+
+    /// Deletes the data dir of node `id`, which must not be running; from then on it starts
+    /// with `--join seed` (a live member's peer address) to be added back as a learner.
+    pub fn wipe(&mut self, id: u64, seed: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.procs.contains_key(&id),
+            "node {id} is running: kill it before wiping its data dir"
+        );
+        let dir = &self.specs[&id].data_dir;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("wipe {}", dir.display()))?;
+        }
+        self.joined.insert(id, seed.to_string());
+        Ok(())
+    }
+
+    /// The exit status of node `id` if it has exited, collected without counting it as a
+    /// crash (for a restart that is expected to fail, e.g. on a damaged data dir).
+    pub fn exited(&mut self, id: u64) -> Option<String> {
+        let st = match self.procs.get_mut(&id)?.try_wait() {
+            Ok(Some(st)) => st.to_string(),
+            _ => return None,
+        };
+        self.procs.remove(&id);
+        self.paused.remove(&id);
+        Some(st)
     }
 
     pub fn state(&self, id: u64) -> NodeState {
@@ -248,6 +286,19 @@ impl Cluster {
     pub fn grpc(&self, id: u64) -> String {
         self.specs[&id].grpc.clone()
     }
+
+    pub fn peer(&self, id: u64) -> String {
+        self.specs[&id].peer.clone()
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.specs[&id].data_dir.clone()
+    }
+
+    /// (id, gRPC address) of every node.
+    pub fn addrs(&self) -> Vec<(u64, String)> {
+        self.ids().into_iter().map(|i| (i, self.grpc(i))).collect()
+    }
 }
 
 impl Drop for Cluster {
@@ -308,5 +359,49 @@ pub async fn wait_leader(addrs: &[(u64, String)], timeout: Duration) -> anyhow::
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each node's own (last log index, applied index), `None` for a node that did not answer.
+async fn progress(addrs: &[(u64, String)]) -> Vec<Option<(u64, u64)>> {
+    let calls = addrs.iter().map(|(_, a)| async move {
+        let f = async {
+            let c = micro::Client::connect(a).await.ok()?;
+            let s = c.cluster_status().await.ok()?;
+            s.members
+                .iter()
+                .find(|m| m.id == s.node_id)
+                .map(|m| (m.last_log_index, m.applied_index))
+        };
+        tokio::time::timeout(Duration::from_secs(2), f)
+            .await
+            .ok()
+            .flatten()
+    });
+    futures::future::join_all(calls).await
+}
+
+/// Polls until every node has applied its whole log, all logs end at the same index, and
+/// that stays so across two polls (nothing is being written); returns the index.
+pub async fn wait_quiescent(addrs: &[(u64, String)], timeout: Duration) -> anyhow::Result<u64> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut previous: Option<u64> = None;
+    loop {
+        let views = progress(addrs).await;
+        let settled = views.iter().all(|v| v.is_some_and(|(l, a)| l == a))
+            && views.windows(2).all(|w| w[0] == w[1]);
+        let index = views.first().copied().flatten().map(|(l, _)| l);
+        if settled {
+            if previous.is_some() && previous == index {
+                return Ok(index.unwrap_or(0));
+            }
+            previous = index;
+        } else {
+            previous = None;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the nodes' logs did not settle within {timeout:?} (last log, applied per node: {views:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -33,6 +33,12 @@ pub enum F {
     Write,
     Cas,
     Add,
+    /// Publish one event to a topic (streams workload).
+    Publish,
+    /// One event delivered to a live consumer (ok), or its stream breaking (fail).
+    Consume,
+    /// The final replay of a whole topic from one node.
+    Replay,
     Nemesis,
 }
 
@@ -43,13 +49,18 @@ impl F {
             F::Write => "write",
             F::Cas => "cas",
             F::Add => "add",
+            F::Publish => "publish",
+            F::Consume => "consume",
+            F::Replay => "replay",
             F::Nemesis => "nemesis",
         }
     }
 }
 
 /// One history event. Register values are integers (`null` = no record); a `cas` value is
-/// `[expected, new]`; a set read's value is the array of elements seen.
+/// `[expected, new]`; a set read's value is the array of elements seen. Streams: a publish's
+/// value is `{"payload": p}`, plus `"seq"` when acknowledged; a live delivery's is
+/// `{"seq": s, "payload": p}`; a replay's is the array of `[seq, payload]` it returned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Op {
     pub process: i64,

@@ -9,7 +9,9 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod corrupt;
 pub mod history;
+pub mod membership;
 pub mod nemesis;
 pub mod proxy;
 pub mod run;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use micro_jepsen::corrupt::Kind;
 use micro_jepsen::nemesis::{Fault, Schedule};
 use micro_jepsen::workload::Workload;
 use micro_jepsen::{checker, history, parse_duration, Config, Validity};
@@ -19,11 +20,12 @@ struct Args {
     /// Cluster size
     #[arg(long, default_value_t = 3)]
     nodes: u64,
-    /// Workloads, comma separated: register, set
+    /// Workloads, comma separated: register, set, streams
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults, comma separated: kill, pause, partition (all kinds), partition-one,
-    /// partition-leader, partition-split, partition-bridge, partition-oneway, none
+    /// partition-leader, partition-split, partition-bridge, partition-oneway, membership,
+    /// corrupt, all (everything but corrupt), none
     #[arg(long, default_value = "kill,pause,partition")]
     nemesis: String,
     /// How long clients run (60s, 2m, ...)
@@ -66,6 +68,16 @@ struct Args {
     hold_min: Duration,
     #[arg(long, default_value = "8s", value_parser = parse_duration)]
     hold_max: Duration,
+    /// What the corrupt nemesis may do, comma separated: flip-log, truncate-log, flip-snapshot
+    #[arg(long, default_value = "flip-log,truncate-log,flip-snapshot")]
+    corruptions: String,
+    /// Topics of the streams workload
+    #[arg(long, default_value_t = 3)]
+    topics: u64,
+    /// The servers' --snapshot-every (default: Micro's); small values make snapshots (and the
+    /// corrupt nemesis's snapshot damage) happen within a short run
+    #[arg(long)]
+    snapshot_every: Option<u64>,
     /// Keep the nodes' data dirs (under --out)
     #[arg(long)]
     keep_data: bool,
@@ -107,8 +119,11 @@ fn real_main(args: Args) -> anyhow::Result<Validity> {
     let mut cfg = Config::new(args.bin.unwrap_or_else(micro_jepsen::default_bin), args.out);
     cfg.nodes = args.nodes;
     cfg.workloads = workloads;
+    let corruptions = Kind::parse_list(&args.corruptions).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(!corruptions.is_empty(), "--corruptions is empty");
     cfg.schedule = Schedule {
         faults,
+        corruptions,
         quiet: (args.quiet_min, args.quiet_max),
         hold: (args.hold_min, args.hold_max),
         ..Schedule::default()
@@ -122,6 +137,8 @@ fn real_main(args: Args) -> anyhow::Result<Validity> {
     cfg.keys = args.keys;
     cfg.ops_per_key = args.ops_per_key;
     cfg.keep_data = args.keep_data;
+    cfg.topics = args.topics;
+    cfg.snapshot_every = args.snapshot_every;
 
     let rt = tokio::runtime::Runtime::new()?;
     let report = rt.block_on(async {

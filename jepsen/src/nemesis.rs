@@ -16,6 +16,7 @@ use crate::cluster::{probable_leader, Cluster};
 use crate::history::{Op, Recorder, Type, F, NEMESIS};
 use crate::proxy::{Mode, Net};
 use crate::workload::Ctx;
+use crate::{corrupt, membership};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -33,6 +34,13 @@ pub enum Fault {
     Bridge,
     /// One direction of one link only (a→b dropped, b→a passes).
     OneWay,
+    /// Remove a non-leader member, kill it, wipe its data dir and restart it with `--join`
+    /// (a learner catching up under load); heal: promote it back to voter.
+    Membership,
+    /// SIGKILL a node, damage its data dir (a flipped log byte, a lost log tail or a flipped
+    /// snapshot byte) and restart it; it must refuse to start naming the damage, or start and
+    /// catch up. Heal: the membership route if it refused, else wait until it caught up.
+    Corrupt,
 }
 
 impl Fault {
@@ -45,16 +53,32 @@ impl Fault {
             Fault::Split => "partition-split",
             Fault::Bridge => "partition-bridge",
             Fault::OneWay => "partition-oneway",
+            Fault::Membership => "membership",
+            Fault::Corrupt => "corrupt",
         }
     }
 
     /// Parses a comma-separated nemesis list: `kill`, `pause`, `partition` (every partition
-    /// kind) or one kind (`partition-one`, `partition-leader`, ...); `none` or empty for none.
+    /// kind) or one kind (`partition-one`, `partition-leader`, ...), `membership`, `corrupt`,
+    /// `all` (everything but `corrupt`, which must be asked for by name); `none` or empty for
+    /// none.
     pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let add: &[Fault] = match part {
                 "none" => &[],
+                "all" => &[
+                    Fault::Kill,
+                    Fault::Pause,
+                    Fault::IsolateOne,
+                    Fault::IsolateLeader,
+                    Fault::Split,
+                    Fault::Bridge,
+                    Fault::OneWay,
+                    Fault::Membership,
+                ],
+                "membership" => &[Fault::Membership],
+                "corrupt" => &[Fault::Corrupt],
                 "kill" => &[Fault::Kill],
                 "pause" => &[Fault::Pause],
                 "partition" => &[
@@ -70,7 +94,7 @@ impl Fault {
                 "partition-bridge" => &[Fault::Bridge],
                 "partition-oneway" => &[Fault::OneWay],
                 o => return Err(format!(
-                    "unknown nemesis {o:?} (kill, pause, partition, partition-one, partition-leader, partition-split, partition-bridge, partition-oneway, none)"
+                    "unknown nemesis {o:?} (kill, pause, partition, partition-one, partition-leader, partition-split, partition-bridge, partition-oneway, membership, corrupt, all, none)"
                 )),
             };
             for f in add {
@@ -92,6 +116,8 @@ pub struct Schedule {
     pub hold: (Duration, Duration),
     /// Before the first fault.
     pub warmup: Duration,
+    /// What the corrupt nemesis may do (one is picked among those that apply each time).
+    pub corruptions: Vec<corrupt::Kind>,
 }
 
 impl Default for Schedule {
@@ -101,6 +127,7 @@ impl Default for Schedule {
             quiet: (Duration::from_secs(2), Duration::from_secs(5)),
             hold: (Duration::from_secs(3), Duration::from_secs(8)),
             warmup: Duration::from_secs(2),
+            corruptions: corrupt::Kind::ALL.to_vec(),
         }
     }
 }
@@ -109,7 +136,18 @@ impl Default for Schedule {
 enum Active {
     Node(Fault, u64),
     Links(Fault),
+    /// A wiped node restarted with `--join`: promote it.
+    Promote(Fault, u64),
+    /// A node that refused to start on its damaged data dir: the membership route.
+    Rejoin(Fault, u64),
+    /// A node that started on a damaged data dir: wait until it has caught up.
+    CatchUp(Fault, u64),
 }
+
+/// How long a membership heal may take (catching up by snapshot included).
+const HEAL_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a restarted node may take to either exit or answer.
+const START_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Nemesis {
     pub cluster: Arc<Mutex<Cluster>>,
@@ -214,6 +252,8 @@ impl Nemesis {
                     effect.then_some(Active::Node(fault, n)),
                 )
             }
+            Fault::Membership => self.apply_membership().await,
+            Fault::Corrupt => self.apply_corrupt().await,
             _ => {
                 let mode = self.mode();
                 let mut shuffled = ids.clone();
@@ -261,8 +301,175 @@ impl Nemesis {
         active
     }
 
+    /// Removes a non-leader member, kills it, wipes its data dir and restarts it with `--join`.
+    async fn apply_membership(&mut self) -> (Value, Option<Active>) {
+        let f = Fault::Membership;
+        let ids = lock(&self.cluster).ids();
+        let leader = self.leader().await;
+        let others: Vec<u64> = ids.iter().copied().filter(|i| Some(*i) != leader).collect();
+        if ids.len() < 2 || others.is_empty() {
+            return (
+                json!({"fault": f.name(), "effect": false, "error": "needs two or more nodes"}),
+                None,
+            );
+        }
+        let n = others[self.rng.random_range(0..others.len())];
+        let mut v = json!({"fault": f.name(), "nodes": [n], "leader": leader});
+        let deadline = tokio::time::Instant::now() + HEAL_DEADLINE;
+        match membership::remove(&self.cluster, n, deadline).await {
+            Ok(attempts) => v["remove_attempts"] = json!(attempts),
+            Err(e) => {
+                // Still a member (or unknown): leave it alone.
+                v["effect"] = json!(false);
+                v["error"] = json!(format!("remove: {e}"));
+                return (v, None);
+            }
+        }
+        match membership::restart_empty(&self.cluster, n).await {
+            Ok(seed) => {
+                v["join"] = json!(seed);
+                v["effect"] = json!(true);
+                (v, Some(Active::Promote(f, n)))
+            }
+            Err(e) => {
+                // Removed but not back: the heal's membership route adds it again.
+                v["effect"] = json!(true);
+                v["error"] = json!(format!("restart: {e}"));
+                (v, Some(Active::Rejoin(f, n)))
+            }
+        }
+    }
+
+    /// Kills a node, damages its data dir, restarts it and sees what it does.
+    async fn apply_corrupt(&mut self) -> (Value, Option<Active>) {
+        let f = Fault::Corrupt;
+        let leader = self.leader().await;
+        let n = self.target().await;
+        let (killed, dir, log) = {
+            let mut c = lock(&self.cluster);
+            c.reap();
+            let killed = c.kill(n);
+            (killed, c.data_dir(n), c.specs[&n].log.clone())
+        };
+        let kinds = corrupt::available(&dir, &self.schedule.corruptions);
+        if kinds.is_empty() {
+            let v = json!({"fault": f.name(), "nodes": [n], "leader": leader, "killed": killed,
+                "effect": false, "error": "no allowed corruption applies (no snapshot yet?)"});
+            let _ = lock(&self.cluster).spawn(n);
+            return (v, None);
+        }
+        let kind = kinds[self.rng.random_range(0..kinds.len())];
+        let mut rng = StdRng::seed_from_u64(self.rng.random());
+        let damage = tokio::task::spawn_blocking(move || corrupt::apply(&dir, kind, &mut rng))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r);
+        let mut v = json!({"fault": f.name(), "nodes": [n], "leader": leader, "killed": killed});
+        let damage = match damage {
+            Ok(d) => d,
+            Err(e) => {
+                // Nothing was damaged: just bring it back.
+                v["effect"] = json!(false);
+                v["error"] = json!(format!("{kind:?}: {e:#}"));
+                let _ = lock(&self.cluster).spawn(n);
+                return (v, None);
+            }
+        };
+        v["damage"] = json!(damage);
+        v["effect"] = json!(true);
+        let log_from = std::fs::metadata(&log).map_or(0, |m| m.len());
+        if let Err(e) = lock(&self.cluster).spawn(n) {
+            v["outcome"] = json!("not restarted");
+            v["error"] = json!(format!("{e:#}"));
+            return (v, Some(Active::Rejoin(f, n)));
+        }
+        let grpc = lock(&self.cluster).grpc(n);
+        let deadline = tokio::time::Instant::now() + START_DEADLINE;
+        let outcome = loop {
+            if let Some(st) = lock(&self.cluster).exited(n) {
+                break Some(st);
+            }
+            if membership::status(&grpc).await.is_ok() {
+                break None;
+            }
+            if tokio::time::Instant::now() > deadline {
+                v["outcome"] = json!("no answer");
+                return (v, Some(Active::Rejoin(f, n)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        match outcome {
+            Some(status) => {
+                let err = new_error_line(&log, log_from);
+                v["outcome"] = json!("refused");
+                v["exit"] = json!(status);
+                v["error"] = json!(err);
+                if let Some(want) = damage.expected_error() {
+                    v["named"] = json!(err.contains(&want));
+                }
+                (v, Some(Active::Rejoin(f, n)))
+            }
+            None => {
+                v["outcome"] = json!("started");
+                (v, Some(Active::CatchUp(f, n)))
+            }
+        }
+    }
+
     async fn heal(&mut self, active: Active) {
         let value = match active {
+            Active::Promote(f, n) => {
+                self.record(
+                    Type::Invoke,
+                    json!({"fault": "heal", "of": f.name(), "nodes": [n], "how": "promote"}),
+                );
+                let deadline = tokio::time::Instant::now() + HEAL_DEADLINE;
+                let mut v =
+                    json!({"fault": "heal", "of": f.name(), "nodes": [n], "how": "promote"});
+                match membership::promote(&self.cluster, n, deadline).await {
+                    Ok(attempts) => {
+                        v["effect"] = json!(true);
+                        v["promote_attempts"] = json!(attempts);
+                    }
+                    Err(e) => {
+                        v["effect"] = json!(false);
+                        v["error"] = json!(e);
+                    }
+                }
+                v
+            }
+            Active::Rejoin(f, n) => {
+                self.record(
+                    Type::Invoke,
+                    json!({"fault": "heal", "of": f.name(), "nodes": [n], "how": "rejoin"}),
+                );
+                let deadline = tokio::time::Instant::now() + HEAL_DEADLINE;
+                let mut v = membership::rejoin(&self.cluster, n, deadline).await;
+                v["fault"] = json!("heal");
+                v["of"] = json!(f.name());
+                v["how"] = json!("rejoin");
+                v
+            }
+            Active::CatchUp(f, n) => {
+                self.record(
+                    Type::Invoke,
+                    json!({"fault": "heal", "of": f.name(), "nodes": [n], "how": "catch up"}),
+                );
+                let deadline = tokio::time::Instant::now() + HEAL_DEADLINE;
+                let mut v =
+                    json!({"fault": "heal", "of": f.name(), "nodes": [n], "how": "catch up"});
+                match membership::caught_up(&self.cluster, n, deadline).await {
+                    Ok(index) => {
+                        v["effect"] = json!(true);
+                        v["applied"] = json!(index);
+                    }
+                    Err(e) => {
+                        v["effect"] = json!(false);
+                        v["error"] = json!(e);
+                    }
+                }
+                v
+            }
             Active::Node(f, n) => {
                 self.record(
                     Type::Invoke,
@@ -321,5 +528,44 @@ impl Nemesis {
                 return;
             }
         }
+    }
+}
+
+/// The first line mentioning an error that `log` gained after byte `from` (a node that
+/// refuses to start prints `error: ...` and exits), or its last line.
+fn new_error_line(log: &std::path::Path, from: u64) -> String {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    let new = String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default());
+    let line = new
+        .lines()
+        .find(|l| l.starts_with("error") || l.contains("ERROR") || l.contains("panicked"))
+        .or_else(|| new.lines().last())
+        .unwrap_or("");
+    let mut line = line.trim().to_string();
+    line.truncate(500);
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nemesis_lists() {
+        assert_eq!(
+            Fault::parse_list("membership, corrupt").unwrap(),
+            vec![Fault::Membership, Fault::Corrupt]
+        );
+        let all = Fault::parse_list("all").unwrap();
+        assert!(all.contains(&Fault::Membership) && all.contains(&Fault::Kill));
+        assert!(
+            !all.contains(&Fault::Corrupt),
+            "corrupt must be asked for by name"
+        );
+        assert_eq!(all.len(), 8);
+        assert_eq!(Fault::parse_list("all,corrupt").unwrap().len(), 9);
+        assert!(Fault::parse_list("bogus")
+            .unwrap_err()
+            .contains("membership"));
     }
 }

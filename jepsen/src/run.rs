@@ -2,7 +2,6 @@
 //! faults, heal, read everything back, stop every process, check the history.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use crate::cluster::{wait_leader, Cluster};
 use crate::history::{self, Recorder};
 use crate::nemesis::{Nemesis, Schedule};
 use crate::proxy::Net;
-use crate::workload::{Ctx, Process, Workload};
+use crate::workload::{Ctx, LiveConsumer, Process, Workload};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,6 +41,10 @@ pub struct Config {
     pub budget: usize,
     /// Print progress to stderr.
     pub verbose: bool,
+    /// `--snapshot-every` of the servers (None: Micro's default).
+    pub snapshot_every: Option<u64>,
+    /// Topics of the streams workload.
+    pub topics: u64,
 }
 
 impl Config {
@@ -65,6 +68,8 @@ impl Config {
             keep_data: false,
             budget: checker::DEFAULT_BUDGET,
             verbose: true,
+            snapshot_every: None,
+            topics: 3,
         }
     }
 }
@@ -103,6 +108,11 @@ fn addrs(c: &Mutex<Cluster>) -> Vec<(u64, String)> {
     c.ids().into_iter().map(|i| (i, c.grpc(i))).collect()
 }
 
+/// Process ids of the live consumers (one per topic: base + topic number) and of the final
+/// replays (base + node id), apart from the clients' 0..concurrency.
+pub const LIVE_CONSUMER_BASE: i64 = 1000;
+pub const REPLAY_BASE: i64 = 2000;
+
 pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     anyhow::ensure!(cfg.nodes >= 1, "--nodes must be at least 1");
     anyhow::ensure!(cfg.concurrency >= 1, "--concurrency must be at least 1");
@@ -117,6 +127,9 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     let rec = Arc::new(Recorder::new(Some(&out.join("history.jsonl")))?);
 
     let mut cluster = Cluster::new(&cfg.bin, cfg.nodes, data.path(), &out, cfg.planted_bug);
+    if let Some(n) = cfg.snapshot_every {
+        cluster.extra_args = vec!["--snapshot-every".into(), n.to_string()];
+    }
     let mut links = Vec::new();
     for i in cluster.ids() {
         for j in cluster.ids() {
@@ -164,7 +177,22 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     ctx.ops_per_key = cfg.ops_per_key.max(1);
     ctx.read_pct = cfg.read_pct;
     ctx.write_pct = cfg.write_pct;
+    ctx.topics = cfg.topics.max(1);
     let ctx = Arc::new(ctx);
+    let streams = cfg.workloads.contains(&Workload::Streams);
+    let mut consumers = Vec::new();
+    if streams {
+        for (t, topic) in ctx.topic_names().into_iter().enumerate() {
+            let consumer = LiveConsumer {
+                id: LIVE_CONSUMER_BASE + t as i64,
+                topic,
+                nodes: all.clone(),
+                start: t,
+                ctx: ctx.clone(),
+            };
+            consumers.push(tokio::spawn(consumer.run()));
+        }
+    }
     let interval = Duration::from_secs_f64(cfg.concurrency as f64 / cfg.rate.max(0.1));
     let mut workers = Vec::new();
     for p in 0..cfg.concurrency {
@@ -189,10 +217,13 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     let nemesis = tokio::spawn(nemesis.run());
 
     tokio::time::sleep(cfg.time).await;
-    ctx.stop.store(true, Ordering::SeqCst);
+    ctx.halt();
     let mut procs = Vec::new();
     for w in workers {
         procs.push(w.await?);
+    }
+    for c in consumers {
+        c.await?;
     }
     nemesis.await?;
 
@@ -203,6 +234,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         let mut c = lock(&cluster);
         c.reap();
         c.revive_all()?;
+    }
+    // Membership faults may have left a node removed or a learner: every node a voter again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    for fix in crate::membership::ensure_voters(&cluster, deadline).await {
+        observations.push(format!("final heal: {fix}"));
     }
     say!(cfg, "healed; waiting for the cluster to agree on a leader");
     match wait_leader(&all, Duration::from_secs(30)).await {
@@ -248,6 +284,38 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         }
     }
 
+    if streams {
+        // Replays must see the same log: wait until every node has applied all of it and
+        // nothing moves (the clients have stopped), then replay every topic on every node.
+        if let Err(e) = crate::cluster::wait_quiescent(&all, Duration::from_secs(30)).await {
+            observations.push(format!("before the replays: {e}"));
+        }
+        for topic in ctx.topic_names() {
+            for (node, addr) in &all {
+                let mut p = Process::new(
+                    REPLAY_BASE + *node as i64,
+                    *node,
+                    addr.clone(),
+                    cfg.seed,
+                    ctx.clone(),
+                );
+                let mut ok = false;
+                for _ in 0..10 {
+                    if p.replay(&topic).await {
+                        ok = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                if !ok {
+                    observations.push(format!(
+                        "final replay of {topic} on node {node} failed 10 times"
+                    ));
+                }
+            }
+        }
+    }
+
     // Stop every process we started, then look for trouble in their logs.
     {
         let mut c = lock(&cluster);
@@ -277,6 +345,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     }
 
     let ops = rec.snapshot();
+    observations.extend(fault_observations(&ops));
     say!(cfg, "checking {} history events", ops.len());
     let verdict = checker::check(&ops, cfg.budget);
     let report = Report {
@@ -288,6 +357,36 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     };
     write_outputs(&out, &ops, &report)?;
     Ok(report)
+}
+
+/// What the nemesis saw that deserves a closer look: a damaged node that refused to start
+/// without naming the damage, one that neither started nor exited, a heal that did not take.
+pub fn fault_observations(ops: &[history::Op]) -> Vec<String> {
+    let mut out = Vec::new();
+    for o in ops
+        .iter()
+        .filter(|o| o.process == history::NEMESIS && o.kind == history::Type::Ok)
+    {
+        let v = &o.value;
+        if v["fault"] == "corrupt" {
+            if v["named"] == false {
+                out.push(format!(
+                    "node {} refused to start on {} without naming it: {}",
+                    v["nodes"], v["damage"], v["error"]
+                ));
+            }
+            if v["outcome"] == "no answer" {
+                out.push(format!(
+                    "node {} neither started nor exited within 30 s of {}",
+                    v["nodes"], v["damage"]
+                ));
+            }
+        }
+        if v["fault"] == "heal" && v["effect"] == false {
+            out.push(format!("heal did not take effect: {v}"));
+        }
+    }
+    out
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -302,6 +401,19 @@ pub fn write_outputs(out: &Path, ops: &[history::Op], report: &Report) -> anyhow
         serde_json::to_string_pretty(report)?,
     )?;
     let mut flagged = std::collections::HashSet::new();
+    if let Some(r) = &report.verdict.streams {
+        let topics: std::collections::BTreeSet<&str> =
+            r.anomalies.iter().map(|a| a.topic.as_str()).collect();
+        for t in topics {
+            let sub: Vec<history::Op> = ops
+                .iter()
+                .filter(|o| o.key.as_deref() == Some(t))
+                .cloned()
+                .collect();
+            history::write(&out.join(format!("anomaly-{t}.jsonl")), &sub)?;
+        }
+        flagged.extend(checker::streams::culprits(r));
+    }
     if let Some(r) = &report.verdict.register {
         for a in &r.anomalies {
             let sub: Vec<history::Op> = ops

@@ -28,6 +28,8 @@ fn band_color(fault: &str) -> &'static str {
     match fault {
         "kill" => "#d33",
         "pause" => "#36c",
+        "membership" => "#2a9",
+        "corrupt" => "#a60",
         _ => "#939",
     }
 }
@@ -114,7 +116,7 @@ pub fn render(history: &[Op], verdict: &Verdict, flagged: &HashSet<usize>) -> St
         let r = row[&p.process];
         let t1 = p.complete.min(end);
         let color = match p.kind {
-            Type::Ok if p.f == F::Read => "#7ab8f5",
+            Type::Ok if matches!(p.f, F::Read | F::Consume | F::Replay) => "#7ab8f5",
             Type::Ok => "#5cb85c",
             Type::Fail => "#e06060",
             _ => "#f0ad4e",
@@ -164,8 +166,8 @@ pub fn render(history: &[Op], verdict: &Verdict, flagged: &HashSet<usize>) -> St
 <style>body{{font-family:sans-serif;margin:1em}} pre{{background:#f6f6f6;padding:.5em}} .k span{{display:inline-block;width:1em;height:.8em;margin:0 .3em 0 1em}}</style>
 </head><body>
 <h2>micro-jepsen timeline</h2>
-<div class="k">ops:<span style="background:#7ab8f5"></span>ok read<span style="background:#5cb85c"></span>ok write/cas/add<span style="background:#e06060"></span>fail<span style="background:#f0ad4e"></span>info (indeterminate)
- &nbsp; faults:<span style="background:#d33;opacity:.3"></span>kill<span style="background:#36c;opacity:.3"></span>pause<span style="background:#939;opacity:.3"></span>partition
+<div class="k">ops:<span style="background:#7ab8f5"></span>ok read/consume/replay<span style="background:#5cb85c"></span>ok write/cas/add/publish<span style="background:#e06060"></span>fail<span style="background:#f0ad4e"></span>info (indeterminate)
+ &nbsp; faults:<span style="background:#d33;opacity:.3"></span>kill<span style="background:#36c;opacity:.3"></span>pause<span style="background:#939;opacity:.3"></span>partition<span style="background:#2a9;opacity:.3"></span>membership<span style="background:#a60;opacity:.3"></span>corrupt
  &nbsp; black outline: op an anomaly is blamed on</div>
 <pre>{summary}</pre>
 <div style="overflow-x:auto;border:1px solid #ccc">{svg}</div>

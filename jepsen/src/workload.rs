@@ -26,6 +26,9 @@ pub enum Workload {
     Register,
     /// Unique adds (keys `set/<n>`), occasional reads of the whole set.
     Set,
+    /// Publishes of unique payloads to a few topics, a live consumer per topic, a final replay
+    /// of every topic on every node.
+    Streams,
 }
 
 impl std::str::FromStr for Workload {
@@ -34,7 +37,8 @@ impl std::str::FromStr for Workload {
         match s {
             "register" => Ok(Workload::Register),
             "set" => Ok(Workload::Set),
-            o => Err(format!("unknown workload {o:?} (register, set)")),
+            "streams" => Ok(Workload::Streams),
+            o => Err(format!("unknown workload {o:?} (register, set, streams)")),
         }
     }
 }
@@ -54,7 +58,10 @@ pub struct Ctx {
     pub write_pct: u32,
     /// Percent of set operations that read the whole set.
     pub set_read_pct: u32,
+    /// Topics of the streams workload: `ev-0`, `ev-1`, ...
+    pub topics: u64,
     pub stop: AtomicBool,
+    halt: tokio::sync::watch::Sender<bool>,
     next_value: AtomicI64,
     key_ops: AtomicU64,
     used_keys: Mutex<BTreeSet<String>>,
@@ -71,11 +78,30 @@ impl Ctx {
             read_pct: 50,
             write_pct: 30,
             set_read_pct: 4,
+            topics: 3,
             stop: AtomicBool::new(false),
+            halt: tokio::sync::watch::channel(false).0,
             next_value: AtomicI64::new(1),
             key_ops: AtomicU64::new(0),
             used_keys: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Stops the clients and the live consumers.
+    pub fn halt(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.halt.send_replace(true);
+    }
+
+    /// Resolves once [`Ctx::halt`] was called.
+    pub async fn halted(&self) {
+        let mut rx = self.halt.subscribe();
+        let _ = rx.wait_for(|h| *h).await;
+    }
+
+    /// The topics of the streams workload.
+    pub fn topic_names(&self) -> Vec<String> {
+        (0..self.topics.max(1)).map(topic).collect()
     }
 
     fn value(&self) -> i64 {
@@ -101,6 +127,11 @@ impl Ctx {
             .cloned()
             .collect()
     }
+}
+
+/// The name of stream topic `n`.
+pub fn topic(n: u64) -> String {
+    format!("ev-{n}")
 }
 
 pub enum Outcome<T> {
@@ -322,6 +353,66 @@ impl Process {
         self.complete(F::Add, SET_KEY, &out, json!(v), None);
     }
 
+    /// Publishes a unique payload to `topic`, recording the sequence it is acknowledged with.
+    async fn publish(&mut self, topic: &str) {
+        let v = self.ctx.value();
+        self.invoke(F::Publish, topic, json!({ "payload": v }), None);
+        let t = topic.to_string();
+        let out = self
+            .run_op(|c| async move {
+                c.events()
+                    .publish(&t, v.to_string().into_bytes(), Default::default())
+                    .await
+            })
+            .await;
+        let value = match &out {
+            Outcome::Ok(seq) => json!({"payload": v, "seq": seq}),
+            _ => json!({ "payload": v }),
+        };
+        self.complete(F::Publish, topic, &out, value, None);
+    }
+
+    /// Replays `topic` from sequence 1 to its current end (a linearizable start: the node
+    /// passes a read barrier first), recorded as a final `replay` of `[seq, payload]` pairs.
+    pub async fn replay(&mut self, topic: &str) -> bool {
+        let phase = Some("final");
+        self.invoke(F::Replay, topic, Value::Null, phase);
+        let t = topic.to_string();
+        // A whole topic may take a while to stream: allow more than one operation's time.
+        let timeout = self.ctx.op_timeout * 10;
+        let client = match tokio::time::timeout(timeout, self.connect()).await {
+            Ok(Ok(c)) => Outcome::Ok(c),
+            Ok(Err(e)) => Outcome::Fail(describe(&e)),
+            Err(_) => Outcome::Fail("connect timed out (nothing sent)".into()),
+        };
+        let out = match client {
+            Outcome::Ok(c) => {
+                call(timeout, async move {
+                    let req = micro::events::ConsumeRequest {
+                        topic: t,
+                        from_sequence: 1,
+                        stop_at_end: true,
+                        ..Default::default()
+                    };
+                    let mut consumer = c.events().consume(req).await?;
+                    let mut got = Vec::new();
+                    while let Some(e) = consumer.next().await? {
+                        got.push(json!([e.sequence, parse_value(&e.payload)]));
+                    }
+                    Ok(got)
+                })
+                .await
+            }
+            Outcome::Fail(e) => Outcome::Fail(e),
+            Outcome::Info(e) => Outcome::Info(e),
+        };
+        let value = match &out {
+            Outcome::Ok(v) => Value::Array(v.clone()),
+            _ => Value::Null,
+        };
+        self.complete(F::Replay, topic, &out, value, phase) == Type::Ok
+    }
+
     /// Reads the whole set (a linearizable prefix read).
     pub async fn read_set(&mut self, final_read: bool) -> bool {
         let phase = final_read.then_some("final");
@@ -376,6 +467,10 @@ impl Process {
                     self.add().await;
                 }
             }
+            Workload::Streams => {
+                let t = topic(self.rng.random_range(0..self.ctx.topics.max(1)));
+                self.publish(&t).await;
+            }
         }
     }
 
@@ -393,5 +488,83 @@ impl Process {
             next = (next + jitter).max(tokio::time::Instant::now());
         }
         self
+    }
+}
+
+/// A live consumer of one topic: follows it from sequence 1 until the run stops, recording
+/// every event it receives as a `consume` ok (`{"seq", "payload"}`). When its stream breaks
+/// (fail, with the error) it resumes from the next sequence on the next node.
+pub struct LiveConsumer {
+    pub id: i64,
+    pub topic: String,
+    /// (node id, gRPC address) of every node; it starts on `nodes[start]`.
+    pub nodes: Vec<(u64, String)>,
+    pub start: usize,
+    pub ctx: Arc<Ctx>,
+}
+
+impl LiveConsumer {
+    fn record(&self, kind: Type, node: u64, value: Value, error: Option<String>) {
+        let mut op = Op::new(self.id, kind, F::Consume, Some(&self.topic), value, 0);
+        op.node = Some(node);
+        op.error = error;
+        self.ctx.rec.record(op);
+    }
+
+    /// Follows the topic until the run stops; returns how many events it received.
+    pub async fn run(self) -> u64 {
+        let next = AtomicU64::new(1);
+        let mut at = self.start % self.nodes.len().max(1);
+        let halted = self.ctx.halted();
+        tokio::pin!(halted);
+        loop {
+            let (node, addr) = self.nodes[at].clone();
+            let req = micro::events::ConsumeRequest {
+                topic: self.topic.clone(),
+                from_sequence: next.load(Ordering::SeqCst),
+                ..Default::default()
+            };
+            let follow = async {
+                let c = micro::Client::connect(&addr).await?;
+                let mut consumer =
+                    tokio::time::timeout(self.ctx.op_timeout, c.events().consume(req))
+                        .await
+                        .map_err(|_| {
+                            micro::Error::Status(tonic::Status::deadline_exceeded(
+                                "consume did not start in time",
+                            ))
+                        })??;
+                while let Some(e) = consumer.next().await? {
+                    let payload = parse_value(&e.payload);
+                    self.record(Type::Invoke, node, Value::Null, None);
+                    self.record(
+                        Type::Ok,
+                        node,
+                        json!({"seq": e.sequence, "payload": payload}),
+                        None,
+                    );
+                    next.store(e.sequence + 1, Ordering::SeqCst);
+                }
+                Ok::<(), micro::Error>(())
+            };
+            let res = tokio::select! {
+                r = follow => r,
+                _ = &mut halted => return next.load(Ordering::SeqCst) - 1,
+            };
+            // The stream ended or broke: say so, then resume on the next node.
+            let error = match res {
+                Ok(()) => "the stream ended".to_string(),
+                Err(e) => describe(&e),
+            };
+            let from = next.load(Ordering::SeqCst);
+            self.record(Type::Invoke, node, json!({ "from": from }), None);
+            self.record(Type::Fail, node, json!({ "from": from }), Some(error));
+            at = (at + 1) % self.nodes.len();
+            let pause = tokio::time::sleep(Duration::from_millis(100));
+            tokio::select! {
+                _ = pause => {}
+                _ = &mut halted => return next.load(Ordering::SeqCst) - 1,
+            }
+        }
     }
 }

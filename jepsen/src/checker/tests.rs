@@ -541,3 +541,240 @@ fn counts_and_faults() {
     assert!(!v.counts.contains_key("nemesis"));
     assert_eq!(v.faults["kill"].effective, 1);
 }
+
+// ----- streams ---------------------------------------------------------------------------
+
+const T: &str = "ev-0";
+
+impl H {
+    /// A publish of `payload`; `seq` is the acknowledged sequence (ok only).
+    fn publish(self, p: i64, payload: i64, kind: Type, seq: u64, t0: u64, t1: u64) -> H {
+        let out = if kind == Type::Ok {
+            json!({"payload": payload, "seq": seq})
+        } else {
+            json!({"payload": payload})
+        };
+        self.op(
+            p,
+            F::Publish,
+            T,
+            json!({"payload": payload}),
+            kind,
+            out,
+            t0,
+            Some(t1),
+        )
+    }
+
+    /// A final replay of the topic from `node`: `[(seq, payload)]`.
+    fn replay(mut self, node: u64, entries: &[(u64, i64)], t0: u64, t1: u64) -> H {
+        let v = json!(entries
+            .iter()
+            .map(|(s, p)| json!([s, p]))
+            .collect::<Vec<_>>());
+        self = self.op(
+            2000 + node as i64,
+            F::Replay,
+            T,
+            Value::Null,
+            Type::Ok,
+            v,
+            t0,
+            Some(t1),
+        );
+        let n = self.0.len();
+        for op in &mut self.0[n - 2..] {
+            op.phase = Some("final".into());
+            op.node = Some(node);
+        }
+        self
+    }
+
+    /// The live consumer receiving `seq:payload` at time `t`.
+    fn live(self, seq: u64, payload: i64, t: u64) -> H {
+        self.op(
+            1000,
+            F::Consume,
+            T,
+            Value::Null,
+            Type::Ok,
+            json!({"seq": seq, "payload": payload}),
+            t,
+            Some(t),
+        )
+    }
+
+    fn replay_all(mut self, entries: &[(u64, i64)], t0: u64) -> H {
+        for node in 1..=3 {
+            self = self.replay(node, entries, t0 + node * 10, t0 + node * 10 + 5);
+        }
+        self
+    }
+}
+
+fn stream_kinds(h: H) -> Vec<String> {
+    let v = h.verdict();
+    assert_eq!(v.valid, Validity::Anomaly, "{}", v.summary());
+    let s = v.streams.expect("streams report");
+    assert!(!s.anomalies.is_empty(), "anomalies are listed");
+    s.anomaly_counts.keys().cloned().collect()
+}
+
+/// Three acknowledged publishes, sequential, plus the live consumer's view of the first two.
+fn three_published() -> H {
+    H::new()
+        .publish(0, 11, Type::Ok, 1, 0, 10)
+        .publish(1, 12, Type::Ok, 2, 20, 30)
+        .publish(0, 13, Type::Ok, 3, 40, 50)
+        .live(1, 11, 12)
+        .live(2, 12, 32)
+}
+
+#[test]
+fn streams_valid_history_with_indeterminate_publishes() {
+    // 14 timed out and took effect, 15 timed out and did not, 16 surely failed.
+    let h = three_published()
+        .publish(2, 14, Type::Info, 0, 55, 200)
+        .publish(3, 15, Type::Info, 0, 56, 200)
+        .publish(4, 16, Type::Fail, 0, 57, 58)
+        .live(3, 13, 52)
+        .replay_all(&[(1, 11), (2, 12), (3, 13), (4, 14)], 300);
+    let v = h.verdict();
+    assert_eq!(v.valid, Validity::Valid, "{}", v.summary());
+    let s = v.streams.unwrap();
+    assert_eq!(
+        (s.acknowledged, s.indeterminate, s.failed, s.recovered),
+        (3, 2, 1, 1)
+    );
+    assert_eq!((s.replays, s.replayed, s.live_delivered), (3, 4, 3));
+    assert_eq!(v.counts["publish"].ok, 3);
+    assert_eq!(v.counts["replay"].ok, 3);
+}
+
+#[test]
+fn streams_lost_acknowledged_event() {
+    let h = three_published().replay_all(&[(1, 11), (2, 12)], 300);
+    assert_eq!(stream_kinds(h), vec!["lost"]);
+}
+
+#[test]
+fn streams_gap_in_sequences() {
+    let h = three_published().replay_all(&[(1, 11), (2, 12), (4, 13)], 300);
+    let kinds = stream_kinds(h);
+    assert!(kinds.contains(&"gap".to_string()), "{kinds:?}");
+}
+
+#[test]
+fn streams_reordered_sequences_and_realtime_order() {
+    // the replay lists sequence 2 before 1
+    let h = three_published().replay_all(&[(2, 12), (1, 11), (3, 13)], 300);
+    assert!(stream_kinds(h).contains(&"order".to_string()));
+    // dense and numbered, but 12 (acknowledged before 13 was invoked) comes after 13; the
+    // acknowledgements agree with the replay, so only real-time order can catch it
+    let h = H::new()
+        .publish(0, 11, Type::Ok, 1, 0, 10)
+        .publish(1, 12, Type::Ok, 3, 20, 30)
+        .publish(0, 13, Type::Ok, 2, 40, 50)
+        .replay_all(&[(1, 11), (2, 13), (3, 12)], 300);
+    assert_eq!(stream_kinds(h), vec!["realtime"]);
+    // concurrent publishes may land in either order
+    let v = H::new()
+        .publish(0, 11, Type::Ok, 2, 0, 10)
+        .publish(1, 12, Type::Ok, 1, 5, 30)
+        .replay_all(&[(1, 12), (2, 11)], 300)
+        .verdict();
+    assert_eq!(v.valid, Validity::Valid, "{}", v.summary());
+}
+
+#[test]
+fn streams_replay_mismatch_between_nodes() {
+    let h = three_published()
+        .replay(1, &[(1, 11), (2, 12), (3, 13)], 300, 310)
+        .replay(2, &[(1, 11), (2, 12), (3, 13)], 320, 330)
+        .replay(3, &[(1, 11), (2, 12), (3, 13), (4, 13)], 340, 350);
+    let kinds = stream_kinds(h);
+    assert!(kinds.contains(&"mismatch".to_string()), "{kinds:?}");
+    // a node that lacks the last event
+    let h = three_published()
+        .replay(1, &[(1, 11), (2, 12), (3, 13)], 300, 310)
+        .replay(2, &[(1, 11), (2, 12)], 320, 330);
+    let v = h.verdict();
+    let s = v.streams.unwrap();
+    assert_eq!(s.anomaly_counts.get("mismatch"), Some(&1));
+    assert!(s.anomalies[0].what.contains("nothing"), "{:?}", s.anomalies);
+}
+
+#[test]
+fn streams_acknowledged_with_another_sequence() {
+    let h = H::new()
+        .publish(0, 11, Type::Ok, 1, 0, 10)
+        .publish(0, 12, Type::Ok, 1, 20, 30)
+        .replay_all(&[(1, 11), (2, 12)], 300);
+    assert_eq!(stream_kinds(h), vec!["wrong-seq"]);
+}
+
+#[test]
+fn streams_unexpected_payloads() {
+    // never published
+    let h = three_published().replay_all(&[(1, 11), (2, 12), (3, 13), (4, 99)], 300);
+    assert_eq!(stream_kinds(h), vec!["unexpected"]);
+    // published, but the publish surely failed
+    let h = three_published()
+        .publish(3, 14, Type::Fail, 0, 55, 56)
+        .replay_all(&[(1, 11), (2, 12), (3, 13), (4, 14)], 300);
+    assert_eq!(stream_kinds(h), vec!["unexpected"]);
+    // the same payload twice
+    let h = three_published().replay_all(&[(1, 11), (2, 12), (3, 13), (4, 13)], 300);
+    assert_eq!(stream_kinds(h), vec!["duplicate"]);
+}
+
+#[test]
+fn streams_live_consumer_must_see_a_prefix_of_the_replay() {
+    // a different payload at sequence 2
+    let h = H::new()
+        .publish(0, 11, Type::Ok, 1, 0, 10)
+        .publish(1, 12, Type::Info, 0, 20, 300)
+        .publish(0, 13, Type::Ok, 2, 40, 50)
+        .live(1, 11, 12)
+        .live(2, 12, 32)
+        .replay_all(&[(1, 11), (2, 13)], 400);
+    assert_eq!(stream_kinds(h), vec!["live"]);
+    // skipping a sequence
+    let h = three_published()
+        .live(4, 14, 60)
+        .replay_all(&[(1, 11), (2, 12), (3, 13)], 300);
+    assert_eq!(stream_kinds(h), vec!["live"]);
+    // beyond the end of the replay
+    let h = three_published()
+        .live(3, 13, 52)
+        .replay_all(&[(1, 11), (2, 12)], 300);
+    let kinds = stream_kinds(h);
+    assert!(kinds.contains(&"live".to_string()), "{kinds:?}");
+}
+
+#[test]
+fn streams_without_replay_is_unknown() {
+    let v = three_published().verdict();
+    assert_eq!(v.valid, Validity::Unknown, "{}", v.summary());
+    assert_eq!(v.streams.unwrap().unreplayed, vec![T.to_string()]);
+}
+
+#[test]
+fn streams_every_kind_is_listed_even_when_one_floods() {
+    // An extra event at sequence 1 shifts 30 acknowledged publishes (30 wrong-seq), and the
+    // last one is lost: the lost one is still listed, wrong-seq only a few times.
+    let mut h = H::new().publish(9, 99, Type::Info, 0, 0, 500);
+    let mut entries = vec![(1, 99)];
+    for i in 0..31u64 {
+        h = h.publish(0, 100 + i as i64, Type::Ok, i + 1, 10 + i * 10, 15 + i * 10);
+        if i < 30 {
+            entries.push((i + 2, 100 + i as i64));
+        }
+    }
+    let v = h.replay_all(&entries, 1000).verdict();
+    let s = v.streams.unwrap();
+    assert_eq!(s.anomaly_counts["wrong-seq"], 30);
+    assert_eq!(s.anomaly_counts["lost"], 1);
+    assert!(s.anomalies.iter().any(|a| a.kind == "lost"));
+    assert!(s.anomalies.len() <= 10, "{}", s.anomalies.len());
+}
