@@ -17,6 +17,9 @@ use crate::cluster::Cluster;
 use crate::load::{self, Cell};
 use crate::report::{self, Machine, NodeSize, SizeParams, SizeReport, SizeRow};
 
+/// The `when` of the rows measured on the fresh cluster, before any key is written.
+pub const EMPTY: &str = "empty (before load)";
+
 pub async fn run(a: SizeArgs) -> anyhow::Result<()> {
     a.validate()?;
     let wall = Instant::now();
@@ -56,7 +59,7 @@ pub async fn run(a: SizeArgs) -> anyhow::Result<()> {
 
     let mut clusters = Vec::new();
     let mut load_seconds = BTreeMap::new();
-    let mut rows = Vec::new();
+    let (mut empty, mut loaded, mut idle_rows) = (Vec::new(), Vec::new(), Vec::new());
     for &t in &targets {
         let mut c = match t {
             Target::Micro => Cluster::start_micro(micro.as_deref().context("micro")?, &data_root)
@@ -82,7 +85,8 @@ pub async fn run(a: SizeArgs) -> anyhow::Result<()> {
                 .join("/")
         );
         load_seconds.insert(t.name().to_string(), secs);
-        rows.push(SizeRow::new(
+        empty.push(SizeRow::new(t, EMPTY, before, 0, 0));
+        loaded.push(SizeRow::new(
             t,
             "after load",
             cluster_sizes(&c),
@@ -96,9 +100,10 @@ pub async fn run(a: SizeArgs) -> anyhow::Result<()> {
     tokio::time::sleep(a.settle).await;
     for c in &mut clusters {
         c.check_running()?;
-        rows.push(SizeRow::new(c.target, &idle, cluster_sizes(c), a.keys, raw));
+        idle_rows.push(SizeRow::new(c.target, &idle, cluster_sizes(c), a.keys, raw));
     }
     drop(clusters);
+    let mut rows: Vec<SizeRow> = empty.into_iter().chain(loaded).chain(idle_rows).collect();
     report::fill_size_ratios(&mut rows);
     machine.loadavg_after = report::loadavg();
 
@@ -139,39 +144,60 @@ fn cluster_sizes(c: &Cluster) -> Vec<NodeSize> {
 }
 
 /// Allocated and apparent bytes under `dir` (symlinks not followed), and allocated bytes by
-/// top-level entry. Files that vanish while we walk (a compaction removing them) count as 0.
+/// kind of file (see [`part_key`]). Files that vanish while we walk (a compaction removing
+/// them) count as 0.
 pub fn dir_size(dir: &Path) -> NodeSize {
     let mut out = NodeSize::default();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let (alloc, apparent) = tree_bytes(&e.path());
-        out.allocated_bytes += alloc;
-        out.apparent_bytes += apparent;
-        *out.parts
-            .entry(e.file_name().to_string_lossy().into_owned())
-            .or_default() += alloc;
-    }
+    walk(dir, Path::new(""), &mut out);
     out
 }
 
-/// (allocated, apparent) bytes of `path` and everything under it.
-fn tree_bytes(path: &Path) -> (u64, u64) {
-    let Ok(m) = std::fs::symlink_metadata(path) else {
-        return (0, 0);
+fn walk(dir: &Path, rel: &Path, out: &mut NodeSize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
     };
-    let mut total = (m.blocks() * 512, if m.is_file() { m.len() } else { 0 });
-    if m.is_dir() {
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for e in entries.flatten() {
-                let (a, b) = tree_bytes(&e.path());
-                total.0 += a;
-                total.1 += b;
+    for e in entries.flatten() {
+        let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let rel = rel.join(e.file_name());
+        let alloc = m.blocks() * 512;
+        out.allocated_bytes += alloc;
+        if m.is_dir() {
+            *out.parts.entry("(directories)".into()).or_default() += alloc;
+            walk(&e.path(), &rel, out);
+        } else {
+            if m.is_file() {
+                out.apparent_bytes += m.len();
             }
+            *out.parts.entry(part_key(&rel)).or_default() += alloc;
         }
     }
-    total
+}
+
+/// What a file is, for the breakdown: its directory and `*.ext` when its name is a number
+/// (`db/*.sst`, `member/wal/*.wal`), else its name less a trailing `-NUMBER` or `.NUMBER`
+/// (`db/MANIFEST`, `db/LOG.old`, `member/snap/db`).
+pub fn part_key(rel: &Path) -> String {
+    let name = rel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = rel
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .filter(|d| !d.is_empty());
+    let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    let kind = match (name.rsplit_once('.'), name.rsplit_once(['-', '.'])) {
+        (Some((stem, ext)), _) if numeric(stem) => format!("*.{ext}"),
+        (_, Some((base, n))) if digits(n) && !base.is_empty() => base.to_string(),
+        _ => name.clone(),
+    };
+    match dir {
+        Some(d) => format!("{d}/{kind}"),
+        None => kind,
+    }
 }
 
 #[cfg(test)]
@@ -197,10 +223,32 @@ mod tests {
         );
         assert_eq!(
             s.parts.keys().collect::<Vec<_>>(),
-            vec!["db", "sparse", "wal"]
+            vec!["(directories)", "db", "sparse", "wal/a", "wal/sub/b"]
         );
-        assert!(s.parts["wal"] >= 15_000);
+        assert!(s.parts["wal/a"] >= 10_000);
         assert_eq!(s.parts.values().sum::<u64>(), s.allocated_bytes);
         assert_eq!(dir_size(&d.path().join("missing")), NodeSize::default());
+    }
+
+    #[test]
+    fn parts_group_numbered_files_by_kind() {
+        let k = |p: &str| part_key(Path::new(p));
+        assert_eq!(k("db/000012.sst"), "db/*.sst");
+        assert_eq!(k("db/000010.log"), "db/*.log");
+        assert_eq!(k("db/MANIFEST-000005"), "db/MANIFEST");
+        assert_eq!(k("db/OPTIONS-000007"), "db/OPTIONS");
+        assert_eq!(k("db/LOG.old.1700000000"), "db/LOG.old");
+        assert_eq!(k("db/CURRENT"), "db/CURRENT");
+        assert_eq!(k("cluster-token"), "cluster-token");
+        assert_eq!(
+            k("member/wal/0000000000000000-0000000000000000.wal"),
+            "member/wal/*.wal"
+        );
+        assert_eq!(k("member/wal/0.tmp"), "member/wal/*.tmp");
+        assert_eq!(k("member/snap/db"), "member/snap/db");
+        assert_eq!(
+            k("member/snap/0000000000000002-00000000000186a1.snap"),
+            "member/snap/*.snap"
+        );
     }
 }

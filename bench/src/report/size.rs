@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::{fmt_ratio, markdown_header, Machine};
+use super::{fmt_opt, fmt_ratio, markdown_header, Machine};
 use crate::args::Target;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -32,15 +32,16 @@ pub struct SizeRow {
     pub when: String,
     pub nodes: Vec<NodeSize>,
     pub mean_allocated_bytes: f64,
-    /// Mean allocated bytes per node divided by the keys written.
-    pub bytes_per_key: f64,
+    /// Mean allocated bytes per node divided by the keys written (none before the load).
+    pub bytes_per_key: Option<f64>,
     /// Mean allocated bytes per node divided by the raw key + value bytes written.
-    pub amplification: f64,
+    pub amplification: Option<f64>,
     /// Micro's mean allocated bytes per node divided by etcd's, at the same moment.
     pub ratio: Option<f64>,
 }
 
 impl SizeRow {
+    /// `keys` and `raw` (key + value bytes) written so far; 0 before the load.
     pub fn new(target: Target, when: &str, nodes: Vec<NodeSize>, keys: u64, raw: u64) -> SizeRow {
         let mean = if nodes.is_empty() {
             0.0
@@ -52,8 +53,8 @@ impl SizeRow {
             when: when.to_string(),
             nodes,
             mean_allocated_bytes: mean,
-            bytes_per_key: mean / keys.max(1) as f64,
-            amplification: mean / raw.max(1) as f64,
+            bytes_per_key: (keys > 0).then(|| mean / keys as f64),
+            amplification: (raw > 0).then(|| mean / raw as f64),
             ratio: None,
         }
     }
@@ -93,19 +94,19 @@ pub fn size_text_table(rows: &[SizeRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<16} {:<6} {:>24} {:>24} {:>10} {:>8}  ratio",
+        "{:<20} {:<6} {:>24} {:>24} {:>10} {:>8}  ratio",
         "when", "target", "on disk MiB n1/n2/n3", "apparent MiB n1/n2/n3", "B/key", "x raw"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<16} {:<6} {:>24} {:>24} {:>10.0} {:>8.2}  ratio {}",
+            "{:<20} {:<6} {:>24} {:>24} {:>10} {:>8}  ratio {}",
             r.when,
             r.target.name(),
             per_node(&r.nodes, |n| n.allocated_bytes),
             per_node(&r.nodes, |n| n.apparent_bytes),
-            r.bytes_per_key,
-            r.amplification,
+            fmt_opt(r.bytes_per_key, 0),
+            fmt_opt(r.amplification, 2),
             fmt_ratio(r.ratio)
         );
     }
@@ -120,29 +121,33 @@ pub fn size_markdown_table(rows: &[SizeRow]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.1} | {:.0} | {:.2} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} |",
             r.when,
             r.target.name(),
             per_node(&r.nodes, |n| n.allocated_bytes),
             per_node(&r.nodes, |n| n.apparent_bytes),
             r.mean_allocated_bytes / MIB,
-            r.bytes_per_key,
-            r.amplification,
+            fmt_opt(r.bytes_per_key, 0),
+            fmt_opt(r.amplification, 2),
             fmt_ratio(r.ratio)
         );
     }
     s
 }
 
-/// `micro node 1: raft 120.3 MiB, state 80.1 MiB` for the first node of each row.
+/// `micro node 1, after load: db/*.sst 120.3 MiB, ...`: the largest parts (at most 6, of at
+/// least 0.1 MiB) of the first node of each row measured after the load.
 fn parts_lines(rows: &[SizeRow]) -> Vec<String> {
     rows.iter()
+        .filter(|r| r.when.starts_with("after"))
         .filter_map(|r| {
             let n = r.nodes.first()?;
             let mut parts: Vec<(&String, &u64)> = n.parts.iter().collect();
             parts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             let parts: Vec<String> = parts
                 .iter()
+                .filter(|(_, v)| **v as f64 >= 0.1 * MIB)
+                .take(6)
                 .map(|(k, v)| format!("`{k}` {} MiB", mib(**v)))
                 .collect();
             Some(format!(
@@ -206,8 +211,8 @@ impl SizeReport {
         );
         let _ = writeln!(
             s,
-            "- Measured on each node's data dir with the servers running: right after the load, and again after {:.0} s idle; \
-             on disk = allocated blocks (`du`), apparent = file lengths (`du --apparent-size`)",
+            "- Measured on each node's data dir with the servers running: on the fresh cluster, right after the load, and again \
+             after {:.0} s idle; on disk = allocated blocks (`du`), apparent = file lengths (`du --apparent-size`)",
             p.settle_s
         );
         let _ = writeln!(s, "- Whole run: {:.0} s\n", self.wall_seconds);
@@ -216,7 +221,7 @@ impl SizeReport {
         if !parts.is_empty() {
             let _ = writeln!(
                 s,
-                "\nWhere the bytes are (on disk, by top-level entry of the data dir):\n\n{}",
+                "\nWhere the bytes are (node 1, on disk, largest kinds of file):\n\n{}",
                 parts.join("\n")
             );
         }
@@ -279,8 +284,15 @@ mod tests {
         assert_eq!(rows[0].ratio, Some(0.5));
         assert_eq!(rows[1].ratio, Some(0.5));
         assert_eq!(rows[2].ratio, None);
-        assert_eq!(rows[0].amplification, 3.0);
-        assert!((rows[0].bytes_per_key - 314.57).abs() < 0.01);
+        assert_eq!(rows[0].amplification, Some(3.0));
+        assert!((rows[0].bytes_per_key.unwrap() - 314.57).abs() < 0.01);
+        let empty = SizeRow::new(Target::Etcd, "empty", vec![node(100)], 0, 0);
+        assert_eq!((empty.bytes_per_key, empty.amplification), (None, None));
+        assert!(size_text_table(&[empty])
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains(" - "));
         let text = size_text_table(&rows);
         let l1 = text.lines().nth(1).unwrap();
         assert!(
