@@ -10,7 +10,7 @@ use serde::Serialize;
 #[command(
     name = "micro-bench",
     version,
-    about = "Load generator that measures Micro and etcd side by side"
+    about = "Load generator that measures Micro side by side with etcd and NATS JetStream"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -22,28 +22,152 @@ pub enum Cmd {
     /// Start a 3-node Micro cluster and a 3-node etcd cluster on 127.0.0.1 and drive both with
     /// the same closed-loop workload, in alternating rounds
     Compare(CompareArgs),
-    /// Micro's event streams: publish throughput (fsync before ack) and replay rate from
-    /// sequence 1, on a 3-node cluster
+    /// Event streams, Micro vs NATS JetStream (3 nodes each): publish throughput and latency
+    /// at several publisher counts in alternating rounds, then replay of N events from the start
     Streams(StreamsArgs),
+    /// Bytes on disk per node after writing N keys (batched) to Micro and to etcd
+    Size(SizeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct StreamsArgs {
-    /// Concurrent closed-loop publishers (publisher i talks to node i % 3)
-    #[arg(long, default_value_t = 64)]
-    pub clients: usize,
-    /// How long to publish
+    /// Systems to measure, comma separated
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "micro,jetstream"
+    )]
+    pub target: Vec<StreamTarget>,
+    /// Concurrent closed-loop publishers per cell, comma separated (publisher i talks to node
+    /// i % 3 over its own connection)
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub clients: Vec<usize>,
+    /// Measured publish time per cell (one target, one publisher count)
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    pub duration: std::time::Duration,
+    pub duration: Duration,
+    /// Unmeasured publishing before each cell's measurement starts
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub warmup: Duration,
     /// Payload size in bytes
     #[arg(long, default_value_t = 256)]
     pub payload_size: usize,
-    /// The `micro` binary (default: next to this one)
+    /// Events to load into a fresh topic / stream and replay from the start (0: no replay)
+    #[arg(long, default_value_t = 1_000_000)]
+    pub replay_events: u64,
+    /// Directory for streams.json and streams.md
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// The `micro` binary (default: `release/micro` in this executable's target dir)
     #[arg(long)]
-    pub micro_bin: Option<std::path::PathBuf>,
-    /// Where the temporary data dirs go
-    #[arg(long, default_value = "/tmp")]
-    pub data_root: std::path::PathBuf,
+    pub micro_bin: Option<PathBuf>,
+    /// The `nats-server` binary (default: `nats-server` on PATH, installed by
+    /// bench/scripts/install-nats)
+    #[arg(long)]
+    pub nats_bin: Option<PathBuf>,
+    /// Do not run `cargo build --release -p micro-services --bin micro` first
+    #[arg(long)]
+    pub no_build: bool,
+    /// Markdown file whose generated streams section gets the latest tables (default: the
+    /// workspace's docs/benchmarks.md)
+    #[arg(long)]
+    pub docs: Option<PathBuf>,
+    /// Do not update any docs file
+    #[arg(long, conflicts_with = "docs")]
+    pub no_docs: bool,
+    /// Where the temporary data dirs go (default: the system temp dir); they are removed
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+}
+
+impl StreamsArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.target.is_empty(), "--target is empty");
+        anyhow::ensure!(
+            !self.clients.is_empty() && self.clients.iter().all(|c| *c > 0),
+            "--clients must list positive numbers"
+        );
+        anyhow::ensure!(!self.duration.is_zero(), "--duration must be positive");
+        Ok(())
+    }
+}
+
+/// What `micro-bench streams` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamTarget {
+    /// Micro's event streams (every publish acknowledged after a quorum fsync)
+    Micro,
+    /// NATS JetStream: an R3 file-storage stream on a 3-node cluster
+    Jetstream,
+}
+
+impl StreamTarget {
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamTarget::Micro => "micro",
+            StreamTarget::Jetstream => "jetstream",
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SizeArgs {
+    /// Systems to measure, comma separated
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "micro,etcd")]
+    pub target: Vec<Target>,
+    /// Keys to write (keys 0..N, zero padded to --key-size), each once
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keys: u64,
+    /// Key length in bytes
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Value length in bytes
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// How long to leave the servers idle after the load before the second measurement
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub settle: Duration,
+    /// Directory for size.json and size.md
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// The `micro` binary (default: `release/micro` in this executable's target dir)
+    #[arg(long)]
+    pub micro_bin: Option<PathBuf>,
+    /// The `etcd` binary (default: `etcd` on PATH, installed by bench/scripts/install-etcd)
+    #[arg(long)]
+    pub etcd_bin: Option<PathBuf>,
+    /// Do not run `cargo build --release -p micro-services --bin micro` first
+    #[arg(long)]
+    pub no_build: bool,
+    /// Markdown file whose generated size section gets the latest table (default: the
+    /// workspace's docs/benchmarks.md)
+    #[arg(long)]
+    pub docs: Option<PathBuf>,
+    /// Do not update any docs file
+    #[arg(long, conflicts_with = "docs")]
+    pub no_docs: bool,
+    /// Where the temporary data dirs go (default: the system temp dir); they are removed
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+}
+
+impl SizeArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.target.is_empty(), "--target is empty");
+        anyhow::ensure!(self.keys > 0, "--keys must be positive");
+        check_key_size(self.keys, self.key_size)
+    }
+}
+
+/// `Err` unless `key_size` bytes can hold `keys` distinct zero-padded keys.
+fn check_key_size(keys: u64, key_size: usize) -> anyhow::Result<()> {
+    let digits = (keys.max(1) - 1).to_string().len();
+    anyhow::ensure!(
+        key_size >= digits,
+        "--key-size {key_size} cannot hold {keys} distinct keys (need at least {digits} bytes)"
+    );
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
@@ -97,7 +221,12 @@ pub struct CompareArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "micro,etcd")]
     pub target: Vec<Target>,
     /// Workloads, comma separated
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "put,get")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "put,get,get-serializable,mixed"
+    )]
     pub workload: Vec<Workload>,
     /// Concurrent closed-loop clients per cell, comma separated (client i talks to node i % 3)
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
@@ -150,13 +279,7 @@ impl CompareArgs {
             "--clients must list positive numbers"
         );
         anyhow::ensure!(self.keys > 0, "--keys must be positive");
-        let digits = (self.keys - 1).to_string().len();
-        anyhow::ensure!(
-            self.key_size >= digits,
-            "--key-size {} cannot hold {} distinct keys (need at least {digits} bytes)",
-            self.key_size,
-            self.keys
-        );
+        check_key_size(self.keys, self.key_size)?;
         anyhow::ensure!(!self.duration.is_zero(), "--duration must be positive");
         Ok(())
     }
@@ -255,5 +378,92 @@ mod tests {
             panic!("not a compare command")
         };
         assert!(a.validate().is_err());
+    }
+
+    #[test]
+    fn compare_defaults_cover_every_workload() {
+        let cli = Cli::try_parse_from(["micro-bench", "compare"]).unwrap();
+        let Cmd::Compare(a) = cli.cmd else {
+            panic!("not a compare command")
+        };
+        assert_eq!(
+            a.workload,
+            vec![
+                Workload::Put,
+                Workload::Get,
+                Workload::GetSerializable,
+                Workload::Mixed
+            ]
+        );
+        assert_eq!(a.clients, vec![1, 16, 256]);
+    }
+
+    #[test]
+    fn streams_command_line() {
+        let cli = Cli::try_parse_from(["micro-bench", "streams"]).unwrap();
+        let Cmd::Streams(a) = cli.cmd else {
+            panic!("not a streams command")
+        };
+        assert_eq!(a.target, vec![StreamTarget::Micro, StreamTarget::Jetstream]);
+        assert_eq!(a.clients, vec![1, 16, 64]);
+        assert_eq!(a.replay_events, 1_000_000);
+        assert_eq!(a.payload_size, 256);
+        a.validate().unwrap();
+        let cli = Cli::try_parse_from([
+            "micro-bench",
+            "streams",
+            "--target",
+            "jetstream",
+            "--clients",
+            "4,8",
+            "--replay-events",
+            "0",
+            "--duration",
+            "500ms",
+        ])
+        .unwrap();
+        let Cmd::Streams(a) = cli.cmd else {
+            panic!("not a streams command")
+        };
+        assert_eq!(a.target, vec![StreamTarget::Jetstream]);
+        assert_eq!(a.clients, vec![4, 8]);
+        assert_eq!(a.replay_events, 0);
+        assert_eq!(a.duration, Duration::from_millis(500));
+        assert!(Cli::try_parse_from(["micro-bench", "streams", "--target", "etcd"]).is_err());
+        let Cmd::Streams(a) = Cli::try_parse_from(["micro-bench", "streams", "--clients", "0"])
+            .unwrap()
+            .cmd
+        else {
+            panic!("not a streams command")
+        };
+        assert!(a.validate().is_err());
+    }
+
+    #[test]
+    fn size_command_line() {
+        let cli = Cli::try_parse_from(["micro-bench", "size"]).unwrap();
+        let Cmd::Size(a) = cli.cmd else {
+            panic!("not a size command")
+        };
+        assert_eq!(a.target, vec![Target::Micro, Target::Etcd]);
+        assert_eq!((a.keys, a.key_size, a.value_size), (1_000_000, 8, 256));
+        assert_eq!(a.settle, Duration::from_secs(10));
+        a.validate().unwrap();
+        let cli = Cli::try_parse_from([
+            "micro-bench",
+            "size",
+            "--keys",
+            "1000000",
+            "--key-size",
+            "5",
+        ])
+        .unwrap();
+        let Cmd::Size(a) = cli.cmd else {
+            panic!("not a size command")
+        };
+        assert!(
+            a.validate().is_err(),
+            "5 bytes cannot hold 1M distinct keys"
+        );
     }
 }

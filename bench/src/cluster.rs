@@ -17,9 +17,41 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MICRO_TOKEN: &str = "bench-token-123";
 
 pub struct Node {
-    /// Client (gRPC) address, `127.0.0.1:PORT`.
+    /// Client address, `127.0.0.1:PORT`.
     pub addr: String,
+    /// The node's own data dir (inside the cluster's temp dir).
+    pub data_dir: PathBuf,
     pub proc: Proc,
+}
+
+/// CPU seconds used so far by each node.
+pub fn nodes_cpu_seconds(nodes: &[Node]) -> Vec<Option<f64>> {
+    nodes
+        .iter()
+        .map(|n| cpu_seconds(&n.proc.pid().to_string()))
+        .collect()
+}
+
+/// Peak RSS of each node so far, in MiB.
+pub fn nodes_peak_rss_mib(nodes: &[Node]) -> Vec<Option<f64>> {
+    nodes
+        .iter()
+        .map(|n| peak_rss_kib(&n.proc.pid().to_string()).map(|k| k as f64 / 1024.0))
+        .collect()
+}
+
+/// `Err` naming the node and its log tail if any node has exited.
+pub fn nodes_check_running(nodes: &mut [Node]) -> anyhow::Result<()> {
+    nodes.iter_mut().try_for_each(|n| n.proc.check_running())
+}
+
+/// The last lines of every node's log.
+pub fn nodes_log_tails(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("--- {}:\n{}", n.proc.name, n.proc.log_tail(15)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A running cluster. Fields drop in order: the nodes are killed before their data dir goes.
@@ -45,12 +77,13 @@ impl Cluster {
         for i in 0..NODES {
             let id = i + 1;
             let addr = format!("127.0.0.1:{}", ports[3 * i]);
+            let data_dir = dir.path().join(format!("node{id}"));
             let args: Vec<String> = vec![
                 "server".into(),
                 "--node-id".into(),
                 id.to_string(),
                 "--data-dir".into(),
-                dir.path().join(format!("node{id}")).display().to_string(),
+                data_dir.display().to_string(),
                 "--grpc".into(),
                 addr.clone(),
                 "--http".into(),
@@ -64,7 +97,11 @@ impl Cluster {
             ];
             let log = dir.path().join(format!("node{id}.log"));
             let proc = Proc::spawn(&format!("micro node {id}"), bin, &args, &[], &log)?;
-            nodes.push(Node { addr, proc });
+            nodes.push(Node {
+                addr,
+                data_dir,
+                proc,
+            });
         }
         let mut c = Cluster {
             target: Target::Micro,
@@ -118,6 +155,7 @@ impl Cluster {
             let name = format!("n{}", i + 1);
             let addr = format!("127.0.0.1:{}", ports[2 * i]);
             let client_url = format!("http://{addr}");
+            let data_dir = dir.path().join(&name);
             let args: Vec<String> = vec![
                 "--name".into(),
                 name.clone(),
@@ -136,11 +174,15 @@ impl Cluster {
                 "--initial-cluster-state".into(),
                 "new".into(),
                 "--data-dir".into(),
-                dir.path().join(&name).display().to_string(),
+                data_dir.display().to_string(),
             ];
             let log = dir.path().join(format!("{name}.log"));
             let proc = Proc::spawn(&format!("etcd member {name}"), bin, &args, &[], &log)?;
-            nodes.push(Node { addr, proc });
+            nodes.push(Node {
+                addr,
+                data_dir,
+                proc,
+            });
         }
         let mut c = Cluster {
             target: Target::Etcd,
@@ -193,33 +235,21 @@ impl Cluster {
 
     /// `Err` naming the node and its log tail if any node has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        self.nodes
-            .iter_mut()
-            .try_for_each(|n| n.proc.check_running())
+        nodes_check_running(&mut self.nodes)
     }
 
     fn log_tails(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- {}:\n{}", n.proc.name, n.proc.log_tail(15)))
-            .collect::<Vec<_>>()
-            .join("\n")
+        nodes_log_tails(&self.nodes)
     }
 
     /// CPU seconds used so far by each node.
     pub fn cpu_seconds(&self) -> Vec<Option<f64>> {
-        self.nodes
-            .iter()
-            .map(|n| cpu_seconds(&n.proc.pid().to_string()))
-            .collect()
+        nodes_cpu_seconds(&self.nodes)
     }
 
     /// Peak RSS of each node so far, in MiB.
     pub fn peak_rss_mib(&self) -> Vec<Option<f64>> {
-        self.nodes
-            .iter()
-            .map(|n| peak_rss_kib(&n.proc.pid().to_string()).map(|k| k as f64 / 1024.0))
-            .collect()
+        nodes_peak_rss_mib(&self.nodes)
     }
 
     /// The client address of the node that worker `i` talks to.

@@ -1,16 +1,20 @@
-//! `micro-bench`: measures Micro and etcd side by side.
+//! `micro-bench`: measures Micro side by side with etcd and NATS JetStream.
 //!
 //! `micro-bench compare` starts a 3-node Micro cluster and a 3-node etcd cluster on 127.0.0.1
 //! (free ports, temp data dirs, fsync on), drives both with the same closed-loop workload in
 //! alternating rounds, and writes a table (stdout, `DIR/results.md`, `docs/benchmarks.md`) and
-//! `DIR/results.json`. See docs/benchmarks.md.
+//! `DIR/results.json`. `micro-bench streams` does the same for Micro's event streams and a
+//! 3-node JetStream cluster (publish, then replay from the start), `micro-bench size` measures
+//! the data dirs after N keys. See docs/benchmarks.md.
 
 mod args;
 mod cluster;
 mod etcd;
 mod load;
+mod nats;
 mod procs;
 mod report;
+mod size;
 mod streams;
 
 use std::collections::BTreeMap;
@@ -77,6 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Compare(a) => compare(a).await,
         Cmd::Streams(a) => streams::run(a).await,
+        Cmd::Size(a) => size::run(a).await,
     }
 }
 
@@ -115,11 +120,17 @@ fn build_micro(workspace: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn micro_bin(a: &CompareArgs, workspace: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(b) = &a.micro_bin {
-        return Ok(b.clone());
+/// The `micro` binary: `given`, else `release/micro` in this executable's target dir, built
+/// (or confirmed fresh) first unless `no_build`.
+fn micro_bin(
+    given: Option<&Path>,
+    no_build: bool,
+    workspace: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
+    if let Some(b) = given {
+        return Ok(b.to_path_buf());
     }
-    if let (false, Some(ws)) = (a.no_build, workspace) {
+    if let (false, Some(ws)) = (no_build, workspace) {
         build_micro(ws)?;
     }
     let bin = cluster::default_micro_bin()?;
@@ -133,29 +144,73 @@ fn micro_bin(a: &CompareArgs, workspace: Option<&Path>) -> anyhow::Result<PathBu
     Ok(bin)
 }
 
-fn etcd_bin(a: &CompareArgs) -> anyhow::Result<PathBuf> {
-    if let Some(b) = &a.etcd_bin {
-        return Ok(b.clone());
+/// `find()`, else runs `bench/scripts/SCRIPT` (which installs from Debian's packages) and
+/// looks again.
+fn find_or_install(
+    what: &str,
+    script: &str,
+    find: impl Fn() -> Option<PathBuf>,
+) -> anyhow::Result<PathBuf> {
+    if let Some(b) = find() {
+        return Ok(b);
     }
-    let find = || {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
+    if !script.is_file() {
+        bail!(
+            "{what} is not installed and {} is missing; install {what} or pass --{what}-bin",
+            script.display()
+        );
+    }
+    eprintln!("{what} not found: running {}", script.display());
+    let status = Command::new(&script)
+        .status()
+        .with_context(|| format!("run {}", script.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", script.display());
+    }
+    find().with_context(|| format!("{what} still not found after {}", script.display()))
+}
+
+fn etcd_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(b) = given {
+        return Ok(b.to_path_buf());
+    }
+    find_or_install("etcd", "install-etcd", || {
         procs::find_on_path("etcd").or_else(|| {
             let p = PathBuf::from("/usr/bin/etcd");
             p.is_file().then_some(p)
         })
-    };
-    if let Some(b) = find() {
-        return Ok(b);
+    })
+}
+
+fn nats_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(b) = given {
+        return Ok(b.to_path_buf());
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-etcd");
-    if !script.is_file() {
-        bail!("etcd is not installed and {} is missing; install etcd (Debian: apt-get install etcd-server) or pass --etcd-bin", script.display());
+    find_or_install("nats", "install-nats", nats::find_nats)
+}
+
+/// The commit the measured `micro` was built from, as far as we know.
+fn micro_git(workspace: Option<&Path>, micro_bin_given: bool) -> String {
+    match (workspace, micro_bin_given) {
+        (Some(ws), false) => report::git_rev(ws),
+        (Some(ws), true) => format!(
+            "unknown: --micro-bin given; the workspace is at {}",
+            report::git_rev(ws)
+        ),
+        (None, _) => "unknown".into(),
     }
-    eprintln!("etcd not found: running {}", script.display());
-    let status = Command::new(&script).status().context("run install-etcd")?;
-    if !status.success() {
-        bail!("{} failed ({status})", script.display());
+}
+
+/// The Markdown file whose generated sections get the results, if any.
+fn docs_path(given: Option<&Path>, no_docs: bool, workspace: Option<&Path>) -> Option<PathBuf> {
+    match (given, no_docs, workspace) {
+        (Some(d), _, _) => Some(d.to_path_buf()),
+        (None, false, Some(ws)) => Some(ws.join("docs/benchmarks.md")),
+        _ => None,
     }
-    find().context("etcd still not on PATH after install-etcd")
 }
 
 /// How to run this again, as typed from the workspace root.
@@ -189,12 +244,16 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
     let mut targets = a.target.clone();
     targets.dedup();
     let micro = if targets.contains(&Target::Micro) {
-        Some(micro_bin(&a, workspace.as_deref())?)
+        Some(micro_bin(
+            a.micro_bin.as_deref(),
+            a.no_build,
+            workspace.as_deref(),
+        )?)
     } else {
         None
     };
     let etcd = if targets.contains(&Target::Etcd) {
-        Some(etcd_bin(&a)?)
+        Some(etcd_bin(a.etcd_bin.as_deref())?)
     } else {
         None
     };
@@ -202,14 +261,7 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
     let mut machine = Machine::probe(&data_root);
     let versions = Versions {
         micro: micro.as_deref().map_or("-".into(), report::version_of),
-        micro_git: match (workspace.as_deref(), &a.micro_bin) {
-            (Some(ws), None) => report::git_rev(ws),
-            (Some(ws), Some(_)) => format!(
-                "unknown: --micro-bin given; the workspace is at {}",
-                report::git_rev(ws)
-            ),
-            (None, _) => "unknown".into(),
-        },
+        micro_git: micro_git(workspace.as_deref(), a.micro_bin.is_some()),
         etcd: etcd.as_deref().map_or("-".into(), report::version_of),
         client: "tonic 0.14 for both (Micro's SDK; etcd's KV API generated from bench/proto)"
             .into(),
@@ -315,19 +367,14 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
         a.out.join("results.json").display(),
         a.out.join("results.md").display()
     );
-    let docs = match (&a.docs, a.no_docs, &workspace) {
-        (Some(d), _, _) => Some(d.clone()),
-        (None, false, Some(ws)) => Some(ws.join("docs/benchmarks.md")),
-        _ => None,
-    };
-    if let Some(d) = docs {
+    if let Some(d) = docs_path(a.docs.as_deref(), a.no_docs, workspace.as_deref()) {
         if let Some(dir) = d.parent() {
             std::fs::write(
                 dir.join("benchmarks-throughput.svg"),
                 report::throughput_svg(&report.rows),
             )?;
         }
-        report::update_docs(&d, &report.markdown())?;
+        report::update_docs(&d, &report::COMPARE_SECTION, &report.markdown())?;
         eprintln!("updated {}", d.display());
     }
     Ok(())
