@@ -138,6 +138,7 @@ impl Node {
         // Refuse to serve from a damaged log: name the record and stop.
         let records = db.verify_log()?;
         crate::store::check_tail(&db)?;
+        crate::store::stand_for_election(&db, cfg.node_id)?;
         tracing::info!(records, "log verified");
 
         let log_store = LogStore::new(db.clone());

@@ -103,6 +103,31 @@ pub(crate) fn check_tail(db: &Db) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes a node that led before it stopped stand for election again instead of resuming as
+/// leader in the same term (which openraft does when its vote is committed for itself).
+///
+/// Resuming trusts that the log still holds everything this leader wrote in its term. If the
+/// disk lost part of the tail that was fsynced but not yet applied (which [`check_tail`] cannot
+/// see), the resumed leader would write new entries under log ids its followers already hold
+/// for different entries, and the replicas would diverge without an error. As a candidate, its
+/// shorter log loses the election to a follower that has the entries, and it catches up from
+/// that leader. Costs one election after a leader restarts.
+pub(crate) fn stand_for_election(db: &Db, node_id: u64) -> anyhow::Result<()> {
+    let Some(bytes) = db.get_meta(VOTE)? else {
+        return Ok(());
+    };
+    let vote: Vote<u64> = codec::decode(&bytes)?;
+    if vote.is_committed() && vote.leader_id().voted_for() == Some(node_id) {
+        let candidate = Vote::new(vote.leader_id().get_term(), node_id);
+        db.put_meta(VOTE, &codec::encode(&candidate), true)?;
+        tracing::info!(
+            term = vote.leader_id().get_term(),
+            "led before the restart: standing for election instead of resuming as leader"
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn decode_entry(index: u64, payload: &[u8]) -> SResult<Entry<TypeConfig>> {
     codec::decode(payload).map_err(|e| {
         StorageIOError::read_log_at_index(
@@ -260,5 +285,28 @@ mod tests {
             .unwrap();
         let e = check_tail(&db).unwrap_err().to_string();
         assert!(e.contains("committed index 12"), "{e}");
+    }
+
+    #[test]
+    fn a_restarting_leader_stands_for_election() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let read =
+            |db: &Db| -> Vote<u64> { codec::decode(&db.get_meta(VOTE).unwrap().unwrap()).unwrap() };
+        stand_for_election(&db, 1).unwrap(); // no vote yet: nothing to do
+        assert!(db.get_meta(VOTE).unwrap().is_none());
+
+        // Another node's committed leadership stays as it is.
+        db.put_meta(VOTE, &codec::encode(&Vote::<u64>::new_committed(4, 2)), true)
+            .unwrap();
+        stand_for_election(&db, 1).unwrap();
+        assert_eq!(read(&db), Vote::new_committed(4, 2));
+
+        // Its own: the same term, no longer committed, so it must win an election.
+        db.put_meta(VOTE, &codec::encode(&Vote::<u64>::new_committed(5, 1)), true)
+            .unwrap();
+        stand_for_election(&db, 1).unwrap();
+        assert_eq!(read(&db), Vote::new(5, 1));
+        assert!(!read(&db).is_committed());
     }
 }
