@@ -5,28 +5,26 @@ use crate::keys;
 use crate::storage::{Overlay, Read, StorageError};
 use crate::views::{events, store};
 
-/// The state clock: the largest leader time of any applied entry (ms), 0 before the first.
-pub fn clock_ms<S: Read + ?Sized>(s: &S) -> Result<u64, StorageError> {
-    Ok(match s.get(keys::META_CLOCK)? {
+/// A big-endian u64 stored under `key`, 0 when absent.
+fn read_u64<S: Read + ?Sized>(s: &S, key: &[u8], what: &str) -> Result<u64, StorageError> {
+    Ok(match s.get(key)? {
         Some(b) => u64::from_be_bytes(
             b.as_slice()
                 .try_into()
-                .map_err(|_| StorageError("corrupt state clock".into()))?,
+                .map_err(|_| StorageError(format!("corrupt {what}")))?,
         ),
         None => 0,
     })
 }
 
+/// The state clock: the largest leader time of any applied entry (ms), 0 before the first.
+pub fn clock_ms<S: Read + ?Sized>(s: &S) -> Result<u64, StorageError> {
+    read_u64(s, keys::META_CLOCK, "state clock")
+}
+
 /// The store revision: the revision of the last applied command (0 before the first).
 pub fn revision<S: Read + ?Sized>(s: &S) -> Result<u64, StorageError> {
-    Ok(match s.get(keys::META_REVISION)? {
-        Some(b) => u64::from_be_bytes(
-            b.as_slice()
-                .try_into()
-                .map_err(|_| StorageError("corrupt store revision".into()))?,
-        ),
-        None => 0,
-    })
+    read_u64(s, keys::META_REVISION, "store revision")
 }
 
 /// When the next record expires (ms on the state clock), so the leader can propose a tick.
