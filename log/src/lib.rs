@@ -83,8 +83,6 @@ impl Db {
             message: e.into_string(),
         })?;
         table.set_block_cache(&cache);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         state.set_block_based_table_factory(&table);
         state.set_memtable_whole_key_filtering(true);
         state.set_memtable_prefix_bloom_ratio(0.05);
