@@ -297,14 +297,22 @@ mod tests {
         assert!(db.get_meta(VOTE).unwrap().is_none());
 
         // Another node's committed leadership stays as it is.
-        db.put_meta(VOTE, &codec::encode(&Vote::<u64>::new_committed(4, 2)), true)
-            .unwrap();
+        db.put_meta(
+            VOTE,
+            &codec::encode(&Vote::<u64>::new_committed(4, 2)),
+            true,
+        )
+        .unwrap();
         stand_for_election(&db, 1).unwrap();
         assert_eq!(read(&db), Vote::new_committed(4, 2));
 
         // Its own: the same term, no longer committed, so it must win an election.
-        db.put_meta(VOTE, &codec::encode(&Vote::<u64>::new_committed(5, 1)), true)
-            .unwrap();
+        db.put_meta(
+            VOTE,
+            &codec::encode(&Vote::<u64>::new_committed(5, 1)),
+            true,
+        )
+        .unwrap();
         stand_for_election(&db, 1).unwrap();
         assert_eq!(read(&db), Vote::new(5, 1));
         assert!(!read(&db).is_committed());
