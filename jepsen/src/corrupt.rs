@@ -86,7 +86,9 @@ impl Damage {
     pub fn expected_error(&self) -> Option<String> {
         match self {
             Damage::FlipLog { index, .. } => Some(format!("log record {index} is corrupt")),
-            Damage::TruncateLog { .. } => None,
+            // Refused only when the node had applied or known committed what was lost; a
+            // shorter log that lost nothing it vouched for starts and catches up.
+            Damage::TruncateLog { .. } => Some("are missing".into()),
             Damage::FlipSnapshot { .. } => Some("snapshot is corrupt".into()),
         }
     }
