@@ -46,6 +46,29 @@ fn size(cmds: &[Command]) -> usize {
     cmds.iter().map(Command::size_hint).sum()
 }
 
+/// A batch: `first` plus whatever is queued, within the bounds. Groups are never split, and only
+/// the first may exceed the bounds on its own, so an entry holds at most MAX_BYTES or one group
+/// (itself at most MAX_BYTES plus one value). Returns the batch, its command count and the
+/// group that did not fit, if any (it starts the next batch).
+fn fill(
+    first: Pending,
+    rx: &mut mpsc::UnboundedReceiver<Pending>,
+) -> (Vec<Pending>, usize, Option<Pending>) {
+    let mut bytes = size(&first.cmds);
+    let mut count = first.cmds.len();
+    let mut batch = vec![first];
+    while let Ok(p) = rx.try_recv() {
+        let (n, b) = (p.cmds.len(), size(&p.cmds));
+        if count + n > MAX_COMMANDS || bytes + b > MAX_BYTES {
+            return (batch, count, Some(p));
+        }
+        count += n;
+        bytes += b;
+        batch.push(p);
+    }
+    (batch, count, None)
+}
+
 /// Takes queued writes off `rx` in batches and proposes each batch through `node`.
 pub(crate) async fn run(
     node: Node,
@@ -53,31 +76,25 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // A group that would have made the previous batch too big starts the next one.
+    let mut carry: Option<Pending> = None;
     loop {
-        let first = tokio::select! {
-            p = rx.recv() => match p {
-                Some(p) => p,
-                None => return,
+        let first = match carry.take() {
+            Some(p) => p,
+            None => tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
             },
-            _ = stop.wait_for(|s| *s) => return,
         };
         // Wait for a slot first: whatever arrives meanwhile joins this batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = size(&first.cmds);
-        let mut count = first.cmds.len();
-        let mut batch = vec![first];
-        while count < MAX_COMMANDS && bytes < MAX_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += size(&p.cmds);
-                    count += p.cmds.len();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
+        let (batch, count, next) = fill(first, &mut rx);
+        carry = next;
         let node = node.clone();
         tokio::spawn(async move {
             let mut cmds = Vec::with_capacity(count);
@@ -110,5 +127,51 @@ pub(crate) async fn run(
             }
             drop(slot);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use micro_state::Put;
+
+    fn put(value_bytes: usize) -> Command {
+        Command::Put(Put {
+            key: "k".into(),
+            value: vec![0; value_bytes],
+            ..Default::default()
+        })
+    }
+
+    fn group(cmds: Vec<Command>) -> Pending {
+        Pending {
+            cmds,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn batches_keep_groups_whole_and_within_bounds() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // First 1 MiB; queued 0.9 MiB (fits: 1.9 MiB), 0.5 MiB (would pass 2 MiB: carried), 10 B.
+        for v in [900 * 1024, 512 * 1024, 10] {
+            tx.send(group(vec![put(v)])).unwrap();
+        }
+        let (batch, count, carry) = fill(group(vec![put(1024 * 1024)]), &mut rx);
+        assert_eq!((batch.len(), count), (2, 2));
+        let carry = carry.expect("the group that did not fit");
+        assert_eq!(carry.cmds[0].size_hint(), put(512 * 1024).size_hint());
+        // It starts the next batch, with what is still queued.
+        let (batch, count, carry) = fill(carry, &mut rx);
+        assert_eq!((batch.len(), count), (2, 2));
+        assert!(carry.is_none());
+
+        // A forwarded group of many commands is never split; the count bound applies between
+        // groups.
+        let big: Vec<Command> = (0..MAX_COMMANDS).map(|_| put(1)).collect();
+        tx.send(group(vec![put(1)])).unwrap();
+        let (batch, count, carry) = fill(group(big), &mut rx);
+        assert_eq!((batch.len(), count), (1, MAX_COMMANDS));
+        assert_eq!(carry.map(|p| p.cmds.len()), Some(1));
     }
 }
