@@ -431,18 +431,30 @@ impl Report {
     }
 
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        std::fs::write(
-            dir.join("results.json"),
-            serde_json::to_string_pretty(self)? + "\n",
-        )?;
-        std::fs::write(
-            dir.join("results.md"),
-            format!("# micro-bench compare\n\n{}", self.markdown()),
-        )?;
+        write_outputs(dir, "results", "compare", self, &self.markdown())?;
         std::fs::write(dir.join("throughput.svg"), throughput_svg(&self.rows))?;
         Ok(())
     }
+}
+
+/// Writes `DIR/STEM.json` (the whole report) and `DIR/STEM.md` (its Markdown, titled).
+fn write_outputs(
+    dir: &Path,
+    stem: &str,
+    command: &str,
+    report: &impl Serialize,
+    markdown: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::write(
+        dir.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(report)? + "\n",
+    )?;
+    std::fs::write(
+        dir.join(format!("{stem}.md")),
+        format!("# micro-bench {command}\n\n{markdown}"),
+    )?;
+    Ok(())
 }
 
 /// Replaces the generated section `sec` of `doc` (between its markers) with `text`; creates

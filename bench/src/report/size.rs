@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::Context;
 use serde::Serialize;
 
 use super::{fmt_opt, fmt_ratio, markdown_header, Machine};
@@ -229,16 +228,7 @@ impl SizeReport {
     }
 
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        std::fs::write(
-            dir.join("size.json"),
-            serde_json::to_string_pretty(self)? + "\n",
-        )?;
-        std::fs::write(
-            dir.join("size.md"),
-            format!("# micro-bench size\n\n{}", self.markdown()),
-        )?;
-        Ok(())
+        super::write_outputs(dir, "size", "size", self, &self.markdown())
     }
 }
 

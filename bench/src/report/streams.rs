@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::Context;
 use serde::Serialize;
 
 use super::{fmt_opt, fmt_ratio, fmt_rss, markdown_header, per_1k, Latency, Machine};
@@ -314,16 +313,7 @@ impl StreamsReport {
     }
 
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        std::fs::write(
-            dir.join("streams.json"),
-            serde_json::to_string_pretty(self)? + "\n",
-        )?;
-        std::fs::write(
-            dir.join("streams.md"),
-            format!("# micro-bench streams\n\n{}", self.markdown()),
-        )?;
-        Ok(())
+        super::write_outputs(dir, "streams", "streams", self, &self.markdown())
     }
 }
 
