@@ -42,6 +42,17 @@ pub(crate) struct Pending {
     pub(crate) reply: Reply,
 }
 
+/// Queues `cmds` on a node's batcher and waits for their entry's index and outcomes.
+pub(crate) async fn submit(
+    batcher: &mpsc::UnboundedSender<Pending>,
+    cmds: Vec<Command>,
+) -> Result<(u64, Vec<Outcome>), Error> {
+    let (reply, rx) = oneshot::channel();
+    let gone = || Error::Unavailable("the node is shutting down".into());
+    batcher.send(Pending { cmds, reply }).map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())?
+}
+
 fn size(cmds: &[Command]) -> usize {
     cmds.iter().map(Command::size_hint).sum()
 }

@@ -270,22 +270,12 @@ impl Node {
         if let Err(Outcome::Rejected { field, reason }) = cmd.validate() {
             return Err(Error::Invalid { field, reason });
         }
-        let (index, mut out) = self.submit(vec![cmd]).await?;
+        let (index, mut out) = crate::batch::submit(&self.proposer, vec![cmd]).await?;
         match out.pop() {
             Some(Outcome::Rejected { field, reason }) => Err(Error::Invalid { field, reason }),
             Some(o) => Ok((index, o)),
             None => Err(Error::Internal("a write produced no outcome".into())),
         }
-    }
-
-    /// Queues commands for the batcher; they are proposed together, in order.
-    pub(crate) async fn submit(&self, cmds: Vec<Command>) -> Result<(u64, Vec<Outcome>), Error> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.proposer
-            .send(crate::batch::Pending { cmds, reply })
-            .map_err(|_| Error::Unavailable("the node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| Error::Unavailable("the node is shutting down".into()))?
     }
 
     /// Proposes a batch of independent commands as one entry, on the leader.

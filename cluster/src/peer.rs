@@ -113,25 +113,14 @@ impl Peer for PeerService {
                 self.node.propose_here(cmds).await;
             return reply(&res);
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let queued = self
-            .proposer
-            .send(crate::batch::Pending { cmds, reply: tx });
-        let res: Result<(u64, Vec<micro_state::Outcome>), ForwardError> = match queued {
-            Err(_) => Err(ForwardError::Unavailable(
-                "the leader is shutting down".into(),
-            )),
-            Ok(()) => match rx.await {
-                Ok(Ok(r)) => Ok(r),
-                Ok(Err(crate::Error::Invalid { field, reason })) => {
+        let res: Result<(u64, Vec<micro_state::Outcome>), ForwardError> =
+            match crate::batch::submit(&self.proposer, cmds).await {
+                Ok(r) => Ok(r),
+                Err(crate::Error::Invalid { field, reason }) => {
                     Err(ForwardError::Invalid { field, reason })
                 }
-                Ok(Err(e)) => Err(ForwardError::Unavailable(e.to_string())),
-                Err(_) => Err(ForwardError::Unavailable(
-                    "the leader is shutting down".into(),
-                )),
-            },
-        };
+                Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+            };
         reply(&res)
     }
 
