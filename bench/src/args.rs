@@ -29,6 +29,30 @@ pub enum Cmd {
     Size(SizeArgs),
 }
 
+/// Options every subcommand shares.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Directory for the JSON and Markdown results (results.*, streams.*, size.*)
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// The `micro` binary (default: `release/micro` in this executable's target dir)
+    #[arg(long)]
+    pub micro_bin: Option<PathBuf>,
+    /// Do not run `cargo build --release -p micro-services --bin micro` first
+    #[arg(long)]
+    pub no_build: bool,
+    /// Markdown file whose generated section gets the latest tables (default: the workspace's
+    /// docs/benchmarks.md)
+    #[arg(long)]
+    pub docs: Option<PathBuf>,
+    /// Do not update any docs file
+    #[arg(long, conflicts_with = "docs")]
+    pub no_docs: bool,
+    /// Where the temporary data dirs go (default: the system temp dir); they are removed
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct StreamsArgs {
     /// Systems to measure, comma separated
@@ -55,29 +79,12 @@ pub struct StreamsArgs {
     /// Events to load into a fresh topic / stream and replay from the start (0: no replay)
     #[arg(long, default_value_t = 1_000_000)]
     pub replay_events: u64,
-    /// Directory for streams.json and streams.md
-    #[arg(long, default_value = "bench-results")]
-    pub out: PathBuf,
-    /// The `micro` binary (default: `release/micro` in this executable's target dir)
-    #[arg(long)]
-    pub micro_bin: Option<PathBuf>,
     /// The `nats-server` binary (default: `nats-server` on PATH, installed by
     /// bench/scripts/install-nats)
     #[arg(long)]
     pub nats_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p micro-services --bin micro` first
-    #[arg(long)]
-    pub no_build: bool,
-    /// Markdown file whose generated streams section gets the latest tables (default: the
-    /// workspace's docs/benchmarks.md)
-    #[arg(long)]
-    pub docs: Option<PathBuf>,
-    /// Do not update any docs file
-    #[arg(long, conflicts_with = "docs")]
-    pub no_docs: bool,
-    /// Where the temporary data dirs go (default: the system temp dir); they are removed
-    #[arg(long)]
-    pub data_root: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 impl StreamsArgs {
@@ -128,28 +135,11 @@ pub struct SizeArgs {
     /// How long to leave the servers idle after the load before the second measurement
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub settle: Duration,
-    /// Directory for size.json and size.md
-    #[arg(long, default_value = "bench-results")]
-    pub out: PathBuf,
-    /// The `micro` binary (default: `release/micro` in this executable's target dir)
-    #[arg(long)]
-    pub micro_bin: Option<PathBuf>,
     /// The `etcd` binary (default: `etcd` on PATH, installed by bench/scripts/install-etcd)
     #[arg(long)]
     pub etcd_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p micro-services --bin micro` first
-    #[arg(long)]
-    pub no_build: bool,
-    /// Markdown file whose generated size section gets the latest table (default: the
-    /// workspace's docs/benchmarks.md)
-    #[arg(long)]
-    pub docs: Option<PathBuf>,
-    /// Do not update any docs file
-    #[arg(long, conflicts_with = "docs")]
-    pub no_docs: bool,
-    /// Where the temporary data dirs go (default: the system temp dir); they are removed
-    #[arg(long)]
-    pub data_root: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 impl SizeArgs {
@@ -246,28 +236,11 @@ pub struct CompareArgs {
     /// Unmeasured load before each cell's measurement starts
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub warmup: Duration,
-    /// Directory for results.json and results.md
-    #[arg(long, default_value = "bench-results")]
-    pub out: PathBuf,
-    /// The `micro` binary (default: `release/micro` in this executable's target dir)
-    #[arg(long)]
-    pub micro_bin: Option<PathBuf>,
     /// The `etcd` binary (default: `etcd` on PATH, installed by bench/scripts/install-etcd)
     #[arg(long)]
     pub etcd_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p micro-services --bin micro` first
-    #[arg(long)]
-    pub no_build: bool,
-    /// Markdown file whose generated section gets the latest table (default: the workspace's
-    /// docs/benchmarks.md when it exists)
-    #[arg(long)]
-    pub docs: Option<PathBuf>,
-    /// Do not update any docs file
-    #[arg(long, conflicts_with = "docs")]
-    pub no_docs: bool,
-    /// Where the temporary data dirs go (default: the system temp dir); they are removed
-    #[arg(long)]
-    pub data_root: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 impl CompareArgs {

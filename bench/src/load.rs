@@ -51,7 +51,7 @@ struct WorkerOutcome {
     hist: Histogram<u64>,
 }
 
-fn progress_bar(len: u64, prefix: String) -> ProgressBar {
+pub(crate) fn progress_bar(len: u64, prefix: String) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{prefix:>28} [{elapsed_precise}] {bar:30} {msg}")
@@ -64,6 +64,55 @@ fn progress_bar(len: u64, prefix: String) -> ProgressBar {
 
 fn sum_cpu(samples: &[Option<f64>]) -> Option<f64> {
     samples.iter().copied().sum()
+}
+
+/// Shows a cell's progress (`counter` completions, as `unit`) until `end`, reading CPU seconds
+/// of the servers and of this process when the measured window starts and when it ends.
+/// Returns the (servers, bench) CPU seconds spent in the window, where readable.
+pub(crate) async fn watch_cell(
+    pb: &ProgressBar,
+    counter: &AtomicU64,
+    unit: &str,
+    (start, measure_from, end): (Instant, Instant, Instant),
+    server_cpu: impl Fn() -> Vec<Option<f64>>,
+) -> (Option<f64>, Option<f64>) {
+    let mut cpu0: Option<(Vec<Option<f64>>, Option<f64>)> = None;
+    let mut last = (Instant::now(), 0u64);
+    let mut rate = 0.0;
+    loop {
+        let now = Instant::now();
+        if cpu0.is_none() && now >= measure_from {
+            cpu0 = Some((server_cpu(), cpu_seconds("self")));
+        }
+        if now >= end {
+            break;
+        }
+        let done = counter.load(Ordering::Relaxed);
+        let dt = (now - last.0).as_secs_f64();
+        if dt >= 1.0 {
+            rate = (done - last.1) as f64 / dt;
+            last = (now, done);
+        }
+        pb.set_position((now - start).as_millis() as u64);
+        let phase = if now < measure_from {
+            "warmup"
+        } else {
+            "measuring"
+        };
+        pb.set_message(format!("{phase}: {rate:.0} {unit}"));
+        let next =
+            (now + Duration::from_millis(250)).min(if cpu0.is_none() { measure_from } else { end });
+        sleep_until(next).await;
+    }
+    let (c1, b1) = (server_cpu(), cpu_seconds("self"));
+    let Some((c0, b0)) = cpu0 else {
+        return (None, None);
+    };
+    let spent = |a: f64, b: f64| (b - a).max(0.0);
+    (
+        sum_cpu(&c0).zip(sum_cpu(&c1)).map(|(a, b)| spent(a, b)),
+        b0.zip(b1).map(|(a, b)| spent(a, b)),
+    )
 }
 
 /// Runs one cell against `cluster`: connects `clients` workers, loads for warmup + duration.
@@ -102,35 +151,11 @@ pub async fn run_cell(cluster: &mut Cluster, cell: &Cell) -> anyhow::Result<Cell
             cell.clients
         ),
     );
-    let mut cpu0: Option<(Vec<Option<f64>>, Option<f64>)> = None;
-    let mut last = (Instant::now(), 0u64);
-    let mut rate = 0.0;
-    loop {
-        let now = Instant::now();
-        if cpu0.is_none() && now >= measure_from {
-            cpu0 = Some((cluster.cpu_seconds(), cpu_seconds("self")));
-        }
-        if now >= end {
-            break;
-        }
-        let done = counter.load(Ordering::Relaxed);
-        let dt = (now - last.0).as_secs_f64();
-        if dt >= 1.0 {
-            rate = (done - last.1) as f64 / dt;
-            last = (now, done);
-        }
-        pb.set_position((now - start).as_millis() as u64);
-        let phase = if now < measure_from {
-            "warmup"
-        } else {
-            "measuring"
-        };
-        pb.set_message(format!("{phase}: {rate:.0} ops/s"));
-        let next =
-            (now + Duration::from_millis(250)).min(if cpu0.is_none() { measure_from } else { end });
-        sleep_until(next).await;
-    }
-    let cpu1 = (cluster.cpu_seconds(), cpu_seconds("self"));
+    let (server_cpu_s, bench_cpu_s) =
+        watch_cell(&pb, &counter, "ops/s", (start, measure_from, end), || {
+            cluster.cpu_seconds()
+        })
+        .await;
     let seconds = (end - measure_from).as_secs_f64();
 
     let mut out = CellOutcome {
@@ -139,16 +164,10 @@ pub async fn run_cell(cluster: &mut Cluster, cell: &Cell) -> anyhow::Result<Cell
         error_samples: BTreeMap::new(),
         hist: new_histogram(),
         seconds,
-        server_cpu_s: None,
-        bench_cpu_s: None,
+        server_cpu_s,
+        bench_cpu_s,
         peak_rss_mib: cluster.peak_rss_mib(),
     };
-    if let Some((c0, b0)) = cpu0 {
-        out.server_cpu_s = sum_cpu(&c0)
-            .zip(sum_cpu(&cpu1.0))
-            .map(|(a, b)| (b - a).max(0.0));
-        out.bench_cpu_s = b0.zip(cpu1.1).map(|(a, b)| (b - a).max(0.0));
-    }
     for t in tasks {
         let w = t.await.context("load worker panicked")?;
         out.ops += w.ops;

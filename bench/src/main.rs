@@ -204,6 +204,26 @@ fn micro_git(workspace: Option<&Path>, micro_bin_given: bool) -> String {
     }
 }
 
+impl args::Common {
+    /// The `micro` binary when `wanted` (built first unless `--no-build`).
+    fn micro(&self, wanted: bool, workspace: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+        if !wanted {
+            return Ok(None);
+        }
+        micro_bin(self.micro_bin.as_deref(), self.no_build, workspace).map(Some)
+    }
+
+    /// Where the servers' temporary data dirs go.
+    fn data_root(&self) -> PathBuf {
+        self.data_root.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// The Markdown file whose generated sections get the results, if any.
+    fn docs_file(&self, workspace: Option<&Path>) -> Option<PathBuf> {
+        docs_path(self.docs.as_deref(), self.no_docs, workspace)
+    }
+}
+
 /// The Markdown file whose generated sections get the results, if any.
 fn docs_path(given: Option<&Path>, no_docs: bool, workspace: Option<&Path>) -> Option<PathBuf> {
     match (given, no_docs, workspace) {
@@ -243,25 +263,19 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
     let workspace = workspace_root();
     let mut targets = a.target.clone();
     targets.dedup();
-    let micro = if targets.contains(&Target::Micro) {
-        Some(micro_bin(
-            a.micro_bin.as_deref(),
-            a.no_build,
-            workspace.as_deref(),
-        )?)
-    } else {
-        None
-    };
+    let micro = a
+        .common
+        .micro(targets.contains(&Target::Micro), workspace.as_deref())?;
     let etcd = if targets.contains(&Target::Etcd) {
         Some(etcd_bin(a.etcd_bin.as_deref())?)
     } else {
         None
     };
-    let data_root = a.data_root.clone().unwrap_or_else(std::env::temp_dir);
+    let data_root = a.common.data_root();
     let mut machine = Machine::probe(&data_root);
     let versions = Versions {
         micro: micro.as_deref().map_or("-".into(), report::version_of),
-        micro_git: micro_git(workspace.as_deref(), a.micro_bin.is_some()),
+        micro_git: micro_git(workspace.as_deref(), a.common.micro_bin.is_some()),
         etcd: etcd.as_deref().map_or("-".into(), report::version_of),
         client: "tonic 0.14 for both (Micro's SDK; etcd's KV API generated from bench/proto)"
             .into(),
@@ -361,13 +375,8 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
         rows,
     };
     println!("\n{}", report::text_table(&report.rows));
-    report.write(&a.out)?;
-    eprintln!(
-        "wrote {} and {}",
-        a.out.join("results.json").display(),
-        a.out.join("results.md").display()
-    );
-    if let Some(d) = docs_path(a.docs.as_deref(), a.no_docs, workspace.as_deref()) {
+    report.write(&a.common.out)?;
+    if let Some(d) = a.common.docs_file(workspace.as_deref()) {
         if let Some(dir) = d.parent() {
             std::fs::write(
                 dir.join("benchmarks-throughput.svg"),

@@ -446,14 +446,13 @@ fn write_outputs(
     markdown: &str,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    std::fs::write(
+    let (json, md) = (
         dir.join(format!("{stem}.json")),
-        serde_json::to_string_pretty(report)? + "\n",
-    )?;
-    std::fs::write(
         dir.join(format!("{stem}.md")),
-        format!("# micro-bench {command}\n\n{markdown}"),
-    )?;
+    );
+    std::fs::write(&json, serde_json::to_string_pretty(report)? + "\n")?;
+    std::fs::write(&md, format!("# micro-bench {command}\n\n{markdown}"))?;
+    eprintln!("wrote {} and {}", json.display(), md.display());
     Ok(())
 }
 

@@ -30,21 +30,15 @@ pub async fn run(a: SizeArgs) -> anyhow::Result<()> {
     let mut targets = a.target.clone();
     targets.sort();
     targets.dedup();
-    let micro = if targets.contains(&Target::Micro) {
-        Some(crate::micro_bin(
-            a.micro_bin.as_deref(),
-            a.no_build,
-            workspace.as_deref(),
-        )?)
-    } else {
-        None
-    };
+    let micro = a
+        .common
+        .micro(targets.contains(&Target::Micro), workspace.as_deref())?;
     let etcd = if targets.contains(&Target::Etcd) {
         Some(crate::etcd_bin(a.etcd_bin.as_deref())?)
     } else {
         None
     };
-    let data_root = a.data_root.clone().unwrap_or_else(std::env::temp_dir);
+    let data_root = a.common.data_root();
     let mut machine = Machine::probe(&data_root);
     let raw = a.keys * (a.key_size + a.value_size) as u64;
     let cell = Cell {
@@ -113,7 +107,7 @@ pub async fn run(a: SizeArgs) -> anyhow::Result<()> {
         wall_seconds: wall.elapsed().as_secs_f64(),
         machine,
         micro: micro.as_deref().map_or("-".into(), report::version_of),
-        micro_git: crate::micro_git(workspace.as_deref(), a.micro_bin.is_some()),
+        micro_git: crate::micro_git(workspace.as_deref(), a.common.micro_bin.is_some()),
         etcd: etcd.as_deref().map_or("-".into(), report::version_of),
         params: SizeParams {
             targets,
@@ -126,13 +120,8 @@ pub async fn run(a: SizeArgs) -> anyhow::Result<()> {
         rows,
     };
     println!("\n{}", report::size_text_table(&report.rows));
-    report.write(&a.out)?;
-    eprintln!(
-        "wrote {} and {}",
-        a.out.join("size.json").display(),
-        a.out.join("size.md").display()
-    );
-    if let Some(d) = crate::docs_path(a.docs.as_deref(), a.no_docs, workspace.as_deref()) {
+    report.write(&a.common.out)?;
+    if let Some(d) = a.common.docs_file(workspace.as_deref()) {
         report::update_docs(&d, &report::SIZE_SECTION, &report.markdown())?;
         eprintln!("updated {}", d.display());
     }

@@ -16,14 +16,12 @@ use anyhow::{bail, Context};
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
-use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio::time::{sleep, timeout, Instant};
 
 use crate::args::{StreamTarget, StreamsArgs};
 use crate::cluster::{nodes_cpu_seconds, nodes_peak_rss_mib, Cluster, Node};
-use crate::load::{new_histogram, CellOutcome};
+use crate::load::{new_histogram, progress_bar, watch_cell, CellOutcome};
 use crate::nats::{self, JsCluster};
-use crate::procs::cpu_seconds;
 use crate::report::{self, Machine, PublishRow, ReplayRow, StreamsParams, StreamsReport};
 
 const PUB_TOPIC: &str = "bench";
@@ -74,21 +72,15 @@ pub async fn run(a: StreamsArgs) -> anyhow::Result<()> {
     let mut targets = a.target.clone();
     targets.sort();
     targets.dedup();
-    let micro_bin = if targets.contains(&StreamTarget::Micro) {
-        Some(crate::micro_bin(
-            a.micro_bin.as_deref(),
-            a.no_build,
-            workspace.as_deref(),
-        )?)
-    } else {
-        None
-    };
+    let micro_bin = a
+        .common
+        .micro(targets.contains(&StreamTarget::Micro), workspace.as_deref())?;
     let nats_bin = if targets.contains(&StreamTarget::Jetstream) {
         Some(crate::nats_bin(a.nats_bin.as_deref())?)
     } else {
         None
     };
-    let data_root = a.data_root.clone().unwrap_or_else(std::env::temp_dir);
+    let data_root = a.common.data_root();
     let mut machine = Machine::probe(&data_root);
     let micro_version = micro_bin.as_deref().map_or("-".into(), report::version_of);
     let nats_version = nats_bin.as_deref().map_or("-".into(), nats::version_of);
@@ -192,7 +184,7 @@ pub async fn run(a: StreamsArgs) -> anyhow::Result<()> {
         wall_seconds: wall.elapsed().as_secs_f64(),
         machine,
         micro: micro_version,
-        micro_git: crate::micro_git(workspace.as_deref(), a.micro_bin.is_some()),
+        micro_git: crate::micro_git(workspace.as_deref(), a.common.micro_bin.is_some()),
         nats_server: nats_version,
         jetstream_durability: durability.map(|d| d.describe().to_string()),
         client: "Micro's SDK (tonic 0.14) for Micro; async-nats 0.46 for JetStream".into(),
@@ -212,13 +204,8 @@ pub async fn run(a: StreamsArgs) -> anyhow::Result<()> {
     if !report.replay.is_empty() {
         println!("{}", report::replay_text_table(&report.replay));
     }
-    report.write(&a.out)?;
-    eprintln!(
-        "wrote {} and {}",
-        a.out.join("streams.json").display(),
-        a.out.join("streams.md").display()
-    );
-    if let Some(d) = crate::docs_path(a.docs.as_deref(), a.no_docs, workspace.as_deref()) {
+    report.write(&a.common.out)?;
+    if let Some(d) = a.common.docs_file(workspace.as_deref()) {
         report::update_docs(&d, &report::STREAMS_SECTION, &report.markdown())?;
         eprintln!("updated {}", d.display());
     }
@@ -272,21 +259,6 @@ impl Publisher {
         }
         Ok(())
     }
-}
-
-fn progress_bar(len: u64, prefix: String) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>28} [{elapsed_precise}] {bar:30} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_prefix(prefix);
-    pb
-}
-
-fn sum(v: &[Option<f64>]) -> Option<f64> {
-    v.iter().copied().sum()
 }
 
 /// `clients` closed-loop publishers against `t` for warmup + duration.
@@ -347,49 +319,24 @@ async fn publish_cell(
         (end - start).as_millis() as u64,
         format!("{} publish c={clients}", t.name()),
     );
-    let mut cpu0 = None;
-    let mut last = (Instant::now(), 0u64);
-    let mut rate = 0.0;
-    loop {
-        let now = Instant::now();
-        if cpu0.is_none() && now >= measure_from {
-            cpu0 = Some((nodes_cpu_seconds(sys.nodes(t)), cpu_seconds("self")));
-        }
-        if now >= end {
-            break;
-        }
-        let done = counter.load(Ordering::Relaxed);
-        let dt = (now - last.0).as_secs_f64();
-        if dt >= 1.0 {
-            rate = (done - last.1) as f64 / dt;
-            last = (now, done);
-        }
-        pb.set_position((now - start).as_millis() as u64);
-        let phase = if now < measure_from {
-            "warmup"
-        } else {
-            "measuring"
-        };
-        pb.set_message(format!("{phase}: {rate:.0} events/s"));
-        let next =
-            (now + Duration::from_millis(250)).min(if cpu0.is_none() { measure_from } else { end });
-        sleep_until(next).await;
-    }
-    let cpu1 = (nodes_cpu_seconds(sys.nodes(t)), cpu_seconds("self"));
+    let (server_cpu_s, bench_cpu_s) = watch_cell(
+        &pb,
+        &counter,
+        "events/s",
+        (start, measure_from, end),
+        || nodes_cpu_seconds(sys.nodes(t)),
+    )
+    .await;
     let mut out = CellOutcome {
         ops: 0,
         errors: 0,
         error_samples: BTreeMap::new(),
         hist: new_histogram(),
         seconds: (end - measure_from).as_secs_f64(),
-        server_cpu_s: None,
-        bench_cpu_s: None,
+        server_cpu_s,
+        bench_cpu_s,
         peak_rss_mib: nodes_peak_rss_mib(sys.nodes(t)),
     };
-    if let Some((c0, b0)) = cpu0 {
-        out.server_cpu_s = sum(&c0).zip(sum(&cpu1.0)).map(|(a, b)| (b - a).max(0.0));
-        out.bench_cpu_s = b0.zip(cpu1.1).map(|(a, b)| (b - a).max(0.0));
-    }
     for task in tasks {
         let (ops, errors, samples, hist) = task.await.context("publisher panicked")?;
         out.ops += ops;
