@@ -409,24 +409,16 @@ impl Report {
         }
         let _ = writeln!(s, "- Whole run: {:.0} s\n", self.wall_seconds);
         s.push_str(&markdown_table(&self.rows));
-        let errors: Vec<String> = self
-            .rows
-            .iter()
-            .filter(|r| r.errors > 0)
-            .map(|r| {
-                format!(
-                    "- {} {} c={}: {} errors, e.g. {:?}",
-                    r.target.name(),
-                    r.workload.name(),
-                    r.clients,
+        push_errors(
+            &mut s,
+            self.rows.iter().map(|r| {
+                (
+                    format!("{} {} c={}", r.target.name(), r.workload.name(), r.clients),
                     r.errors,
-                    r.error_samples.keys().next().cloned().unwrap_or_default()
+                    &r.error_samples,
                 )
-            })
-            .collect();
-        if !errors.is_empty() {
-            let _ = writeln!(s, "\nErrors:\n\n{}", errors.join("\n"));
-        }
+            }),
+        );
         s
     }
 
@@ -434,6 +426,23 @@ impl Report {
         write_outputs(dir, "results", "compare", self, &self.markdown())?;
         std::fs::write(dir.join("throughput.svg"), throughput_svg(&self.rows))?;
         Ok(())
+    }
+}
+
+/// Appends an "Errors" list (cell label, count, one sample message) for the cells that had any.
+fn push_errors<'a>(
+    s: &mut String,
+    cells: impl Iterator<Item = (String, u64, &'a BTreeMap<String, u64>)>,
+) {
+    let lines: Vec<String> = cells
+        .filter(|(_, errors, _)| *errors > 0)
+        .map(|(label, errors, samples)| {
+            let sample = samples.keys().next().cloned().unwrap_or_default();
+            format!("- {label}: {errors} errors, e.g. {sample:?}")
+        })
+        .collect();
+    if !lines.is_empty() {
+        let _ = writeln!(s, "\nErrors:\n\n{}", lines.join("\n"));
     }
 }
 
@@ -591,6 +600,24 @@ pub fn throughput_svg(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_lists_name_only_cells_with_errors() {
+        let none = BTreeMap::new();
+        let some = BTreeMap::from([("timed out".to_string(), 3u64)]);
+        let mut s = String::new();
+        push_errors(&mut s, [("a c=1".to_string(), 0, &none)].into_iter());
+        assert_eq!(s, "");
+        push_errors(
+            &mut s,
+            [
+                ("a c=1".to_string(), 0, &none),
+                ("b c=16".to_string(), 3, &some),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(s, "\nErrors:\n\n- b c=16: 3 errors, e.g. \"timed out\"\n");
+    }
     use crate::load::new_histogram;
 
     fn outcome(ops: u64) -> CellOutcome {

@@ -292,23 +292,16 @@ impl StreamsReport {
             s.push('\n');
             s.push_str(&replay_markdown_table(&self.replay));
         }
-        let errors: Vec<String> = self
-            .publish
-            .iter()
-            .filter(|r| r.errors > 0)
-            .map(|r| {
-                format!(
-                    "- {} publish c={}: {} errors, e.g. {:?}",
-                    r.target.name(),
-                    r.clients,
+        super::push_errors(
+            &mut s,
+            self.publish.iter().map(|r| {
+                (
+                    format!("{} publish c={}", r.target.name(), r.clients),
                     r.errors,
-                    r.error_samples.keys().next().cloned().unwrap_or_default()
+                    &r.error_samples,
                 )
-            })
-            .collect();
-        if !errors.is_empty() {
-            let _ = writeln!(s, "\nErrors:\n\n{}", errors.join("\n"));
-        }
+            }),
+        );
         s
     }
 
