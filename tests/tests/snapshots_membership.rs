@@ -164,6 +164,12 @@ async fn grow_from_one_to_three_and_shrink_under_writes() -> anyhow::Result<()> 
         })
     };
 
+    // Writes flow on the single node before the membership changes start (with batched
+    // writes the changes below can take well under a second, and the writer must span them).
+    eventually("the writer to get going", LONG, || async {
+        Ok((acked.lock().unwrap().len() >= 60).then_some(()))
+    })
+    .await?;
     let admin = c.client(1).await?;
     // Promotion of a node that has received nothing is refused with a reason.
     let err = {
