@@ -258,26 +258,12 @@ impl CompareArgs {
     }
 }
 
-/// `250ms`, `10s`, `2m`, or a bare number of seconds.
+/// `250ms`, `10s`, `2m`, or a bare number of seconds (no hours: a cell that long is a typo).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 10s, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{s}` is not a duration"));
+    if s.trim().ends_with('h') {
+        return Err(format!("`{}`: use ms, s or m for a benchmark", s.trim()));
     }
-    Ok(Duration::from_secs_f64(secs))
+    micro_testkit::parse_duration(s)
 }
 
 /// Key `i` of the key space, zero padded to `size` bytes.

@@ -21,25 +21,7 @@ pub mod workload;
 pub use checker::{Validity, Verdict};
 pub use run::{run, Config, Report};
 
-/// Parses `60s`, `500ms`, `2m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 60s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h)")),
-    };
-    Ok(std::time::Duration::from_secs_f64(secs))
-}
+pub use micro_testkit::parse_duration;
 
 /// The `micro` binary next to the running executable (`target/<profile>/`), or one level up
 /// (test executables live in `target/<profile>/deps/`).

@@ -1,5 +1,6 @@
 //! `micro-testkit`: shared by the harnesses that start real `micro` processes on 127.0.0.1
-//! (`tests/`, `jepsen/`, `bench/`). No dependencies, so it costs nothing to build.
+//! (`tests/`, `jepsen/`, `bench/`): free ports and the duration flags' parser. No dependencies,
+//! so it costs nothing to build.
 //!
 //! Ports come from below the kernel's ephemeral range (32768+). A port found by binding port 0
 //! and releasing it can be taken by any outgoing connection before the server binds it; ports
@@ -47,6 +48,43 @@ mod tests {
         for p in ports {
             assert!((20_000..32_000).contains(&p));
             TcpListener::bind(("127.0.0.1", p)).expect("still free");
+        }
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h` or a bare number of seconds (the harnesses' flags).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        for bad in ["fast", "10d", "", "1e9999h", "99999999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
 }
