@@ -5,13 +5,22 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "protos/store/store.proto",
-        "protos/events/events.proto",
-        "protos/broker/broker.proto",
-        "protos/cluster/cluster.proto",
-        "protos/raft/raft.proto",
-    ];
+    // Every .proto under protos/: adding a service is adding its file (and its module in
+    // lib.rs, which fails to compile until the generated code exists).
+    let mut files = Vec::new();
+    for dir in std::fs::read_dir("protos")? {
+        let dir = dir?.path();
+        if dir.is_dir() {
+            for f in std::fs::read_dir(&dir)? {
+                let f = f?.path();
+                if f.extension().is_some_and(|e| e == "proto") {
+                    files.push(f.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    files.sort();
+    println!("cargo:rerun-if-changed=protos");
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

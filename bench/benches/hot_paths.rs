@@ -29,16 +29,25 @@ fn state_apply(c: &mut Criterion) {
     let base = micro_state::MemStore::default();
     let req = micro_state::Request {
         time_ms: 1_700_000_000_000,
-        cmds: vec![micro_state::Command::Put(micro_state::Put {
-            key: "k".into(),
-            value: vec![0; 256],
-            ..Default::default()
-        })],
+        cmds: vec![micro_state::Command::Store(
+            micro_state::views::store::Cmd::Put(micro_state::Put {
+                key: "k".into(),
+                value: vec![0; 256],
+                ..Default::default()
+            }),
+        )],
     };
     c.bench_function("state_apply put 256 B (empty MemStore)", |b| {
         b.iter_batched_ref(
             || micro_state::Overlay::new(&base),
-            |ov| micro_state::apply(ov, black_box(7), black_box(&req)).expect("apply"),
+            |ov| {
+                micro_state::apply(
+                    ov,
+                    black_box(micro_state::LogPos { index: 7, term: 1 }),
+                    black_box(&req),
+                )
+                .expect("apply")
+            },
             BatchSize::SmallInput,
         )
     });

@@ -147,11 +147,11 @@ mod tests {
     use micro_state::Put;
 
     fn put(value_bytes: usize) -> Command {
-        Command::Put(Put {
+        Command::Store(micro_state::views::store::Cmd::Put(Put {
             key: "k".into(),
             value: vec![0; value_bytes],
             ..Default::default()
-        })
+        }))
     }
 
     fn group(cmds: Vec<Command>) -> Pending {

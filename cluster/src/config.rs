@@ -32,6 +32,11 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Entries kept behind the last snapshot for followers that lag a little.
     pub keep_behind_snapshot: u64,
+    /// The change feed keeps at most this many revisions (the leader compacts
+    /// older ones); 0 keeps every revision until an explicit compaction.
+    pub history_revisions: u64,
+    /// ...and drops revisions older than this (`None`: no age limit).
+    pub history_age: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -53,6 +58,8 @@ impl NodeConfig {
             election_timeout: (Duration::from_millis(800), Duration::from_millis(1600)),
             snapshot_every: 20_000,
             keep_behind_snapshot: 5_000,
+            history_revisions: 100_000,
+            history_age: None,
         }
     }
 

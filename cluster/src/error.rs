@@ -9,6 +9,15 @@ pub enum Error {
     /// A command was invalid; nothing was applied.
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// The asked-for revision is no longer in the change feed.
+    #[error("revision {requested} has been compacted; the oldest revision still available is compact_revision {compact_revision}")]
+    Compacted {
+        requested: u64,
+        compact_revision: u64,
+    },
+    /// The named thing does not exist (a lease, ...).
+    #[error("{0}")]
+    NotFound(String),
     /// The node's storage failed or is corrupt.
     #[error("storage: {0}")]
     Storage(String),

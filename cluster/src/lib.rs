@@ -17,6 +17,7 @@ mod batch;
 pub mod broker;
 pub mod config;
 pub mod error;
+pub mod feed;
 mod machine;
 mod network;
 pub mod node;
@@ -24,10 +25,12 @@ mod peer;
 pub mod restore;
 pub mod snapshot;
 mod store;
+pub mod watch;
 
 pub use config::NodeConfig;
 pub use error::Error;
 pub use node::{AppliedWatch, MemberStatus, MembershipOp, Node, Status, PROMOTE_MAX_LAG};
+pub use watch::{WatchEvent, WatchSpec};
 
 use std::io::Cursor;
 
@@ -62,7 +65,7 @@ pub fn now_ms() -> u64 {
 }
 
 pub use machine::StateMachine;
-pub use store::LogStore;
+pub use store::{decode_entry_bytes, LogStore};
 
 /// Opens the Raft log and state machine over one database in `dir`, as a node does. Used by
 /// the storage conformance suite and offline tools.

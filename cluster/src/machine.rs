@@ -50,10 +50,17 @@ pub struct StateMachine {
     dir: PathBuf,
     applied: Option<LogId>,
     membership: Membership,
+    feed: crate::feed::Sender,
 }
 
 impl StateMachine {
     pub fn open(db: Arc<Db>, dir: PathBuf) -> SResult<Self> {
+        Self::with_feed(db, dir, crate::feed::channel())
+    }
+
+    /// Opens the state machine announcing every applied batch on `feed` (after it is durable
+    /// in the views), for watchers and live consumers.
+    pub fn with_feed(db: Arc<Db>, dir: PathBuf, feed: crate::feed::Sender) -> SResult<Self> {
         std::fs::create_dir_all(&dir).map_err(snap_err)?;
         let (applied, membership) = applied_meta(&*db)?;
         Ok(StateMachine {
@@ -61,6 +68,7 @@ impl StateMachine {
             dir,
             applied,
             membership,
+            feed,
         })
     }
 
@@ -179,14 +187,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let db = self.db.clone();
         let mut ov = Overlay::new(&*db);
+        let first_revision = micro_state::revision(&ov).map_err(sm_read)? + 1;
         let mut out = Vec::new();
         let mut last = None;
         for entry in entries {
-            let index = entry.log_id.index;
+            let pos = micro_state::LogPos {
+                index: entry.log_id.index,
+                term: entry.log_id.leader_id.term,
+            };
             match entry.payload {
                 EntryPayload::Blank => out.push(Vec::new()),
                 EntryPayload::Normal(req) => {
-                    let res = micro_state::apply(&mut ov, index, &req)
+                    let res = micro_state::apply(&mut ov, pos, &req)
                         .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
                     out.push(res);
                 }
@@ -199,9 +211,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last = Some(entry.log_id);
         }
         if let Some(last) = last {
+            let last_revision = micro_state::revision(&ov).map_err(sm_read)?;
             ov.put(META_APPLIED.to_vec(), codec::encode(&Some(last)));
-            self.db.commit_state(ov.into_writes()).map_err(sm_write)?;
+            let (writes, feed) = ov.into_parts();
+            self.db.commit_state(writes).map_err(sm_write)?;
             self.applied = Some(last);
+            // Nobody listening is fine: watchers read the persisted history when they start.
+            let _ = self.feed.send(std::sync::Arc::new(crate::feed::Applied {
+                index: last.index,
+                first_revision,
+                last_revision,
+                changes: feed.changes,
+                topics: feed.topics,
+            }));
         }
         Ok(out)
     }
@@ -241,6 +263,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         write_file_durably(&self.file(), &data).map_err(snap_err)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        // Watchers cannot follow a state that jumped: tell them to re-read the history.
+        let revision = micro_state::revision(&*self.db).map_err(sm_read)?;
+        let _ = self.feed.send(std::sync::Arc::new(crate::feed::Applied {
+            index: meta.last_log_id.map_or(0, |l| l.index),
+            first_revision: u64::MAX,
+            last_revision: revision,
+            changes: Vec::new(),
+            topics: Default::default(),
+        }));
         tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }

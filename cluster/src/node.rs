@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use micro_log::Db;
-use micro_state::{Command, Outcome, Request};
+use micro_state::views::{history, meta};
+use micro_state::{Command, Outcome, Request, View};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,7 @@ pub(crate) struct Inner {
     pub(crate) broker: crate::broker::LocalBroker,
     reads: Mutex<ReadBatch>,
     broker_rr: std::sync::atomic::AtomicU64,
+    feed: crate::feed::Sender,
 }
 
 /// A handle to the running node; cheap to clone.
@@ -143,7 +145,8 @@ impl Node {
 
         let log_store = LogStore::new(db.clone());
         let fresh = !log_store.is_initialized()?;
-        let sm = StateMachine::open(db.clone(), cfg.data_dir.join("snapshots"))?;
+        let feed = crate::feed::channel();
+        let sm = StateMachine::with_feed(db.clone(), cfg.data_dir.join("snapshots"), feed.clone())?;
 
         let raft_config = openraft::Config {
             cluster_name: "micro".into(),
@@ -172,6 +175,7 @@ impl Node {
             broker: Default::default(),
             reads: Mutex::new(ReadBatch::default()),
             broker_rr: Default::default(),
+            feed,
         });
 
         let listener = tokio::net::TcpListener::bind(cfg.peer_addr)
@@ -258,9 +262,27 @@ impl Node {
         AppliedWatch(self.inner.raft.metrics())
     }
 
-    /// The node's views, for reads after [`Node::read_barrier`].
-    pub fn view(&self) -> &Db {
-        &self.inner.db
+    /// The node's views (read-only), for reads after [`Node::read_barrier`].
+    pub fn view(&self) -> &(impl micro_state::Read + Send + Sync) {
+        &*self.inner.db
+    }
+
+    /// Every batch this node applies from now on, with the changes it made (see `feed`).
+    pub fn feed(&self) -> crate::feed::Receiver {
+        self.inner.feed.subscribe()
+    }
+
+    /// Becomes true when the node shuts down.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Proposes a command of view `V` and returns the entry's index and `V`'s own outcome.
+    pub async fn run<V: View>(&self, cmd: V::Cmd) -> Result<(u64, V::Out), Error> {
+        let (index, out) = self.write(V::command(cmd)).await?;
+        V::outcome(out)
+            .map(|o| (index, o))
+            .map_err(|o| Error::Internal(format!("unexpected outcome {o:?}")))
     }
 
     /// Proposes `cmd` and waits until it is committed and applied here or on the leader.
@@ -855,7 +877,9 @@ async fn ticker(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             let mut b = [0u8; 8];
             if getrandom::fill(&mut b).is_ok() {
                 let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
-                let _ = inner.propose_here(vec![Command::SetClusterId(id)]).await;
+                let _ = inner
+                    .propose_here(vec![Command::Meta(meta::Cmd::SetClusterId(id))])
+                    .await;
             }
         }
         let due = match micro_state::next_expiry(&*inner.db) {
@@ -871,5 +895,37 @@ async fn ticker(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                 tracing::debug!("tick not proposed: {e:?}");
             }
         }
+        match compaction_target(&inner) {
+            Ok(Some(revision)) => {
+                let cmd = Command::Meta(meta::Cmd::Compact { revision });
+                if let Err(e) = inner.propose_here(vec![cmd]).await {
+                    tracing::debug!("compaction not proposed: {e:?}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("reading the change feed: {e}"),
+        }
     }
+}
+
+/// The revision the leader should compact the change feed to, if it holds more than the
+/// configured number of revisions (with 10% slack, so compactions come in steps) or
+/// revisions older than the configured age.
+fn compaction_target(inner: &Inner) -> Result<Option<u64>, micro_state::StorageError> {
+    let db = &*inner.db;
+    let first = micro_state::compact_revision(db)?;
+    let current = micro_state::revision(db)?;
+    let keep = inner.cfg.history_revisions;
+    let mut target = first;
+    if keep > 0 && current.saturating_sub(first) > keep + keep / 10 {
+        target = current - keep;
+    }
+    if let Some(age) = inner.cfg.history_age {
+        let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
+        // Look at a bounded number of changes per tick; the rest on the next ticks.
+        let (found, looked_to) =
+            history::first_revision_since(db, cutoff, history::MAX_COMPACT_STEP as usize)?;
+        target = target.max(found.unwrap_or(looked_to));
+    }
+    Ok((target > first).then_some(target.min(first + history::MAX_COMPACT_STEP)))
 }

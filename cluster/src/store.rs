@@ -128,8 +128,48 @@ pub(crate) fn stand_for_election(db: &Db, node_id: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Encodes a log entry in the current format ([`micro_state::command::ENTRY_VERSION`]).
+pub(crate) fn encode_entry(e: &Entry<TypeConfig>) -> Vec<u8> {
+    codec::encode_as(micro_state::command::ENTRY_VERSION, e)
+}
+
+/// Release 1's entry layout (openraft's `Entry` with release 1's flat commands), frozen.
+#[derive(serde::Deserialize)]
+struct EntryV1 {
+    log_id: LogId,
+    payload: PayloadV1,
+}
+
+#[derive(serde::Deserialize)]
+enum PayloadV1 {
+    Blank,
+    Normal(micro_state::command::v1::Request),
+    Membership(openraft::Membership<u64, openraft::BasicNode>),
+}
+
+/// Decodes a log entry of any supported format: version 1 through the frozen release-1
+/// types, version 2 directly.
+pub fn decode_entry_bytes(payload: &[u8]) -> Result<Entry<TypeConfig>, codec::Error> {
+    let (version, body) = codec::split(payload)?;
+    match version {
+        1 => {
+            let e: EntryV1 = codec::decode_body(body)?;
+            Ok(Entry {
+                log_id: e.log_id,
+                payload: match e.payload {
+                    PayloadV1::Blank => openraft::EntryPayload::Blank,
+                    PayloadV1::Normal(r) => openraft::EntryPayload::Normal(r.into()),
+                    PayloadV1::Membership(m) => openraft::EntryPayload::Membership(m),
+                },
+            })
+        }
+        micro_state::command::ENTRY_VERSION => codec::decode_body(body),
+        v => Err(codec::Error::Version(v)),
+    }
+}
+
 pub(crate) fn decode_entry(index: u64, payload: &[u8]) -> SResult<Entry<TypeConfig>> {
-    codec::decode(payload).map_err(|e| {
+    decode_entry_bytes(payload).map_err(|e| {
         StorageIOError::read_log_at_index(
             index,
             &micro_log::Error::Rocks {
@@ -214,7 +254,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let encoded: Vec<(u64, Vec<u8>)> = entries
             .into_iter()
-            .map(|e| (e.log_id.index, codec::encode(&e)))
+            .map(|e| (e.log_id.index, encode_entry(&e)))
             .collect();
         self.db
             .append(encoded.iter().map(|(i, p)| (*i, p.as_slice())))

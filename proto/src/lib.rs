@@ -23,9 +23,17 @@ pub mod cluster {
     tonic::include_proto!("cluster");
 }
 
+pub mod lease {
+    tonic::include_proto!("lease");
+}
+
 pub mod raft {
     tonic::include_proto!("raft");
 }
+
+/// The packages clients may call (over gRPC and through the HTTP gateway); `raft` is the
+/// internal peer protocol and is not among them.
+pub const PUBLIC_PACKAGES: &[&str] = &["store", "events", "broker", "cluster", "lease"];
 
 /// The encoded `FileDescriptorSet` of every service above.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

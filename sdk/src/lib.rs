@@ -13,9 +13,11 @@
 //! ```
 
 pub mod events;
+pub mod lease;
 pub mod store;
 
 pub use events::Events;
+pub use lease::Leases;
 pub use micro_proto as proto;
 pub use store::Store;
 
@@ -95,6 +97,11 @@ impl Client {
     /// Event streams.
     pub fn events(&self) -> Events {
         Events::new(self.channel.clone())
+    }
+
+    /// Leases.
+    pub fn leases(&self) -> Leases {
+        Leases::new(self.channel.clone())
     }
 
     /// The key-value store.

@@ -29,6 +29,55 @@ pub struct Query {
     pub serializable: bool,
 }
 
+/// Options of [`Store::put`].
+#[derive(Debug, Clone, Default)]
+pub struct Put {
+    /// Expire after this long (whole seconds, rounded up).
+    pub ttl: Option<Duration>,
+    /// Attach to this lease (the record is deleted with it).
+    pub lease: u64,
+}
+
+/// Options of [`Store::watch`].
+#[derive(Debug, Clone, Default)]
+pub struct WatchOptions {
+    /// Watch every key starting with the key.
+    pub prefix: bool,
+    /// The first revision to deliver; 0 means changes after now.
+    pub from_revision: u64,
+    /// Include each change's previous record (while it is still in the history).
+    pub prev_record: bool,
+    /// Ask for a progress notification after this long without changes.
+    pub progress_every: Option<Duration>,
+}
+
+/// A running watch: one [`pb::WatchResponse`] per revision (all its changes together), or a
+/// progress notification. Remembers the last revision seen, so a watch that lost its node can
+/// resume on another from [`Watcher::resume_from`].
+pub struct Watcher {
+    stream: tonic::Streaming<pb::WatchResponse>,
+    last_revision: u64,
+}
+
+impl Watcher {
+    /// The next revision's changes (or a progress notification); `None` when the server ended
+    /// the stream.
+    pub async fn next(&mut self) -> Result<Option<pb::WatchResponse>, Error> {
+        match self.stream.message().await? {
+            Some(r) => {
+                self.last_revision = self.last_revision.max(r.revision);
+                Ok(Some(r))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The revision to pass as `from_revision` to continue where this watch stopped.
+    pub fn resume_from(&self) -> u64 {
+        self.last_revision + 1
+    }
+}
+
 impl Store {
     pub(crate) fn new(channel: Channel) -> Self {
         Store {
@@ -73,6 +122,55 @@ impl Store {
             }),
         };
         Ok(self.client.clone().write(req).await?.into_inner().revision)
+    }
+
+    /// Writes a record with options (TTL, lease); returns its new mod revision.
+    pub async fn put(&self, key: &str, value: Vec<u8>, opts: Put) -> Result<u64, Error> {
+        let expiry = opts.ttl.map_or(0, |d| d.as_millis().div_ceil(1000) as i64);
+        let req = pb::WriteRequest {
+            record: Some(pb::Record {
+                key: key.to_string(),
+                value,
+                expiry,
+                lease: opts.lease,
+                ..Default::default()
+            }),
+            options: Some(pb::WriteOptions {
+                database: self.database.clone(),
+                table: self.table.clone(),
+            }),
+        };
+        Ok(self.client.clone().write(req).await?.into_inner().revision)
+    }
+
+    /// Watches `key` (or, with `prefix`, every key under it) from a revision: first what
+    /// the history holds, then live changes.
+    pub async fn watch(&self, key: &str, opts: WatchOptions) -> Result<Watcher, Error> {
+        let req = pb::WatchRequest {
+            key: key.to_string(),
+            prefix: opts.prefix,
+            from_revision: opts.from_revision,
+            prev_record: opts.prev_record,
+            progress_every: opts.progress_every.map_or(0, |d| d.as_secs().max(1)),
+            database: self.database.clone(),
+            table: self.table.clone(),
+        };
+        let stream = self.client.clone().watch(req).await?.into_inner();
+        Ok(Watcher {
+            stream,
+            last_revision: opts.from_revision.saturating_sub(1),
+        })
+    }
+
+    /// Drops the change history below `revision`; returns the first revision still kept.
+    pub async fn compact(&self, revision: u64) -> Result<u64, Error> {
+        Ok(self
+            .client
+            .clone()
+            .compact(pb::CompactRequest { revision })
+            .await?
+            .into_inner()
+            .compact_revision)
     }
 
     /// Reads one record; `Err` with `is_not_found()` when there is none.

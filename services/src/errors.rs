@@ -10,6 +10,8 @@ pub fn status(e: Error) -> Status {
     match e {
         Error::Invalid { field, reason } => Status::invalid_argument(format!("{field} {reason}")),
         Error::Unavailable(m) => Status::unavailable(m),
+        e @ Error::Compacted { .. } => Status::out_of_range(e.to_string()),
+        Error::NotFound(m) => Status::not_found(m),
         Error::Storage(m) => Status::internal(format!("storage: {m}")),
         Error::Internal(m) => Status::internal(m),
     }

@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 use crate::errors::{http_status, micro_error};
 
 /// Protobuf packages the gateway exposes (the internal peer protocol is not one of them).
-const PUBLIC_PACKAGES: &[&str] = &["store", "events", "broker", "cluster"];
+use micro_proto::PUBLIC_PACKAGES;
 /// Large enough for a base64 value just over the store's 1.5 MiB limit to reach validation
 /// and get a 400 naming the field instead of a bare 413.
 const BODY_LIMIT: usize = 8 * 1024 * 1024;

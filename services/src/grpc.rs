@@ -1,6 +1,8 @@
-//! The gRPC services: thin adapters between protobuf and [`micro_cluster::Node`].
+//! The gRPC services: thin adapters between protobuf and [`micro_cluster::Node`], one module
+//! per building block.
 
 pub mod broker;
 pub mod cluster;
 pub mod events;
+pub mod lease;
 pub mod store;

@@ -54,6 +54,7 @@ pub async fn run(
         let svc_broker = crate::grpc::broker::BrokerService::server(node.clone());
         let (svc_stream, svc_events_store) =
             crate::grpc::events::EventsService::servers(node.clone());
+        let svc_lease = crate::grpc::lease::LeaseService::server(node.clone());
         let stop = wait(stop_rx.clone());
         tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -63,6 +64,7 @@ pub async fn run(
                 .add_service(svc_broker)
                 .add_service(svc_stream)
                 .add_service(svc_events_store)
+                .add_service(svc_lease)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await
                 .map_err(anyhow::Error::from)

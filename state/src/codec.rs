@@ -1,5 +1,10 @@
 //! Versioned encoding of persisted values: one format-version byte, then bincode (standard
 //! configuration, serde). A value written by a newer format is refused rather than misread.
+//!
+//! Most values are still at version 1. A type whose shape changed is written under a newer
+//! version with [`encode_as`] and read with [`split`] + [`decode_body`], which lets its reader
+//! decode older versions through a frozen copy of the old type (see `command::v1`,
+//! `views::store::decode_record`). The changelog is in ARCHITECTURE.md, "Persisted formats".
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -11,7 +16,7 @@ pub const FORMAT_VERSION: u8 = 1;
 pub enum Error {
     #[error("empty value")]
     Empty,
-    #[error("unsupported format version {0} (this build reads version {FORMAT_VERSION})")]
+    #[error("unsupported format version {0} (written by a newer release?)")]
     Version(u8),
     #[error("cannot decode value: {0}")]
     Decode(String),
@@ -19,7 +24,12 @@ pub enum Error {
 
 /// Encodes `value` as `[FORMAT_VERSION] ++ bincode(value)`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
+    encode_as(FORMAT_VERSION, value)
+}
+
+/// Encodes `value` as `[version] ++ bincode(value)`.
+pub fn encode_as<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+    let mut out = vec![version];
     // Encoding into a Vec cannot fail for our plain data types.
     bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
         .expect("bincode encoding into a Vec");
@@ -28,10 +38,21 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    let (&version, body) = bytes.split_first().ok_or(Error::Empty)?;
+    let (version, body) = split(bytes)?;
     if version != FORMAT_VERSION {
         return Err(Error::Version(version));
     }
+    decode_body(body)
+}
+
+/// The format version of a persisted value and its body.
+pub fn split(bytes: &[u8]) -> Result<(u8, &[u8]), Error> {
+    let (&version, body) = bytes.split_first().ok_or(Error::Empty)?;
+    Ok((version, body))
+}
+
+/// Decodes the body of a value (after its version byte); the whole body must be used.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     // The limit stops a corrupt length prefix from asking for an absurd allocation.
     let config = bincode::config::standard().with_limit::<{ 256 * 1024 * 1024 }>();
     let (value, used) = bincode::serde::decode_from_slice(body, config)

@@ -1,11 +1,17 @@
 //! What a log entry carries and what applying it returns.
 //!
-//! Changing any of these types changes the log format: add variants at the end, never reorder
-//! (bincode encodes enum variants by position), and add a golden-bytes test for the change.
-
-use std::collections::BTreeMap;
+//! Each view owns its commands and outcomes (`views::<view>::Cmd` / `Out`); the top-level
+//! enums only nest them, so adding a view appends one variant and renumbers nothing. Changing
+//! any of these types changes the log format: add variants at the end, never reorder (bincode
+//! encodes enum variants by position), and add a golden-bytes test for the change. Log entries
+//! of release 1 (a flat `Command` enum) are decoded through the frozen copy in [`v1`].
 
 use serde::{Deserialize, Serialize};
+
+use crate::views::{events, lease, meta, store};
+
+/// The format version of log entries this release writes (release 1 wrote 1; see [`v1`]).
+pub const ENTRY_VERSION: u8 = 2;
 
 /// The application payload of one log entry: commands of one or more client requests (each
 /// command is one request, applied on its own; a leader batches concurrent requests into one
@@ -18,78 +24,34 @@ pub struct Request {
     pub cmds: Vec<Command>,
 }
 
-/// One metadata value of a store record, as Micro v3's `store.Field`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct MetaField {
-    pub kind: String,
-    pub value: String,
-}
-
-/// Writes a store record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Put {
-    pub db: String,
-    pub table: String,
-    pub key: String,
-    pub value: Vec<u8>,
-    pub metadata: BTreeMap<String, MetaField>,
-    /// Time to live in ms from the entry's clock; 0 means no expiry.
-    pub ttl_ms: u64,
-}
-
-/// Deletes a store record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Delete {
-    pub db: String,
-    pub table: String,
-    pub key: String,
-}
-
-/// A guard of a [`Txn`]: the record's mod revision must equal `mod_revision` (0: absent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Compare {
-    pub db: String,
-    pub table: String,
-    pub key: String,
-    pub mod_revision: u64,
-}
-
-/// Compare-and-swap: if every guard holds, apply `success`, else `failure`.
+/// Compare-and-swap across views: if every guard holds, apply `success`, else `failure`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Txn {
-    pub compare: Vec<Compare>,
+    pub compare: Vec<store::Compare>,
     pub success: Vec<Command>,
     pub failure: Vec<Command>,
 }
 
+/// One client request, by view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put(Put),
-    Delete(Delete),
+    Store(store::Cmd),
+    Events(events::Cmd),
+    Lease(lease::Cmd),
+    Meta(meta::Cmd),
     Txn(Txn),
-    /// Names the cluster once; later proposals are ignored, so the first one wins everywhere.
-    SetClusterId(String),
-    Publish(crate::views::events::Publish),
-    SetRetention(crate::views::events::Retention),
-    Claim(crate::views::events::Claim),
-    Ack(crate::views::events::Ack),
-    Release(crate::views::events::Release),
 }
 
-/// The result of one command.
+/// The result of one command, by view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// The record now has this mod revision (the command's store revision).
-    Put {
-        revision: u64,
-    },
-    /// Whether a live record was deleted.
-    Deleted {
-        existed: bool,
-    },
+    Store(store::Out),
+    Events(events::Out),
+    Lease(lease::Out),
+    Meta(meta::Out),
     Txn {
         succeeded: bool,
-        /// The transaction's store revision (shared by all of its writes).
+        /// The transaction's revision (shared by all of its changes).
         revision: u64,
         results: Vec<Outcome>,
     },
@@ -98,43 +60,56 @@ pub enum Outcome {
         field: String,
         reason: String,
     },
-    /// The cluster id now in force (the proposed one, or the one set earlier).
-    ClusterId(String),
-    /// The event's sequence in its topic.
-    Published {
-        seq: u64,
-    },
-    Claimed(crate::views::events::Claimed),
-    /// How many events or claims the command touched.
-    Count(u64),
-    Done,
 }
+
+/// A view as the edges see it: the commands it takes and the outcome type they return, so a
+/// caller proposes `V::Cmd` and gets `V::Out` back without matching on every view.
+pub trait View {
+    type Cmd;
+    type Out;
+    fn command(cmd: Self::Cmd) -> Command;
+    /// The view's outcome, or the outcome as it was (a rejection, or a bug) for the caller.
+    fn outcome(out: Outcome) -> Result<Self::Out, Outcome>;
+}
+
+macro_rules! view {
+    ($marker:ty, $module:ident, $variant:ident) => {
+        impl View for $marker {
+            type Cmd = $module::Cmd;
+            type Out = $module::Out;
+            fn command(cmd: Self::Cmd) -> Command {
+                Command::$variant(cmd)
+            }
+            fn outcome(out: Outcome) -> Result<Self::Out, Outcome> {
+                match out {
+                    Outcome::$variant(o) => Ok(o),
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+view!(store::Store, store, Store);
+view!(events::Events, events, Events);
+view!(lease::Leases, lease, Lease);
+view!(meta::Meta, meta, Meta);
 
 impl Command {
     /// Roughly how many bytes the command adds to a log entry (for batch limits).
     pub fn size_hint(&self) -> usize {
-        const FIXED: usize = 48;
         match self {
-            Command::Put(p) => {
-                FIXED
-                    + p.key.len()
-                    + p.value.len()
-                    + p.metadata
-                        .iter()
-                        .map(|(k, v)| k.len() + v.kind.len() + v.value.len())
-                        .sum::<usize>()
-            }
-            Command::Publish(p) => FIXED + p.topic.len() + p.payload.len(),
+            Command::Store(c) => c.size_hint(),
+            Command::Events(c) => c.size_hint(),
+            Command::Lease(_) | Command::Meta(_) => FIXED_SIZE,
             Command::Txn(t) => {
-                FIXED
-                    + t.compare.len() * FIXED
+                FIXED_SIZE
+                    + t.compare.len() * FIXED_SIZE
                     + t.success
                         .iter()
                         .chain(&t.failure)
                         .map(Command::size_hint)
                         .sum::<usize>()
             }
-            _ => FIXED,
         }
     }
 
@@ -142,28 +117,21 @@ impl Command {
     /// so that a bad entry is rejected deterministically instead of half-applied.
     pub fn validate(&self) -> Result<(), Outcome> {
         match self {
-            Command::Put(p) => {
-                check_name("key", &p.key, true)?;
-                check_name("database", &p.db, false)?;
-                check_name("table", &p.table, false)?;
-                check_size("value", p.value.len(), crate::MAX_VALUE_BYTES)
-            }
-            Command::Delete(d) => {
-                check_name("key", &d.key, true)?;
-                check_name("database", &d.db, false)?;
-                check_name("table", &d.table, false)
-            }
+            Command::Store(c) => c.validate(),
+            Command::Events(c) => c.validate(),
+            Command::Lease(c) => c.validate(),
+            Command::Meta(c) => c.validate(),
             Command::Txn(t) => {
                 for c in &t.compare {
-                    check_name("compare.key", &c.key, true)?;
-                    check_name("compare.database", &c.db, false)?;
-                    check_name("compare.table", &c.table, false)?;
+                    c.validate()?;
                 }
                 for c in t.success.iter().chain(&t.failure) {
-                    if !matches!(
-                        c,
-                        Command::Put(_) | Command::Delete(_) | Command::Publish(_)
-                    ) {
+                    let allowed = match c {
+                        Command::Store(_) => true,
+                        Command::Events(e) => matches!(e, events::Cmd::Publish(_)),
+                        Command::Lease(_) | Command::Meta(_) | Command::Txn(_) => false,
+                    };
+                    if !allowed {
                         return Err(reject(
                             "txn",
                             "a transaction may only hold writes, deletes and publishes".into(),
@@ -173,36 +141,21 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::SetClusterId(id) => check_name("cluster_id", id, true),
-            Command::Publish(p) => {
-                check_name("topic", &p.topic, true)?;
-                check_size("payload", p.payload.len(), crate::MAX_VALUE_BYTES)
-            }
-            Command::SetRetention(r) => check_name("topic", &r.topic, true),
-            Command::Claim(c) => {
-                check_name("topic", &c.topic, true)?;
-                check_name("group", &c.group, true)
-            }
-            Command::Ack(a) => {
-                check_name("topic", &a.topic, true)?;
-                check_name("group", &a.group, true)
-            }
-            Command::Release(r) => {
-                check_name("topic", &r.topic, true)?;
-                check_name("group", &r.group, true)
-            }
         }
     }
 }
 
-fn reject(field: &str, reason: String) -> Outcome {
+/// What every command costs in an entry besides its strings and payloads.
+pub(crate) const FIXED_SIZE: usize = 48;
+
+pub(crate) fn reject(field: &str, reason: String) -> Outcome {
     Outcome::Rejected {
         field: field.to_string(),
         reason,
     }
 }
 
-fn check_name(field: &str, value: &str, required: bool) -> Result<(), Outcome> {
+pub(crate) fn check_name(field: &str, value: &str, required: bool) -> Result<(), Outcome> {
     if required && value.is_empty() {
         return Err(reject(field, "must not be empty".into()));
     }
@@ -210,7 +163,7 @@ fn check_name(field: &str, value: &str, required: bool) -> Result<(), Outcome> {
     Ok(())
 }
 
-fn check_size(field: &str, len: usize, limit: usize) -> Result<(), Outcome> {
+pub(crate) fn check_size(field: &str, len: usize, limit: usize) -> Result<(), Outcome> {
     if len > limit {
         return Err(reject(
             field,
@@ -218,4 +171,89 @@ fn check_size(field: &str, len: usize, limit: usize) -> Result<(), Outcome> {
         ));
     }
     Ok(())
+}
+
+/// Release 1's log entry payload, frozen: a flat command enum. Only decoded, never written.
+/// The types it shares with the current release (`Delete`, `Compare`, the events commands) are
+/// pinned by the release-1 golden bytes; if one of them changes, freeze a copy here first.
+pub mod v1 {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use crate::views::{events, meta, store};
+
+    #[derive(Debug, Deserialize)]
+    pub struct Request {
+        pub time_ms: u64,
+        pub cmds: Vec<Command>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Put {
+        pub db: String,
+        pub table: String,
+        pub key: String,
+        pub value: Vec<u8>,
+        pub metadata: BTreeMap<String, store::MetaField>,
+        pub ttl_ms: u64,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Txn {
+        pub compare: Vec<store::Compare>,
+        pub success: Vec<Command>,
+        pub failure: Vec<Command>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub enum Command {
+        Put(Put),
+        Delete(store::Delete),
+        Txn(Txn),
+        SetClusterId(String),
+        Publish(events::Publish),
+        SetRetention(events::Retention),
+        Claim(events::Claim),
+        Ack(events::Ack),
+        Release(events::Release),
+    }
+
+    impl From<Request> for super::Request {
+        fn from(r: Request) -> Self {
+            super::Request {
+                time_ms: r.time_ms,
+                cmds: r.cmds.into_iter().map(Into::into).collect(),
+            }
+        }
+    }
+
+    impl From<Command> for super::Command {
+        fn from(c: Command) -> Self {
+            use super::Command as C;
+            match c {
+                Command::Put(p) => C::Store(store::Cmd::Put(store::Put {
+                    db: p.db,
+                    table: p.table,
+                    key: p.key,
+                    value: p.value,
+                    metadata: p.metadata,
+                    ttl_ms: p.ttl_ms,
+                    lease: 0,
+                })),
+                Command::Delete(d) => C::Store(store::Cmd::Delete(d)),
+                Command::Txn(t) => C::Txn(super::Txn {
+                    compare: t.compare,
+                    success: t.success.into_iter().map(Into::into).collect(),
+                    failure: t.failure.into_iter().map(Into::into).collect(),
+                }),
+                Command::SetClusterId(id) => C::Meta(meta::Cmd::SetClusterId(id)),
+                Command::Publish(p) => C::Events(events::Cmd::Publish(p)),
+                Command::SetRetention(r) => C::Events(events::Cmd::SetRetention(r)),
+                Command::Claim(c) => C::Events(events::Cmd::Claim(c)),
+                Command::Ack(a) => C::Events(events::Cmd::Ack(a)),
+                Command::Release(r) => C::Events(events::Cmd::Release(r)),
+            }
+        }
+    }
 }

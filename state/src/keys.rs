@@ -6,7 +6,9 @@
 pub const META: u8 = 0x00;
 /// Store records: `STORE db table key`.
 pub const STORE: u8 = 0x01;
-/// Expiry index: `EXPIRY expiry_ms(u64) db table key`, value empty.
+/// The one expiry index of every view: `EXPIRY due_ms(u64) owner_key`, value empty, where
+/// `owner_key` is the full key of what expires (its first byte names the owning view).
+/// (Schema 1 wrote `EXPIRY due_ms db table key` for store records only; apply migrates it.)
 pub const EXPIRY: u8 = 0x02;
 /// Record counts per table: `TABLES db table`, value u64 count.
 pub const TABLES: u8 = 0x03;
@@ -17,6 +19,20 @@ pub const EVENT: u8 = 0x04;
 pub const TOPIC: u8 = 0x05;
 /// Consumer groups: `GROUP topic(len-prefixed) group`.
 pub const GROUP: u8 = 0x06;
+
+/// Leases: `LEASE id(u64)`.
+pub const LEASE: u8 = 0x07;
+/// Keys attached to a lease: `LEASE_KEYS id(u64) owner_key`, value empty.
+pub const LEASE_KEYS: u8 = 0x08;
+/// The change feed: `HISTORY revision(u64) n(u32)`, one per change of the revision.
+pub const HISTORY: u8 = 0x09;
+
+/// The keyspace schema (u64; absent = 1). Apply migrates older schemas at the first entry.
+pub const META_SCHEMA: &[u8] = &[META, b'v'];
+/// The first revision still in the change feed (u64; absent = 1).
+pub const META_COMPACT: &[u8] = &[META, b'k'];
+/// The term of the last applied entry (u64): a new term renews every lease.
+pub const META_TERM: &[u8] = &[META, b't'];
 
 /// The state machine clock (u64 ms, big-endian).
 pub const META_CLOCK: &[u8] = &[META, b'c'];
@@ -59,17 +75,27 @@ pub fn store_prefix(db: &str, table: &str, prefix: &str) -> Vec<u8> {
     store_key(db, table, prefix)
 }
 
-/// Key of an expiry index entry for the store record `store_key`.
-pub fn expiry_key(expiry_ms: u64, store_key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + store_key.len());
+/// Key of an expiry index entry: `owner_key` is due at `due_ms`.
+pub fn expiry_key(due_ms: u64, owner_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + owner_key.len());
     out.push(EXPIRY);
-    out.extend_from_slice(&expiry_ms.to_be_bytes());
-    out.extend_from_slice(&store_key[1..]);
+    out.extend_from_slice(&due_ms.to_be_bytes());
+    out.extend_from_slice(owner_key);
     out
 }
 
-/// Splits an expiry index key into (expiry_ms, store key).
-pub fn parse_expiry_key(key: &[u8]) -> Option<(u64, Vec<u8>)> {
+/// Splits an expiry index key into (due_ms, owner key).
+pub fn parse_expiry_key(key: &[u8]) -> Option<(u64, &[u8])> {
+    if key.len() < 10 || key[0] != EXPIRY {
+        return None;
+    }
+    let ms = u64::from_be_bytes(key[1..9].try_into().ok()?);
+    Some((ms, &key[9..]))
+}
+
+/// Splits a schema-1 expiry key (`EXPIRY due_ms db table key`, store records only) into
+/// (due_ms, store key).
+pub fn parse_expiry_key_v1(key: &[u8]) -> Option<(u64, Vec<u8>)> {
     if key.len() < 9 || key[0] != EXPIRY {
         return None;
     }
@@ -77,6 +103,46 @@ pub fn parse_expiry_key(key: &[u8]) -> Option<(u64, Vec<u8>)> {
     let mut sk = vec![STORE];
     sk.extend_from_slice(&key[9..]);
     Some((ms, sk))
+}
+
+/// Key of a lease.
+pub fn lease_key(id: u64) -> Vec<u8> {
+    let mut out = vec![LEASE];
+    out.extend_from_slice(&id.to_be_bytes());
+    out
+}
+
+/// Key marking `owner_key` as attached to lease `id`; with an empty owner, the prefix of all.
+pub fn lease_keys_key(id: u64, owner_key: &[u8]) -> Vec<u8> {
+    let mut out = vec![LEASE_KEYS];
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(owner_key);
+    out
+}
+
+/// Key of the `n`th change of `revision` in the change feed.
+pub fn history_key(revision: u64, n: u32) -> Vec<u8> {
+    let mut out = vec![HISTORY];
+    out.extend_from_slice(&revision.to_be_bytes());
+    out.extend_from_slice(&n.to_be_bytes());
+    out
+}
+
+/// The first key of `revision` in the change feed (every change of it sorts at or after).
+pub fn history_start(revision: u64) -> Vec<u8> {
+    let mut out = vec![HISTORY];
+    out.extend_from_slice(&revision.to_be_bytes());
+    out
+}
+
+/// Splits a store key into (db, table, key); `None` if it is not one.
+pub fn parse_store_key(sk: &[u8]) -> Option<(String, String, String)> {
+    if sk.first() != Some(&STORE) {
+        return None;
+    }
+    let (db, rest) = take_str(&sk[1..])?;
+    let (table, key) = take_str(rest)?;
+    Some((db, table, String::from_utf8(key.to_vec()).ok()?))
 }
 
 /// Key of a table's record count.
@@ -114,7 +180,11 @@ mod tests {
     fn expiry_key_round_trips() {
         let sk = store_key("db", "t", "k");
         let ek = expiry_key(42, &sk);
-        assert_eq!(parse_expiry_key(&ek), Some((42, sk)));
+        assert_eq!(parse_expiry_key(&ek), Some((42, sk.as_slice())));
+        assert_eq!(
+            parse_store_key(&sk),
+            Some(("db".into(), "t".into(), "k".into()))
+        );
     }
 
     #[test]

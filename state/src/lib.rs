@@ -1,6 +1,6 @@
 //! `micro-state`: Micro's deterministic state machine.
 //!
-//! Every building block (store, and later registry, config, events, locks) is a *view*
+//! Every building block (store, events, leases, and later registry, config, locks) is a *view*
 //! materialised from the Raft log by [`apply`]. This crate owns the [`Command`]s that go into
 //! log entries, the function that applies them, the key layout of every view and the read
 //! functions over the views.
@@ -10,20 +10,25 @@
 //! from the entry (`Request::time_ms`, stamped by the leader), so every node computes the same
 //! views from the same log.
 //!
-//! Layout: `command` (the wire-level commands and outcomes), `storage` (the storage trait, the
-//! in-memory store and the write overlay used during apply), `keys` (key layout), `codec`
-//! (versioned value encoding), `machine` (apply), `views/` (one module per view).
+//! Layout: `command` (the top-level commands and outcomes, which nest each view's own),
+//! `storage` (the storage trait, the in-memory store and the write overlay used during apply),
+//! `keys` (key layout), `codec` (versioned value encoding), `expiry` (the one expiry index),
+//! `machine` (apply: dispatch and transactions), `views/` (one module per view, and
+//! `history`, the change feed).
 
 pub mod codec;
 pub mod command;
+pub mod expiry;
 pub mod keys;
 pub mod machine;
 pub mod storage;
 pub mod views;
 
-pub use command::{Command, Compare, Delete, MetaField, Outcome, Put, Request, Txn};
-pub use machine::{apply, clock_ms, cluster_id, next_expiry, revision};
-pub use storage::{MemStore, Overlay, Read, StorageError, WriteSet};
+pub use command::{Command, Outcome, Request, Txn, View};
+pub use machine::{apply, clock_ms, cluster_id, compact_revision, next_expiry, revision, LogPos};
+pub use storage::{Feed, MemStore, Overlay, Read, StorageError, WriteSet};
+pub use views::history::Change;
+pub use views::store::{Compare, Delete, MetaField, Put};
 
 /// Database and table used when a request leaves them empty, as in Micro v3.
 pub const DEFAULT_DATABASE: &str = "micro";

@@ -107,6 +107,16 @@ impl Read for MemStore {
 pub struct Overlay<'a, S: Read + ?Sized> {
     base: &'a S,
     writes: WriteSet,
+    /// What apply changed, in revision order, for watchers (also persisted in the history).
+    pub feed: Feed,
+}
+
+/// The changes of the entries applied on one overlay, handed to watchers after commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Feed {
+    pub changes: Vec<crate::views::history::Change>,
+    /// Event topics that got new events (their consumers wake up; events are not in history).
+    pub topics: std::collections::BTreeSet<String>,
 }
 
 impl<'a, S: Read + ?Sized> Overlay<'a, S> {
@@ -114,6 +124,7 @@ impl<'a, S: Read + ?Sized> Overlay<'a, S> {
         Overlay {
             base,
             writes: WriteSet::new(),
+            feed: Feed::default(),
         }
     }
 
@@ -128,6 +139,11 @@ impl<'a, S: Read + ?Sized> Overlay<'a, S> {
     /// The pending writes, to commit atomically.
     pub fn into_writes(self) -> WriteSet {
         self.writes
+    }
+
+    /// The pending writes and the feed of what they changed.
+    pub fn into_parts(self) -> (WriteSet, Feed) {
+        (self.writes, self.feed)
     }
 
     /// Collects up to `limit` live pairs in `[from, to)` in key order, merging base and writes.

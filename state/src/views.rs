@@ -1,5 +1,10 @@
-//! One module per view. Each offers apply-side mutations (on an [`crate::Overlay`]) and
-//! read-side queries (on any [`crate::Read`]).
+//! One module per view. Each owns its commands (`Cmd`) and outcomes (`Out`), their validation
+//! and size, its apply-side mutations (on an [`crate::Overlay`]) and its read-side queries (on
+//! any [`crate::Read`]). `machine` dispatches to them; `history` is the change feed they all
+//! write to.
 
 pub mod events;
+pub mod history;
+pub mod lease;
+pub mod meta;
 pub mod store;

@@ -51,12 +51,12 @@ pub fn publish_command(req: pb::PublishRequest, field: &str) -> Result<Command, 
             "must be unix seconds (or 0 for now)",
         ));
     }
-    Ok(Command::Publish(Publish {
+    Ok(Command::Events(view::Cmd::Publish(Publish {
         topic: req.topic,
         metadata: req.metadata.into_iter().collect::<BTreeMap<_, _>>(),
         payload: req.payload,
         timestamp_ms: (req.timestamp as u64).saturating_mul(1000),
-    }))
+    })))
 }
 
 fn to_event(topic: &str, seq: u64, e: StoredEvent) -> pb::Event {
@@ -124,10 +124,12 @@ impl pb::stream_server::Stream for EventsService {
             .await
             .map_err(status)?;
         match out {
-            Outcome::Published { seq } => Ok(Response::new(pb::PublishResponse {
-                sequence: seq,
-                id: format!("{topic}/{seq}"),
-            })),
+            Outcome::Events(view::Out::Published { seq }) => {
+                Ok(Response::new(pb::PublishResponse {
+                    sequence: seq,
+                    id: format!("{topic}/{seq}"),
+                }))
+            }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -176,12 +178,12 @@ impl pb::stream_server::Stream for EventsService {
                 "is required: acks belong to a consumer group",
             ));
         }
-        let cmd = Command::Ack(Ack {
+        let cmd = Command::Events(view::Cmd::Ack(Ack {
             topic: topic.to_string(),
             group: req.group,
             seqs: vec![seq],
             success: req.success,
-        });
+        }));
         self.node.write(cmd).await.map_err(status)?;
         Ok(Response::new(pb::AckResponse {}))
     }
@@ -211,11 +213,11 @@ impl pb::stream_server::Stream for EventsService {
         req: Request<pb::RetentionRequest>,
     ) -> Result<Response<pb::RetentionResponse>, Status> {
         let req = req.into_inner();
-        let cmd = Command::SetRetention(Retention {
+        let cmd = Command::Events(view::Cmd::SetRetention(Retention {
             topic: req.topic,
             max_events: req.max_events,
             max_age_ms: req.max_age,
-        });
+        }));
         self.node.write(cmd).await.map_err(status)?;
         Ok(Response::new(pb::RetentionResponse {}))
     }
@@ -324,7 +326,7 @@ async fn follow_group(
         } else {
             64
         };
-        let cmd = Command::Claim(Claim {
+        let cmd = Command::Events(view::Cmd::Claim(Claim {
             topic: req.topic.clone(),
             group: req.group.clone(),
             consumer: consumer.clone(),
@@ -337,12 +339,12 @@ async fn follow_group(
             } else {
                 Start::End
             },
-        });
+        }));
         let seqs = match node.write(cmd).await {
             // The claim was applied on the leader; read the events only once this node has
             // applied it too (and so every event it names).
             Ok((index, out)) => match (out, node.wait_applied(index).await) {
-                (Outcome::Claimed(c), Ok(())) => c.seqs,
+                (Outcome::Events(view::Out::Claimed(c)), Ok(())) => c.seqs,
                 (_, Err(e)) => {
                     let _ = tx.send(Err(status(e))).await;
                     break;
@@ -383,11 +385,11 @@ async fn follow_group(
     // The consumer is gone: whatever it did not ack goes to the group's other consumers now
     // rather than after ack_wait.
     if !req.auto_ack {
-        let cmd = Command::Release(Release {
+        let cmd = Command::Events(view::Cmd::Release(Release {
             topic: req.topic.clone(),
             group: req.group.clone(),
             consumer,
-        });
+        }));
         if let Err(e) = node.write(cmd).await {
             tracing::debug!("release after consumer left: {e}");
         }

@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use micro_cluster::{now_ms, Node};
+use micro_cluster::{WatchEvent, WatchSpec};
 use micro_proto::store as pb;
 use micro_state::views::store::{self as view, Query};
-use micro_state::{Command, Compare, Delete, MetaField, Outcome, Put, Txn};
+use micro_state::views::{events as events_view, history};
+use micro_state::{keys, Command, Compare, Delete, MetaField, Outcome, Put, Txn};
 use tonic::{Request, Response, Status};
 
 use crate::errors::{invalid, status};
@@ -79,6 +81,7 @@ fn to_record(e: view::Entry, now: u64) -> pb::Record {
         create_revision: e.record.create_revision,
         mod_revision: e.record.mod_revision,
         version: e.record.version,
+        lease: e.record.lease,
     }
 }
 
@@ -106,23 +109,24 @@ fn put_command(req: pb::WriteRequest, field: &str) -> Result<Command, Status> {
             )
         })
         .collect();
-    Ok(Command::Put(Put {
+    Ok(Command::Store(view::Cmd::Put(Put {
         db: opts.database,
         table: opts.table,
         key: rec.key,
         value: rec.value,
         metadata,
         ttl_ms: (rec.expiry as u64).saturating_mul(1000),
-    }))
+        lease: rec.lease,
+    })))
 }
 
 fn delete_command(req: pb::DeleteRequest) -> Command {
     let opts = req.options.unwrap_or_default();
-    Command::Delete(Delete {
+    Command::Store(view::Cmd::Delete(Delete {
         db: opts.database,
         table: opts.table,
         key: req.key,
-    })
+    }))
 }
 
 fn txn_ops(ops: Vec<pb::TxnOp>, branch: &str) -> Result<Vec<Command>, Status> {
@@ -143,6 +147,56 @@ fn txn_ops(ops: Vec<pb::TxnOp>, branch: &str) -> Result<Vec<Command>, Status> {
 }
 
 type ListStream = Pin<Box<dyn Stream<Item = Result<pb::ListResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+/// A change of the history as a watch event of `db`/`table` (`None` if it is not a store
+/// record of that table: the filter makes that impossible).
+fn watch_event(
+    node: &Node,
+    c: history::Change,
+    header: usize,
+    with_prev: bool,
+) -> Result<pb::WatchEvent, Status> {
+    let key = String::from_utf8_lossy(&c.key[header..]).into_owned();
+    let decode = |bytes: &[u8]| {
+        view::decode_record(bytes).map_err(|e| Status::internal(format!("corrupt history: {e}")))
+    };
+    let record = match &c.value {
+        Some(v) => to_record(
+            view::Entry {
+                key: key.clone(),
+                record: decode(v)?,
+            },
+            now_ms(),
+        ),
+        None => pb::Record {
+            key: key.clone(),
+            mod_revision: c.revision,
+            ..Default::default()
+        },
+    };
+    let prev_record = if with_prev && c.prev_revision > 0 {
+        match history::value_at(node.view(), &c.key, c.prev_revision)
+            .map_err(|e| status(e.into()))?
+        {
+            Some(v) => Some(to_record(
+                view::Entry {
+                    key,
+                    record: decode(&v)?,
+                },
+                now_ms(),
+            )),
+            None => None,
+        }
+    } else {
+        None
+    };
+    Ok(pb::WatchEvent {
+        r#type: if c.value.is_some() { "put" } else { "delete" }.into(),
+        record: Some(record),
+        prev_record,
+    })
+}
 
 #[tonic::async_trait]
 impl pb::store_server::Store for StoreService {
@@ -194,11 +248,13 @@ impl pb::store_server::Store for StoreService {
         &self,
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let cmd = put_command(req.into_inner(), "")?;
-        let (_, out) = self.node.write(cmd).await.map_err(status)?;
+        let Command::Store(cmd) = put_command(req.into_inner(), "")? else {
+            return Err(Status::internal("a write built a command of another view"));
+        };
+        let (_, out) = self.node.run::<view::Store>(cmd).await.map_err(status)?;
         let revision = match out {
-            Outcome::Put { revision } => revision,
-            _ => 0,
+            view::Out::Put { revision } => revision,
+            view::Out::Deleted { .. } => 0,
         };
         Ok(Response::new(pb::WriteResponse { revision }))
     }
@@ -293,15 +349,15 @@ impl pb::store_server::Store for StoreService {
         let results = results
             .into_iter()
             .map(|o| match o {
-                Outcome::Put { revision } => pb::TxnOpResult {
+                Outcome::Store(view::Out::Put { revision }) => pb::TxnOpResult {
                     revision,
                     ..Default::default()
                 },
-                Outcome::Deleted { existed } => pb::TxnOpResult {
+                Outcome::Store(view::Out::Deleted { existed }) => pb::TxnOpResult {
                     existed,
                     ..Default::default()
                 },
-                Outcome::Published { seq } => pb::TxnOpResult {
+                Outcome::Events(events_view::Out::Published { seq }) => pb::TxnOpResult {
                     sequence: seq,
                     ..Default::default()
                 },
@@ -312,6 +368,83 @@ impl pb::store_server::Store for StoreService {
             succeeded,
             results,
             revision,
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = req.into_inner();
+        if req.key.is_empty() && !req.prefix {
+            return Err(invalid(
+                "key",
+                "must not be empty (or set prefix to watch the whole table)",
+            ));
+        }
+        let (db, table) = (view::db_name(&req.database), view::table_name(&req.table));
+        let header = keys::store_key(db, table, "").len();
+        let spec = WatchSpec {
+            key: keys::store_key(db, table, &req.key),
+            prefix: req.prefix,
+            from_revision: req.from_revision,
+            progress_every: (req.progress_every > 0)
+                .then(|| std::time::Duration::from_secs(req.progress_every.min(86_400))),
+        };
+        let rx = self.node.watch(spec).await.map_err(status)?;
+        let node = self.node.clone();
+        let with_prev = req.prev_record;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+            let compact_revision = micro_state::compact_revision(node.view()).unwrap_or(0);
+            match item.map_err(status)? {
+                WatchEvent::Changes { revision, changes } => Ok(pb::WatchResponse {
+                    revision,
+                    events: changes
+                        .into_iter()
+                        .map(|c| watch_event(&node, c, header, with_prev))
+                        .collect::<Result<_, _>>()?,
+                    progress: false,
+                    compact_revision,
+                }),
+                WatchEvent::Progress { revision } => Ok(pb::WatchResponse {
+                    revision,
+                    events: Vec::new(),
+                    progress: true,
+                    compact_revision,
+                }),
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn compact(
+        &self,
+        req: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactResponse>, Status> {
+        let revision = req.into_inner().revision;
+        let mut first =
+            micro_state::compact_revision(self.node.view()).map_err(|e| status(e.into()))?;
+        // One command drops a bounded step; repeat until the asked revision is reached.
+        while first < revision {
+            let (_, out) = self
+                .node
+                .run::<micro_state::views::meta::Meta>(micro_state::views::meta::Cmd::Compact {
+                    revision,
+                })
+                .await
+                .map_err(status)?;
+            let micro_state::views::meta::Out::Compacted { revision: now } = out else {
+                return Err(Status::internal("compaction produced another outcome"));
+            };
+            if now <= first {
+                break;
+            }
+            first = now;
+        }
+        Ok(Response::new(pb::CompactResponse {
+            compact_revision: first,
         }))
     }
 }

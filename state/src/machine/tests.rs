@@ -1,12 +1,50 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::command::{Compare, Delete, Put};
 use crate::storage::MemStore;
-use crate::views::store::{query, Query};
+use crate::views::store::{query, Compare, Delete, Put, Query};
+use crate::views::{events as ev, lease, meta, store};
+use crate::Feed;
+
+fn pos(index: u64) -> LogPos {
+    LogPos { index, term: 1 }
+}
+
+#[allow(non_snake_case)]
+mod c {
+    use super::*;
+    pub fn Put(p: Put) -> Command {
+        Command::Store(store::Cmd::Put(p))
+    }
+    pub fn Delete(d: Delete) -> Command {
+        Command::Store(store::Cmd::Delete(d))
+    }
+    pub fn Publish(p: ev::Publish) -> Command {
+        Command::Events(ev::Cmd::Publish(p))
+    }
+    pub fn SetRetention(r: ev::Retention) -> Command {
+        Command::Events(ev::Cmd::SetRetention(r))
+    }
+    pub fn Claim(c: ev::Claim) -> Command {
+        Command::Events(ev::Cmd::Claim(c))
+    }
+    pub fn Ack(a: ev::Ack) -> Command {
+        Command::Events(ev::Cmd::Ack(a))
+    }
+    pub fn Release(r: ev::Release) -> Command {
+        Command::Events(ev::Cmd::Release(r))
+    }
+    pub fn SetClusterId(id: String) -> Command {
+        Command::Meta(meta::Cmd::SetClusterId(id))
+    }
+}
+
+fn oput(revision: u64) -> Outcome {
+    Outcome::Store(store::Out::Put { revision })
+}
 
 fn put(key: &str, value: &str, ttl_ms: u64) -> Command {
-    Command::Put(Put {
+    c::Put(Put {
         key: key.into(),
         value: value.as_bytes().to_vec(),
         ttl_ms,
@@ -16,7 +54,7 @@ fn put(key: &str, value: &str, ttl_ms: u64) -> Command {
 
 fn run(store: &mut MemStore, index: u64, req: &Request) -> Vec<Outcome> {
     let mut ov = Overlay::new(&*store);
-    let out = apply(&mut ov, index, req).unwrap();
+    let out = apply(&mut ov, pos(index), req).unwrap();
     let writes = ov.into_writes();
     store.commit(writes);
     out
@@ -41,7 +79,7 @@ fn put_then_read_with_revisions() {
             cmds: vec![put("a", "1", 0)],
         },
     );
-    assert_eq!(out, vec![Outcome::Put { revision: 5 }]);
+    assert_eq!(out, vec![oput(5)]);
     run(
         &mut s,
         6,
@@ -158,10 +196,10 @@ fn an_invalid_command_is_rejected_alone() {
             cmds: vec![put("ok", "1", 0), put("", "x", 0), put("also", "2", 0)],
         },
     );
-    assert_eq!(out[0], Outcome::Put { revision: 1 });
+    assert_eq!(out[0], oput(1));
     assert!(matches!(&out[1], Outcome::Rejected { field, .. } if field == "key"));
     // The rejected command takes no revision.
-    assert_eq!(out[2], Outcome::Put { revision: 2 });
+    assert_eq!(out[2], oput(2));
     assert_eq!(get(&s, "ok", 0), Some(b"1".to_vec()));
     assert_eq!(get(&s, "also", 0), Some(b"2".to_vec()));
 }
@@ -179,10 +217,7 @@ fn batched_commands_get_their_own_revisions() {
             cmds: vec![put("k", "1", 0), put("k", "2", 0)],
         },
     );
-    assert_eq!(
-        out,
-        vec![Outcome::Put { revision: 10 }, Outcome::Put { revision: 11 }]
-    );
+    assert_eq!(out, vec![oput(10), oput(11)]);
     let cas = |rev| {
         Command::Txn(Txn {
             compare: vec![Compare {
@@ -213,7 +248,7 @@ fn batched_commands_get_their_own_revisions() {
             Outcome::Txn {
                 succeeded: true,
                 revision: 13,
-                results: vec![Outcome::Put { revision: 13 }]
+                results: vec![oput(13)]
             },
         ]
     );
@@ -261,7 +296,7 @@ fn txn_applies_one_branch() {
                 ..Default::default()
             }],
             success: vec![put("k", "swapped", 0), put("outbox", "event", 0)],
-            failure: vec![Command::Delete(Delete {
+            failure: vec![c::Delete(Delete {
                 key: "nothing".into(),
                 ..Default::default()
             })],
@@ -306,7 +341,7 @@ fn txn_applies_one_branch() {
 fn databases_and_tables_track_live_records() {
     let mut s = MemStore::default();
     let mk = |db: &str, table: &str, key: &str| {
-        Command::Put(Put {
+        c::Put(Put {
             db: db.into(),
             table: table.into(),
             key: key.into(),
@@ -334,7 +369,7 @@ fn databases_and_tables_track_live_records() {
         2,
         &Request {
             time_ms: 0,
-            cmds: vec![Command::Delete(Delete {
+            cmds: vec![c::Delete(Delete {
                 db: "b".into(),
                 key: "1".into(),
                 ..Default::default()
@@ -398,9 +433,22 @@ fn prefix_suffix_order_limit_offset() {
 
 fn arb_cmd() -> impl Strategy<Value = Command> {
     let key = prop::sample::select(vec!["a", "b", "c", "d", ""]);
+    let lease_id = 1u64..4;
     prop_oneof![
+        (key.clone(), lease_id.clone()).prop_map(|(k, l)| c::Put(Put {
+            key: k.into(),
+            value: b"l".to_vec(),
+            lease: l,
+            ..Default::default()
+        })),
+        (lease_id.clone(), 1000u64..3000)
+            .prop_map(|(id, ttl_ms)| Command::Lease(lease::Cmd::Grant { id, ttl_ms })),
+        lease_id
+            .clone()
+            .prop_map(|id| Command::Lease(lease::Cmd::KeepAlive { id })),
+        lease_id.prop_map(|id| Command::Lease(lease::Cmd::Revoke { id })),
         (key.clone(), "[a-z]{0,4}", 0u64..3000).prop_map(|(k, v, ttl)| put(k, &v, ttl)),
-        key.clone().prop_map(|k| Command::Delete(Delete {
+        key.clone().prop_map(|k| c::Delete(Delete {
             key: k.into(),
             ..Default::default()
         })),
@@ -425,24 +473,41 @@ proptest! {
         cuts in prop::collection::vec(any::<bool>(), 40),
     ) {
         let reqs: Vec<Request> = entries.into_iter().map(|(t, cmds)| Request { time_ms: t, cmds }).collect();
+        // A new term now and then, as leadership changes (it renews every lease).
+        let at = |i: usize| LogPos { index: i as u64 + 1, term: 1 + (i as u64 / 7) };
         let mut one = MemStore::default();
+        let mut one_feed = Vec::new();
         for (i, r) in reqs.iter().enumerate() {
-            run(&mut one, i as u64 + 1, r);
+            let mut ov = Overlay::new(&one);
+            apply(&mut ov, at(i), r).unwrap();
+            let (w, feed) = ov.into_parts();
+            one_feed.extend(feed.changes);
+            one.commit(w);
         }
         let mut batched = MemStore::default();
+        let mut batched_feed = Vec::new();
         let mut i = 0;
         while i < reqs.len() {
             let base = batched.clone();
             let mut ov = Overlay::new(&base);
             loop {
-                apply(&mut ov, i as u64 + 1, &reqs[i]).unwrap();
+                apply(&mut ov, at(i), &reqs[i]).unwrap();
                 i += 1;
                 if i >= reqs.len() || cuts[i % cuts.len()] { break; }
             }
-            let w = ov.into_writes();
+            let (w, feed) = ov.into_parts();
+            batched_feed.extend(feed.changes);
             batched.commit(w);
         }
-        prop_assert_eq!(one, batched);
+        prop_assert_eq!(&one, &batched);
+        prop_assert_eq!(&one_feed, &batched_feed);
+        // The persisted history is the feed, and revisions only grow, without duplicates.
+        let persisted = crate::views::history::read(&one, 1, &|_| true, usize::MAX).unwrap();
+        prop_assert_eq!(&persisted, &one_feed);
+        for w in one_feed.windows(2) {
+            prop_assert!(w[0].revision <= w[1].revision);
+            prop_assert!(w[0].revision < w[1].revision || w[0].key != w[1].key);
+        }
     }
 }
 
@@ -454,19 +519,19 @@ fn the_first_cluster_id_wins() {
         1,
         &Request {
             time_ms: 0,
-            cmds: vec![Command::SetClusterId("a".into())],
+            cmds: vec![c::SetClusterId("a".into())],
         },
     );
-    assert_eq!(out, vec![Outcome::ClusterId("a".into())]);
+    assert_eq!(out, vec![Outcome::Meta(meta::Out::ClusterId("a".into()))]);
     let out = run(
         &mut s,
         2,
         &Request {
             time_ms: 0,
-            cmds: vec![Command::SetClusterId("b".into())],
+            cmds: vec![c::SetClusterId("b".into())],
         },
     );
-    assert_eq!(out, vec![Outcome::ClusterId("a".into())]);
+    assert_eq!(out, vec![Outcome::Meta(meta::Out::ClusterId("a".into()))]);
     assert_eq!(cluster_id(&s).unwrap(), Some("a".to_string()));
 }
 
@@ -475,7 +540,7 @@ mod events_view {
     use crate::views::events::{self, Ack, Claim, Publish, Release, Retention, Start};
 
     fn publish(topic: &str, payload: &str) -> Command {
-        Command::Publish(Publish {
+        c::Publish(Publish {
             topic: topic.into(),
             payload: payload.as_bytes().to_vec(),
             ..Default::default()
@@ -483,7 +548,7 @@ mod events_view {
     }
 
     fn claim(group: &str, consumer: &str, max: u32, ack_wait_ms: u64, retry_limit: u32) -> Command {
-        Command::Claim(Claim {
+        c::Claim(Claim {
             topic: "t".into(),
             group: group.into(),
             consumer: consumer.into(),
@@ -497,7 +562,7 @@ mod events_view {
 
     fn claimed(out: &[Outcome]) -> Vec<u64> {
         match &out[0] {
-            Outcome::Claimed(c) => c.seqs.clone(),
+            Outcome::Events(ev::Out::Claimed(c)) => c.seqs.clone(),
             other => panic!("not a claim: {other:?}"),
         }
     }
@@ -514,7 +579,7 @@ mod events_view {
                     cmds: vec![publish("t", &i.to_string())],
                 },
             );
-            assert_eq!(out, vec![Outcome::Published { seq: i }]);
+            assert_eq!(out, vec![Outcome::Events(ev::Out::Published { seq: i })]);
         }
         let all = events::read(&s, "t", 2, 10).unwrap();
         assert_eq!(
@@ -523,7 +588,7 @@ mod events_view {
         );
         assert_eq!(all[0].1.payload, b"2");
         assert_eq!(events::seq_at_time(&s, "t", 3500).unwrap(), 4);
-        let r = Command::SetRetention(Retention {
+        let r = c::SetRetention(Retention {
             topic: "t".into(),
             max_events: 3,
             max_age_ms: 0,
@@ -538,7 +603,7 @@ mod events_view {
         );
         let m = events::topic_meta(&s, "t").unwrap();
         assert_eq!((m.first_seq, m.last_seq), (3, 5));
-        let r = Command::SetRetention(Retention {
+        let r = c::SetRetention(Retention {
             topic: "t".into(),
             max_events: 0,
             max_age_ms: 2500,
@@ -595,7 +660,7 @@ mod events_view {
             )),
             vec![4]
         );
-        let ack = Command::Ack(Ack {
+        let ack = c::Ack(Ack {
             topic: "t".into(),
             group: "g".into(),
             seqs: vec![1, 3],
@@ -642,10 +707,10 @@ mod events_view {
         );
         assert_eq!(
             out,
-            vec![Outcome::Claimed(events::Claimed {
+            vec![Outcome::Events(ev::Out::Claimed(events::Claimed {
                 seqs: vec![],
                 dead: vec![2, 4]
-            })]
+            }))]
         );
         let g = events::group(&s, "t", "g").unwrap().unwrap();
         assert!(g.pending.is_empty());
@@ -665,13 +730,13 @@ mod events_view {
                 cmds: vec![claim("g", "a", 3, 60_000, 0)],
             },
         ));
-        let ack = Command::Ack(Ack {
+        let ack = c::Ack(Ack {
             topic: "t".into(),
             group: "g".into(),
             seqs: vec![1],
             success: true,
         });
-        let rel = Command::Release(Release {
+        let rel = c::Release(Release {
             topic: "t".into(),
             group: "g".into(),
             consumer: "a".into(),
@@ -741,5 +806,238 @@ proptest! {
         let _ = crate::codec::decode::<crate::views::store::StoredRecord>(&raw);
         let _ = crate::codec::decode::<Request>(&raw);
         let _ = crate::codec::decode::<crate::views::events::GroupState>(&raw);
+    }
+}
+
+mod kernel {
+    use super::*;
+    use crate::views::history;
+
+    fn req(time_ms: u64, cmds: Vec<Command>) -> Request {
+        Request { time_ms, cmds }
+    }
+
+    fn grant(id: u64, ttl_ms: u64) -> Command {
+        Command::Lease(lease::Cmd::Grant { id, ttl_ms })
+    }
+
+    fn leased(key: &str, id: u64) -> Command {
+        c::Put(Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease: id,
+            ..Default::default()
+        })
+    }
+
+    fn apply_at(s: &mut MemStore, index: u64, term: u64, r: &Request) -> (Vec<Outcome>, Feed) {
+        let mut ov = Overlay::new(&*s);
+        let out = apply(&mut ov, LogPos { index, term }, r).unwrap();
+        let (w, feed) = ov.into_parts();
+        s.commit(w);
+        (out, feed)
+    }
+
+    #[test]
+    fn a_lease_takes_its_keys_with_it_in_one_revision() {
+        let mut s = MemStore::default();
+        let (out, _) = apply_at(
+            &mut s,
+            1,
+            1,
+            &req(1000, vec![grant(7, 3000), leased("a", 7), leased("b", 7)]),
+        );
+        assert_eq!(
+            out[0],
+            Outcome::Lease(lease::Out::Granted {
+                id: 7,
+                ttl_ms: 3000
+            })
+        );
+        assert_eq!(out[1], oput(2));
+        // A put naming a lease that does not exist is refused and changes nothing.
+        let (out, feed) = apply_at(&mut s, 2, 1, &req(1500, vec![leased("c", 8)]));
+        assert!(matches!(&out[0], Outcome::Rejected { field, .. } if field == "lease"));
+        assert!(feed.changes.is_empty());
+        assert_eq!(crate::revision(&s).unwrap(), 3);
+        // Readers stop seeing the keys at the lease's expiry, before any purge entry.
+        assert_eq!(get(&s, "a", 3999), Some(b"v".to_vec()));
+        assert_eq!(get(&s, "a", 4000), None);
+        assert_eq!(crate::next_expiry(&s).unwrap(), Some(4000));
+        // The tick at 4000 deletes both keys at one revision.
+        let (_, feed) = apply_at(&mut s, 3, 1, &req(4000, vec![]));
+        let revs: Vec<(u64, bool)> = feed
+            .changes
+            .iter()
+            .map(|c| (c.revision, c.value.is_none()))
+            .collect();
+        assert_eq!(revs, vec![(4, true), (4, true)]);
+        assert!(lease::get(&s, 7).unwrap().is_none());
+        assert!(lease::attached(&s, 7).unwrap().is_empty());
+        assert_eq!(crate::next_expiry(&s).unwrap(), None);
+    }
+
+    #[test]
+    fn keepalive_revoke_and_a_new_term_renew_or_end_leases() {
+        let mut s = MemStore::default();
+        apply_at(
+            &mut s,
+            1,
+            1,
+            &req(1000, vec![grant(0, 2000), leased("k", 1)]),
+        );
+        let (out, _) = apply_at(
+            &mut s,
+            2,
+            1,
+            &req(2500, vec![Command::Lease(lease::Cmd::KeepAlive { id: 1 })]),
+        );
+        assert_eq!(
+            out[0],
+            Outcome::Lease(lease::Out::Kept {
+                id: 1,
+                ttl_ms: 2000
+            })
+        );
+        assert_eq!(lease::get(&s, 1).unwrap().unwrap().expiry_ms, 4500);
+        // The cluster was down for an hour; the new leader's first entry (a new term) renews
+        // the lease from its clock before anything is purged.
+        let hour = 3_600_000;
+        apply_at(&mut s, 3, 2, &req(4500 + hour, vec![]));
+        assert_eq!(get(&s, "k", 4500 + hour), Some(b"v".to_vec()));
+        assert_eq!(lease::get(&s, 1).unwrap().unwrap().expiry_ms, 6500 + hour);
+        // Without a new term, time does expire it.
+        apply_at(&mut s, 4, 2, &req(6500 + hour, vec![]));
+        assert_eq!(get(&s, "k", 0), None);
+
+        apply_at(
+            &mut s,
+            5,
+            2,
+            &req(7000 + hour, vec![grant(5, 9000), leased("x", 5)]),
+        );
+        let (out, feed) = apply_at(
+            &mut s,
+            6,
+            2,
+            &req(
+                7001 + hour,
+                vec![Command::Lease(lease::Cmd::Revoke { id: 5 })],
+            ),
+        );
+        assert_eq!(
+            out[0],
+            Outcome::Lease(lease::Out::Revoked { id: 5, keys: 1 })
+        );
+        assert_eq!(feed.changes.len(), 1);
+        let (out, _) = apply_at(
+            &mut s,
+            7,
+            2,
+            &req(
+                7002 + hour,
+                vec![Command::Lease(lease::Cmd::KeepAlive { id: 5 })],
+            ),
+        );
+        assert_eq!(out[0], Outcome::Lease(lease::Out::NotFound { id: 5 }));
+    }
+
+    #[test]
+    fn a_txn_with_a_dead_lease_applies_nothing() {
+        let mut s = MemStore::default();
+        let t = Command::Txn(Txn {
+            compare: vec![],
+            success: vec![
+                c::Put(Put {
+                    key: "plain".into(),
+                    ..Default::default()
+                }),
+                leased("l", 99),
+            ],
+            failure: vec![],
+        });
+        let (out, feed) = apply_at(&mut s, 1, 1, &req(10, vec![t]));
+        assert!(matches!(&out[0], Outcome::Rejected { field, .. } if field == "lease"));
+        assert!(feed.changes.is_empty());
+        assert_eq!(get(&s, "plain", 0), None);
+    }
+
+    #[test]
+    fn history_keeps_every_change_until_compacted() {
+        let mut s = MemStore::default();
+        for i in 1..=5u64 {
+            apply_at(&mut s, i, 1, &req(i, vec![put("k", &i.to_string(), 0)]));
+        }
+        apply_at(
+            &mut s,
+            6,
+            1,
+            &req(
+                6,
+                vec![c::Delete(Delete {
+                    key: "k".into(),
+                    ..Default::default()
+                })],
+            ),
+        );
+        let all = history::read(&s, 1, &|_| true, usize::MAX).unwrap();
+        assert_eq!(
+            all.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        assert_eq!(all[5].prev_revision, 5);
+        assert_eq!(all[5].value, None);
+        let sk = crate::keys::store_key("micro", "micro", "k");
+        let prev = history::value_at(&s, &sk, 4).unwrap().unwrap();
+        assert_eq!(store::decode_record(&prev).unwrap().value, b"4");
+        let compact = |r| Command::Meta(meta::Cmd::Compact { revision: r });
+        let (out, _) = apply_at(&mut s, 7, 1, &req(7, vec![compact(4)]));
+        assert_eq!(out[0], Outcome::Meta(meta::Out::Compacted { revision: 4 }));
+        assert_eq!(crate::compact_revision(&s).unwrap(), 4);
+        let rest = history::read(&s, 1, &|_| true, usize::MAX).unwrap();
+        assert_eq!(rest.first().map(|c| c.revision), Some(4));
+        // Past the current revision is refused.
+        let (out, _) = apply_at(&mut s, 8, 1, &req(8, vec![compact(100)]));
+        assert!(matches!(&out[0], Outcome::Rejected { field, .. } if field == "revision"));
+    }
+
+    #[test]
+    fn schema_1_expiry_keys_and_records_are_migrated_at_the_first_entry() {
+        // A record and its expiry index entry as release 1 wrote them.
+        let mut s = MemStore::default();
+        let sk = crate::keys::store_key("micro", "micro", "old");
+        #[derive(serde::Serialize)]
+        struct V1 {
+            value: Vec<u8>,
+            metadata: std::collections::BTreeMap<String, store::MetaField>,
+            expiry_ms: Option<u64>,
+            create_revision: u64,
+            mod_revision: u64,
+            version: u64,
+        }
+        let v1 = V1 {
+            value: b"x".to_vec(),
+            metadata: Default::default(),
+            expiry_ms: Some(5000),
+            create_revision: 3,
+            mod_revision: 3,
+            version: 1,
+        };
+        s.map.insert(sk.clone(), crate::codec::encode(&v1));
+        let mut ek = vec![crate::keys::EXPIRY];
+        ek.extend_from_slice(&5000u64.to_be_bytes());
+        ek.extend_from_slice(&sk[1..]);
+        s.map.insert(ek.clone(), vec![]);
+        s.map.insert(
+            crate::keys::META_REVISION.to_vec(),
+            3u64.to_be_bytes().to_vec(),
+        );
+        assert_eq!(get(&s, "old", 0), Some(b"x".to_vec()));
+        apply_at(&mut s, 4, 1, &req(100, vec![]));
+        assert!(!s.map.contains_key(&ek));
+        assert!(s.map.contains_key(&crate::keys::expiry_key(5000, &sk)));
+        let (_, feed) = apply_at(&mut s, 5, 1, &req(5000, vec![]));
+        assert_eq!(feed.changes.len(), 1);
+        assert_eq!(get(&s, "old", 0), None);
     }
 }

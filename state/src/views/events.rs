@@ -10,8 +10,84 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::command::{check_name, check_size, Outcome, FIXED_SIZE};
 use crate::keys;
 use crate::storage::{prefix_end, Overlay, Read, StorageError};
+
+/// Marker for [`crate::command::View`].
+pub struct Events;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cmd {
+    Publish(Publish),
+    SetRetention(Retention),
+    Claim(Claim),
+    Ack(Ack),
+    Release(Release),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Out {
+    /// The event's sequence in its topic.
+    Published {
+        seq: u64,
+    },
+    RetentionSet,
+    Claimed(Claimed),
+    /// How many pending events the ack or release touched.
+    Count(u64),
+}
+
+impl Cmd {
+    pub fn size_hint(&self) -> usize {
+        match self {
+            Cmd::Publish(p) => FIXED_SIZE + p.topic.len() + p.payload.len(),
+            Cmd::Ack(a) => FIXED_SIZE + a.topic.len() + 8 * a.seqs.len(),
+            Cmd::SetRetention(_) | Cmd::Claim(_) | Cmd::Release(_) => FIXED_SIZE,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), Outcome> {
+        match self {
+            Cmd::Publish(p) => {
+                check_name("topic", &p.topic, true)?;
+                check_size("payload", p.payload.len(), crate::MAX_VALUE_BYTES)
+            }
+            Cmd::SetRetention(r) => check_name("topic", &r.topic, true),
+            Cmd::Claim(c) => {
+                check_name("topic", &c.topic, true)?;
+                check_name("group", &c.group, true)
+            }
+            Cmd::Ack(a) => {
+                check_name("topic", &a.topic, true)?;
+                check_name("group", &a.group, true)
+            }
+            Cmd::Release(r) => {
+                check_name("topic", &r.topic, true)?;
+                check_name("group", &r.group, true)
+            }
+        }
+    }
+}
+
+pub(crate) fn apply<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    cmd: &Cmd,
+    now: u64,
+) -> Result<Outcome, StorageError> {
+    Ok(Outcome::Events(match cmd {
+        Cmd::Publish(p) => Out::Published {
+            seq: publish(ov, p, now)?,
+        },
+        Cmd::SetRetention(r) => {
+            set_retention(ov, r, now)?;
+            Out::RetentionSet
+        }
+        Cmd::Claim(c) => Out::Claimed(claim(ov, c, now)?),
+        Cmd::Ack(a) => Out::Count(ack(ov, a, now)?),
+        Cmd::Release(r) => Out::Count(release(ov, r, now)?),
+    }))
+}
 
 /// Default retention: at most this many events per topic...
 pub const DEFAULT_MAX_EVENTS: u64 = 1_000_000;
@@ -300,7 +376,7 @@ fn trim<S: Read + ?Sized>(
 }
 
 /// Appends an event; returns its sequence.
-pub fn publish<S: Read + ?Sized>(
+pub(crate) fn publish<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
     p: &Publish,
     now: u64,
@@ -322,11 +398,12 @@ pub fn publish<S: Read + ?Sized>(
     ov.put(event_key(&p.topic, seq), codec::encode(&ev));
     trim(ov, &p.topic, &mut m, now)?;
     save_meta(ov, &p.topic, &m);
+    ov.feed.topics.insert(p.topic.clone());
     Ok(seq)
 }
 
 /// Sets retention and trims at once.
-pub fn set_retention<S: Read + ?Sized>(
+pub(crate) fn set_retention<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
     r: &Retention,
     now: u64,
@@ -346,7 +423,7 @@ pub struct Claimed {
     pub dead: Vec<u64>,
 }
 
-pub fn claim<S: Read + ?Sized>(
+pub(crate) fn claim<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
     c: &Claim,
     now: u64,
@@ -416,7 +493,7 @@ pub fn claim<S: Read + ?Sized>(
 }
 
 /// Returns how many of the sequences were pending.
-pub fn ack<S: Read + ?Sized>(
+pub(crate) fn ack<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
     a: &Ack,
     now: u64,
@@ -437,7 +514,7 @@ pub fn ack<S: Read + ?Sized>(
     Ok(n)
 }
 
-pub fn release<S: Read + ?Sized>(
+pub(crate) fn release<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
     r: &Release,
     now: u64,

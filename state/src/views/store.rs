@@ -1,15 +1,153 @@
-//! The key-value store view: database / table / key → record, with metadata, expiry and
-//! revisions (create / mod revision = the store revision of the command that wrote it; version counts writes since
-//! creation), as etcd reports them.
+//! The key-value store view: database / table / key → record, with metadata, expiry, an
+//! optional lease and revisions (create / mod revision = the revision of the command that
+//! wrote it; version counts writes since creation), as etcd reports them. Every change goes
+//! into the change feed (`history`), so the store can be watched from any retained revision.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::command::{Delete, MetaField, Put};
+use crate::command::{check_name, check_size, reject, Outcome, FIXED_SIZE};
+use crate::expiry;
 use crate::keys;
 use crate::storage::{prefix_end, Overlay, Read, StorageError};
+use crate::views::{history, lease};
+
+/// Marker for [`crate::command::View`].
+pub struct Store;
+
+/// One metadata value of a store record, as Micro v3's `store.Field`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetaField {
+    pub kind: String,
+    pub value: String,
+}
+
+/// Writes a store record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Put {
+    pub db: String,
+    pub table: String,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub metadata: BTreeMap<String, MetaField>,
+    /// Time to live in ms from the entry's clock; 0 means no expiry.
+    pub ttl_ms: u64,
+    /// The lease the record is attached to (deleted with it); 0 for none.
+    pub lease: u64,
+}
+
+/// Deletes a store record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Delete {
+    pub db: String,
+    pub table: String,
+    pub key: String,
+}
+
+/// A guard of a [`crate::Txn`]: the record's mod revision must equal `mod_revision` (0: absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Compare {
+    pub db: String,
+    pub table: String,
+    pub key: String,
+    pub mod_revision: u64,
+}
+
+impl Compare {
+    pub fn validate(&self) -> Result<(), Outcome> {
+        check_name("compare.key", &self.key, true)?;
+        check_name("compare.database", &self.db, false)?;
+        check_name("compare.table", &self.table, false)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cmd {
+    Put(Put),
+    Delete(Delete),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Out {
+    /// The record now has this mod revision (the command's revision).
+    Put { revision: u64 },
+    /// Whether a live record was deleted.
+    Deleted { existed: bool },
+}
+
+impl Cmd {
+    pub fn size_hint(&self) -> usize {
+        match self {
+            Cmd::Put(p) => {
+                FIXED_SIZE
+                    + p.key.len()
+                    + p.value.len()
+                    + p.metadata
+                        .iter()
+                        .map(|(k, v)| k.len() + v.kind.len() + v.value.len())
+                        .sum::<usize>()
+            }
+            Cmd::Delete(d) => FIXED_SIZE + d.key.len(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), Outcome> {
+        match self {
+            Cmd::Put(p) => {
+                check_name("key", &p.key, true)?;
+                check_name("database", &p.db, false)?;
+                check_name("table", &p.table, false)?;
+                check_size("value", p.value.len(), crate::MAX_VALUE_BYTES)
+            }
+            Cmd::Delete(d) => {
+                check_name("key", &d.key, true)?;
+                check_name("database", &d.db, false)?;
+                check_name("table", &d.table, false)
+            }
+        }
+    }
+
+    /// Checks what depends on the state (a put's lease must be live), before anything runs.
+    pub(crate) fn check<S: Read + ?Sized>(
+        &self,
+        s: &S,
+        now_ms: u64,
+    ) -> Result<Result<(), Outcome>, StorageError> {
+        Ok(match self {
+            Cmd::Put(p) if p.lease != 0 && lease::get_live(s, p.lease, now_ms)?.is_none() => {
+                Err(reject(
+                    "lease",
+                    format!("lease {} not found (expired or revoked)", p.lease),
+                ))
+            }
+            Cmd::Put(_) | Cmd::Delete(_) => Ok(()),
+        })
+    }
+}
+
+pub(crate) fn apply<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    cmd: &Cmd,
+    revision: u64,
+    now: u64,
+) -> Result<Outcome, StorageError> {
+    Ok(Outcome::Store(match cmd {
+        Cmd::Put(p) => Out::Put {
+            revision: put(ov, p, revision, now)?,
+        },
+        Cmd::Delete(d) => {
+            let (db, table) = (db_name(&d.db), table_name(&d.table));
+            Out::Deleted {
+                existed: remove(ov, &keys::store_key(db, table, &d.key), revision, now)?,
+            }
+        }
+    }))
+}
+
+/// The persisted record format this release writes (release 1 wrote 1, without `lease`).
+pub const RECORD_VERSION: u8 = 2;
 
 /// A record as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,10 +159,49 @@ pub struct StoredRecord {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+    /// The lease the record is attached to; 0 for none.
+    pub lease: u64,
+}
+
+/// Release 1's record, frozen: decoded, never written.
+#[derive(Debug, Deserialize)]
+struct StoredRecordV1 {
+    value: Vec<u8>,
+    metadata: BTreeMap<String, MetaField>,
+    expiry_ms: Option<u64>,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+}
+
+/// Encodes a record in the current format.
+pub fn encode_record(r: &StoredRecord) -> Vec<u8> {
+    codec::encode_as(RECORD_VERSION, r)
+}
+
+/// Decodes a record of any supported format.
+pub fn decode_record(bytes: &[u8]) -> Result<StoredRecord, codec::Error> {
+    let (version, body) = codec::split(bytes)?;
+    match version {
+        1 => {
+            let r: StoredRecordV1 = codec::decode_body(body)?;
+            Ok(StoredRecord {
+                value: r.value,
+                metadata: r.metadata,
+                expiry_ms: r.expiry_ms,
+                create_revision: r.create_revision,
+                mod_revision: r.mod_revision,
+                version: r.version,
+                lease: 0,
+            })
+        }
+        RECORD_VERSION => codec::decode_body(body),
+        v => Err(codec::Error::Version(v)),
+    }
 }
 
 impl StoredRecord {
-    /// Whether the record is past its expiry at `now_ms`.
+    /// Whether the record is past its own expiry at `now_ms` (its lease is checked apart).
     pub fn expired(&self, now_ms: u64) -> bool {
         self.expiry_ms.is_some_and(|e| e <= now_ms)
     }
@@ -64,7 +241,7 @@ pub(crate) fn load<S: Read + ?Sized>(
     store_key: &[u8],
 ) -> Result<Option<StoredRecord>, StorageError> {
     match s.get(store_key)? {
-        Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(storage)?)),
+        Some(bytes) => Ok(Some(decode_record(&bytes).map_err(storage)?)),
         None => Ok(None),
     }
 }
@@ -93,8 +270,8 @@ fn bump_table<S: Read + ?Sized>(
     Ok(())
 }
 
-/// Applies a put at store revision `revision` with state clock `now_ms`.
-pub fn put<S: Read + ?Sized>(
+/// Applies a put at `revision` with state clock `now_ms`.
+fn put<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
     p: &Put,
     revision: u64,
@@ -103,21 +280,27 @@ pub fn put<S: Read + ?Sized>(
     let (db, table) = (db_name(&p.db), table_name(&p.table));
     let sk = keys::store_key(db, table, &p.key);
     let prev = load(ov, &sk)?;
-    let (create_revision, version) = match &prev {
+    let (create_revision, version, prev_revision) = match &prev {
         Some(r) => {
             if let Some(e) = r.expiry_ms {
-                ov.delete(keys::expiry_key(e, &sk));
+                expiry::cancel(ov, e, &sk);
             }
-            (r.create_revision, r.version + 1)
+            if r.lease != 0 && r.lease != p.lease {
+                lease::detach(ov, r.lease, &sk);
+            }
+            (r.create_revision, r.version + 1, r.mod_revision)
         }
         None => {
             bump_table(ov, db, table, 1)?;
-            (revision, 1)
+            (revision, 1, 0)
         }
     };
     let expiry_ms = (p.ttl_ms > 0).then(|| now_ms.saturating_add(p.ttl_ms));
     if let Some(e) = expiry_ms {
-        ov.put(keys::expiry_key(e, &sk), Vec::new());
+        expiry::schedule(ov, e, &sk);
+    }
+    if p.lease != 0 {
+        lease::attach(ov, p.lease, &sk);
     }
     let rec = StoredRecord {
         value: p.value.clone(),
@@ -126,69 +309,36 @@ pub fn put<S: Read + ?Sized>(
         create_revision,
         mod_revision: revision,
         version,
+        lease: p.lease,
     };
-    ov.put(sk, codec::encode(&rec));
+    let bytes = encode_record(&rec);
+    ov.put(sk.clone(), bytes.clone());
+    history::record(ov, revision, now_ms, sk, Some(bytes), prev_revision);
     Ok(revision)
 }
 
-/// Applies a delete; returns whether a record existed.
-pub fn delete<S: Read + ?Sized>(ov: &mut Overlay<'_, S>, d: &Delete) -> Result<bool, StorageError> {
-    let (db, table) = (db_name(&d.db), table_name(&d.table));
-    remove(ov, db, table, &keys::store_key(db, table, &d.key))
-}
-
-fn remove<S: Read + ?Sized>(
+/// Deletes the record at store key `sk` as a change at `revision`; returns whether it existed.
+pub(crate) fn remove<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
-    db: &str,
-    table: &str,
     sk: &[u8],
+    revision: u64,
+    now_ms: u64,
 ) -> Result<bool, StorageError> {
     let Some(prev) = load(ov, sk)? else {
         return Ok(false);
     };
+    let (db, table, _) =
+        keys::parse_store_key(sk).ok_or_else(|| StorageError("corrupt store key".into()))?;
     if let Some(e) = prev.expiry_ms {
-        ov.delete(keys::expiry_key(e, sk));
+        expiry::cancel(ov, e, sk);
+    }
+    if prev.lease != 0 {
+        lease::detach(ov, prev.lease, sk);
     }
     ov.delete(sk.to_vec());
-    bump_table(ov, db, table, -1)?;
+    bump_table(ov, &db, &table, -1)?;
+    history::record(ov, revision, now_ms, sk.to_vec(), None, prev.mod_revision);
     Ok(true)
-}
-
-/// Deletes every record whose expiry is at or before `now_ms`.
-pub fn purge_expired<S: Read + ?Sized>(
-    ov: &mut Overlay<'_, S>,
-    now_ms: u64,
-) -> Result<usize, StorageError> {
-    let from = [keys::EXPIRY];
-    let mut to = vec![keys::EXPIRY];
-    to.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
-    let due = ov.collect(&from, Some(&to), usize::MAX)?;
-    for (ek, _) in &due {
-        let (_, sk) = keys::parse_expiry_key(ek)
-            .ok_or_else(|| StorageError("corrupt expiry index key".into()))?;
-        let (db, rest) =
-            keys::take_str(&sk[1..]).ok_or_else(|| StorageError("corrupt store key".into()))?;
-        let (table, _) =
-            keys::take_str(rest).ok_or_else(|| StorageError("corrupt store key".into()))?;
-        ov.delete(ek.clone());
-        remove(ov, &db, &table, &sk)?;
-    }
-    Ok(due.len())
-}
-
-/// The earliest expiry of any record, if any record expires.
-pub fn next_expiry<S: Read + ?Sized>(s: &S) -> Result<Option<u64>, StorageError> {
-    let mut first = None;
-    s.scan(
-        &[keys::EXPIRY],
-        Some(&[keys::EXPIRY + 1]),
-        false,
-        &mut |k, _| {
-            first = keys::parse_expiry_key(k).map(|(ms, _)| ms);
-            false
-        },
-    )?;
-    Ok(first)
 }
 
 /// Read options, as Micro v3's `ReadOptions` / `ListOptions`.
@@ -207,13 +357,22 @@ pub struct Query {
     pub descending: bool,
 }
 
+/// Whether a record is live at the reader's clock: neither it nor its lease has expired
+/// (a purge entry may not have been applied yet).
+fn live<S: Read + ?Sized>(s: &S, r: &StoredRecord, now_ms: u64) -> Result<bool, StorageError> {
+    if r.expired(now_ms) {
+        return Ok(false);
+    }
+    Ok(r.lease == 0 || lease::get_live(s, r.lease, now_ms)?.is_some())
+}
+
 /// Reads records matching `q` that are live at the reader's clock `now_ms`.
 pub fn query<S: Read + ?Sized>(s: &S, q: &Query, now_ms: u64) -> Result<Vec<Entry>, StorageError> {
     let (db, table) = (db_name(&q.db), table_name(&q.table));
     if !q.prefix && q.suffix.is_empty() {
         let sk = keys::store_key(db, table, &q.key);
         return Ok(match load(s, &sk)? {
-            Some(record) if !record.expired(now_ms) && q.offset == 0 => vec![Entry {
+            Some(record) if q.offset == 0 && live(s, &record, now_ms)? => vec![Entry {
                 key: q.key.clone(),
                 record,
             }],
@@ -232,15 +391,20 @@ pub fn query<S: Read + ?Sized>(s: &S, q: &Query, now_ms: u64) -> Result<Vec<Entr
         if !key.ends_with(q.suffix.as_str()) {
             return true;
         }
-        let record: StoredRecord = match codec::decode(v) {
+        let record = match decode_record(v) {
             Ok(r) => r,
             Err(e) => {
                 err = Some(storage(e));
                 return false;
             }
         };
-        if record.expired(now_ms) {
-            return true;
+        match live(s, &record, now_ms) {
+            Ok(true) => {}
+            Ok(false) => return true,
+            Err(e) => {
+                err = Some(e);
+                return false;
+            }
         }
         if skipped < q.offset {
             skipped += 1;

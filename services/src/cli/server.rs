@@ -1,0 +1,147 @@
+//! `micro server`: runs a node until SIGINT/SIGTERM.
+
+use super::*;
+
+#[derive(Args)]
+pub(super) struct ServerArgs {
+    /// This node's id (1, 2, 3, ...)
+    #[arg(long, env = "MICRO_NODE_ID", default_value_t = 1)]
+    node_id: u64,
+    /// Where the node keeps its log, views and snapshots
+    #[arg(long, env = "MICRO_DATA_DIR", default_value = "./micro-data")]
+    data_dir: PathBuf,
+    /// HTTP gateway address
+    #[arg(long, env = "MICRO_HTTP", default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// gRPC address for clients
+    #[arg(long, env = "MICRO_GRPC", default_value = "127.0.0.1:8081")]
+    grpc: std::net::SocketAddr,
+    /// Address for Raft traffic between nodes
+    #[arg(long, env = "MICRO_PEER", default_value = "127.0.0.1:8085")]
+    peer: std::net::SocketAddr,
+    /// Peer address other nodes should use for this one (default: from --initial-cluster or --peer)
+    #[arg(long, env = "MICRO_ADVERTISE_PEER")]
+    advertise_peer: Option<String>,
+    /// Founding members, e.g. "1=127.0.0.1:8085,2=127.0.0.1:9085,3=127.0.0.1:10085"
+    /// (ignored when the data dir already holds a cluster)
+    #[arg(long, env = "MICRO_INITIAL_CLUSTER", default_value = "")]
+    initial_cluster: String,
+    /// Shared secret for peer traffic; every member needs the same one
+    #[arg(long, env = "MICRO_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
+    /// Join an existing cluster through a member's peer address (empty data dir only);
+    /// the node joins as a learner, promote it with `micro cluster promote`
+    #[arg(long, env = "MICRO_JOIN")]
+    join: Option<String>,
+    /// Dial other addresses for members' peer addresses: "MEMBER=DIAL,..." (proxies, NAT)
+    #[arg(long, env = "MICRO_PEER_ROUTES", default_value = "", hide = true)]
+    peer_routes: String,
+    /// Snapshot (and compact the log) every this many applied entries
+    #[arg(long, default_value_t = 20_000)]
+    snapshot_every: u64,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+pub(super) const TOKEN_FILE: &str = "cluster-token";
+
+fn random_token() -> anyhow::Result<String> {
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b)
+        .map_err(|e| anyhow::anyhow!("no randomness for a cluster token: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+pub(super) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The flag wins; else the token saved in the data dir; else a new single-node cluster makes
+/// one. A multi-node bootstrap must be given one, so that every member shares it.
+fn resolve_token(args: &ServerArgs, multi: bool) -> anyhow::Result<String> {
+    std::fs::create_dir_all(&args.data_dir)?;
+    let file = args.data_dir.join(TOKEN_FILE);
+    let saved = std::fs::read_to_string(&file)
+        .ok()
+        .map(|s| s.trim().to_string());
+    let token = match (&args.cluster_token, saved) {
+        (Some(t), _) => t.clone(),
+        (None, Some(s)) if !s.is_empty() => return Ok(s),
+        (None, _) if !multi => random_token()?,
+        (None, _) => anyhow::bail!(
+            "a cluster with --initial-cluster needs a shared secret: pass the same --cluster-token (or MICRO_CLUSTER_TOKEN) to every node"
+        ),
+    };
+    if token.len() < 8 {
+        anyhow::bail!("--cluster-token is too short: use at least 8 characters");
+    }
+    write_private(&file, &token)?;
+    Ok(token)
+}
+
+pub(super) async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let initial = NodeConfig::parse_initial_cluster(&args.initial_cluster)
+        .map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?;
+    let token = resolve_token(&args, initial.len() > 1 || args.join.is_some())?;
+    let mut node = NodeConfig::new(args.node_id, args.data_dir.clone(), args.peer);
+    node.initial_cluster = initial;
+    node.advertise_peer = args.advertise_peer.clone();
+    node.join = args.join.clone();
+    node.peer_routes = NodeConfig::parse_routes(&args.peer_routes)
+        .map_err(|e| anyhow::anyhow!("--peer-routes: {e}"))?;
+    node.cluster_token = token;
+    node.snapshot_every = args.snapshot_every.max(1);
+    node.keep_behind_snapshot = (args.snapshot_every / 4).clamp(100, 5_000);
+    let cfg = crate::server::ServerConfig {
+        node,
+        grpc: args.grpc,
+        http: args.http,
+    };
+    crate::server::run(cfg, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut i), Ok(mut t)) => {
+                tokio::select! {
+                    _ = i.recv() => {}
+                    _ = t.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,264 @@
+//! Leases, as etcd has them: granted with a TTL, kept alive, revoked; store records attached to
+//! a lease are deleted with it, in the same entry (one revision) on every node.
+//!
+//! A lease never expires because of an election or an outage: the first entry of every new
+//! term gives every lease its full TTL again from that entry's clock (see `renew_all`), the
+//! same on every node because it is decided by the log (etcd does the same on leader change).
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::command::{reject, Outcome};
+use crate::expiry;
+use crate::keys;
+use crate::storage::{prefix_end, Overlay, Read, StorageError};
+use crate::views::store;
+
+/// Marker for [`crate::command::View`].
+pub struct Leases;
+
+/// The shortest TTL a lease may have: shorter ones would expire between keepalives.
+pub const MIN_TTL_MS: u64 = 1_000;
+/// The longest (a year); longer leases are better written without one.
+pub const MAX_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub ttl_ms: u64,
+    /// When it expires on the state clock unless kept alive.
+    pub expiry_ms: u64,
+    /// The revision that granted it.
+    pub granted_revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cmd {
+    /// Grants a lease; `id` 0 lets the cluster choose (the command's revision).
+    Grant { id: u64, ttl_ms: u64 },
+    /// Restarts the lease's TTL from the entry's clock.
+    KeepAlive { id: u64 },
+    /// Ends the lease now and deletes its keys.
+    Revoke { id: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Out {
+    Granted {
+        id: u64,
+        ttl_ms: u64,
+    },
+    Kept {
+        id: u64,
+        ttl_ms: u64,
+    },
+    /// The lease ended; `keys` records were deleted with it.
+    Revoked {
+        id: u64,
+        keys: u64,
+    },
+    /// No such lease (never granted, expired or revoked).
+    NotFound {
+        id: u64,
+    },
+}
+
+impl Cmd {
+    pub fn validate(&self) -> Result<(), Outcome> {
+        match self {
+            Cmd::Grant { ttl_ms, .. } => {
+                if !(MIN_TTL_MS..=MAX_TTL_MS).contains(ttl_ms) {
+                    return Err(reject(
+                        "ttl",
+                        format!(
+                            "is {ttl_ms} ms; a lease lives between {} s and {} days",
+                            MIN_TTL_MS / 1000,
+                            MAX_TTL_MS / 86_400_000
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Cmd::KeepAlive { id } | Cmd::Revoke { id } => {
+                if *id == 0 {
+                    return Err(reject("id", "must not be 0".into()));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn corrupt(e: codec::Error) -> StorageError {
+    StorageError(format!("corrupt lease: {e}"))
+}
+
+/// The lease, if it exists (maybe past its expiry on a reader's clock).
+pub fn get<S: Read + ?Sized>(s: &S, id: u64) -> Result<Option<Lease>, StorageError> {
+    match s.get(&keys::lease_key(id))? {
+        Some(b) => Ok(Some(codec::decode(&b).map_err(corrupt)?)),
+        None => Ok(None),
+    }
+}
+
+/// The lease, if it exists and has not expired at `now_ms`.
+pub fn get_live<S: Read + ?Sized>(
+    s: &S,
+    id: u64,
+    now_ms: u64,
+) -> Result<Option<Lease>, StorageError> {
+    Ok(get(s, id)?.filter(|l| l.expiry_ms > now_ms))
+}
+
+/// Every lease, by id.
+pub fn list<S: Read + ?Sized>(s: &S) -> Result<Vec<(u64, Lease)>, StorageError> {
+    let mut out = Vec::new();
+    let mut err = None;
+    s.scan(
+        &[keys::LEASE],
+        Some(&[keys::LEASE + 1]),
+        false,
+        &mut |k, v| {
+            let id = k
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            match (id, codec::decode(v)) {
+                (Some(id), Ok(l)) => out.push((id, l)),
+                (_, Err(e)) => err = Some(corrupt(e)),
+                (None, _) => err = Some(StorageError("corrupt lease key".into())),
+            }
+            err.is_none()
+        },
+    )?;
+    err.map_or(Ok(out), Err)
+}
+
+/// The keyspace keys attached to the lease.
+pub fn attached<S: Read + ?Sized>(s: &S, id: u64) -> Result<Vec<Vec<u8>>, StorageError> {
+    let prefix = keys::lease_keys_key(id, &[]);
+    let mut out = Vec::new();
+    s.scan(
+        &prefix,
+        prefix_end(&prefix).as_deref(),
+        false,
+        &mut |k, _| {
+            out.push(k[prefix.len()..].to_vec());
+            true
+        },
+    )?;
+    Ok(out)
+}
+
+pub(crate) fn attach<S: Read + ?Sized>(ov: &mut Overlay<'_, S>, id: u64, owner: &[u8]) {
+    ov.put(keys::lease_keys_key(id, owner), Vec::new());
+}
+
+pub(crate) fn detach<S: Read + ?Sized>(ov: &mut Overlay<'_, S>, id: u64, owner: &[u8]) {
+    ov.delete(keys::lease_keys_key(id, owner));
+}
+
+fn save<S: Read + ?Sized>(ov: &mut Overlay<'_, S>, id: u64, l: &Lease) {
+    ov.put(keys::lease_key(id), codec::encode(l));
+}
+
+/// Moves the lease's expiry to `now + ttl`.
+fn renew<S: Read + ?Sized>(ov: &mut Overlay<'_, S>, id: u64, l: &mut Lease, now: u64) {
+    let lk = keys::lease_key(id);
+    expiry::cancel(ov, l.expiry_ms, &lk);
+    l.expiry_ms = now.saturating_add(l.ttl_ms);
+    expiry::schedule(ov, l.expiry_ms, &lk);
+    save(ov, id, l);
+}
+
+/// Ends the lease: deletes it and every record attached to it, as changes at `revision`.
+/// Returns how many records were deleted.
+fn end<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    id: u64,
+    l: &Lease,
+    revision: u64,
+    now: u64,
+) -> Result<u64, StorageError> {
+    let lk = keys::lease_key(id);
+    expiry::cancel(ov, l.expiry_ms, &lk);
+    ov.delete(lk);
+    let mut n = 0;
+    for owner in attached(ov, id)? {
+        match owner.first() {
+            Some(&keys::STORE) => n += store::remove(ov, &owner, revision, now)? as u64,
+            _ => return Err(StorageError("corrupt lease attachment".into())),
+        }
+        // `remove` detaches; make sure a dangling attachment goes too.
+        detach(ov, id, &owner);
+    }
+    Ok(n)
+}
+
+pub(crate) fn apply<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    cmd: &Cmd,
+    revision: u64,
+    now: u64,
+) -> Result<Outcome, StorageError> {
+    Ok(Outcome::Lease(match *cmd {
+        Cmd::Grant { id, ttl_ms } => {
+            let id = if id == 0 { revision } else { id };
+            if get(ov, id)?.is_some() {
+                return Ok(reject("id", format!("lease {id} already exists")));
+            }
+            let mut l = Lease {
+                ttl_ms,
+                expiry_ms: 0,
+                granted_revision: revision,
+            };
+            renew(ov, id, &mut l, now);
+            Out::Granted { id, ttl_ms }
+        }
+        Cmd::KeepAlive { id } => match get(ov, id)? {
+            Some(mut l) => {
+                renew(ov, id, &mut l, now);
+                Out::Kept {
+                    id,
+                    ttl_ms: l.ttl_ms,
+                }
+            }
+            None => Out::NotFound { id },
+        },
+        Cmd::Revoke { id } => match get(ov, id)? {
+            Some(l) => Out::Revoked {
+                id,
+                keys: end(ov, id, &l, revision, now)?,
+            },
+            None => Out::NotFound { id },
+        },
+    }))
+}
+
+/// Expires the lease at keyspace key `lk` (it was due), as changes at `revision`.
+pub(crate) fn expire<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    lk: &[u8],
+    revision: u64,
+    now: u64,
+) -> Result<(), StorageError> {
+    let id = lk
+        .get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StorageError("corrupt lease key in the expiry index".into()))?;
+    if let Some(l) = get(ov, id)? {
+        end(ov, id, &l, revision, now)?;
+    }
+    Ok(())
+}
+
+/// Gives every lease its full TTL from `now` (the first entry of a new term).
+pub(crate) fn renew_all<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    now: u64,
+) -> Result<(), StorageError> {
+    for (id, mut l) in list(ov)? {
+        renew(ov, id, &mut l, now);
+    }
+    Ok(())
+}
