@@ -15,8 +15,16 @@ use std::sync::Arc;
 use micro_state::{Command, Outcome};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use crate::node::Node;
 use crate::Error;
+
+/// Where the batcher sends a batch: the node, which proposes it on the leader (directly or
+/// forwarded). A trait so the batcher does not depend on the node that runs it.
+pub(crate) trait Propose: Clone + Send + Sync + 'static {
+    fn propose(
+        &self,
+        cmds: Vec<Command>,
+    ) -> impl std::future::Future<Output = Result<(u64, Vec<Outcome>), Error>> + Send;
+}
 
 /// Batches on their way to the log at once. More pipelines deeper but makes batches smaller.
 const IN_FLIGHT: usize = 4;
@@ -81,8 +89,8 @@ fn fill(
 }
 
 /// Takes queued writes off `rx` in batches and proposes each batch through `node`.
-pub(crate) async fn run(
-    node: Node,
+pub(crate) async fn run<P: Propose>(
+    node: P,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     mut stop: watch::Receiver<bool>,
 ) {

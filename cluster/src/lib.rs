@@ -26,11 +26,13 @@ pub mod restore;
 pub mod snapshot;
 mod store;
 pub mod watch;
+mod wire;
 
 pub use config::NodeConfig;
 pub use error::Error;
-pub use node::{AppliedWatch, MemberStatus, MembershipOp, Node, Status, PROMOTE_MAX_LAG};
+pub use node::{AppliedWatch, Node};
 pub use watch::{WatchEvent, WatchSpec};
+pub use wire::{MemberStatus, MembershipOp, Status, PROMOTE_MAX_LAG};
 
 use std::io::Cursor;
 

@@ -9,12 +9,13 @@ use micro_state::views::{history, meta};
 use micro_state::{Command, Outcome, Request, View};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::machine::StateMachine;
 use crate::network::{CallError, Method, Network, Peer, PeerPool};
 use crate::store::LogStore;
+use crate::wire::{ForwardError, MemberStatus, MembershipOp, Status, PROMOTE_MAX_LAG};
 use crate::{now_ms, Error, NodeConfig, Raft};
 
 /// How long a client request may wait for a leader or a quorum before it is told the cluster
@@ -22,20 +23,6 @@ use crate::{now_ms, Error, NodeConfig, Raft};
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 const INFO_TIMEOUT: Duration = Duration::from_millis(700);
-
-/// Why a leader-side call did not happen; crosses the wire from leader to follower.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ForwardError {
-    /// Not the leader (maybe it knows who is). Nothing was proposed: safe to retry.
-    NotLeader {
-        leader: Option<(u64, String)>,
-    },
-    Invalid {
-        field: String,
-        reason: String,
-    },
-    Unavailable(String),
-}
 
 /// Linearizable reads waiting for a read index. One leadership round serves every read that
 /// arrived before the round started; reads arriving during a round wait for the next one.
@@ -58,46 +45,6 @@ impl AppliedWatch {
     pub async fn changed(&mut self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.0.changed()).await;
     }
-}
-
-/// A membership change, executed by the leader.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub enum MembershipOp {
-    /// Add a node as a learner: it receives the log but does not vote.
-    AddLearner { id: u64, addr: String },
-    /// Make a caught-up learner a voter.
-    Promote { id: u64 },
-    /// Remove a voter or learner.
-    Remove { id: u64 },
-}
-
-/// How far behind the leader's log a learner may be and still be promoted.
-pub const PROMOTE_MAX_LAG: u64 = 1000;
-
-/// One member's own view of itself.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MemberStatus {
-    pub id: u64,
-    pub peer_address: String,
-    pub role: String,
-    pub state: String,
-    pub term: u64,
-    pub last_log_index: u64,
-    pub applied_index: u64,
-    pub grpc_address: String,
-    pub http_address: String,
-    /// Entries behind the most advanced member's log.
-    pub lag: u64,
-}
-
-/// The cluster as one node sees it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Status {
-    pub node_id: u64,
-    pub cluster_id: String,
-    pub leader: Option<u64>,
-    pub term: u64,
-    pub members: Vec<MemberStatus>,
 }
 
 pub(crate) struct Inner {
@@ -594,6 +541,37 @@ impl Node {
                 t.abort();
             }
         }
+    }
+}
+
+impl crate::batch::Propose for Node {
+    async fn propose(&self, cmds: Vec<Command>) -> Result<(u64, Vec<Outcome>), Error> {
+        Node::propose(self, cmds).await
+    }
+}
+
+#[tonic::async_trait]
+impl crate::peer::Handler for Inner {
+    fn raft(&self) -> &Raft {
+        &self.raft
+    }
+    fn is_leader(&self) -> bool {
+        Inner::is_leader(self)
+    }
+    async fn propose_here(&self, cmds: Vec<Command>) -> Result<(u64, Vec<Outcome>), ForwardError> {
+        Inner::propose_here(self, cmds).await
+    }
+    async fn read_index_here(&self) -> Result<u64, ForwardError> {
+        Inner::read_index_here(self).await
+    }
+    async fn change_here(&self, op: MembershipOp) -> Result<(), ForwardError> {
+        Inner::change_here(self, op).await
+    }
+    fn deliver(&self, d: &crate::broker::Delivery) -> BTreeSet<String> {
+        self.broker.deliver(d)
+    }
+    fn self_status(&self) -> MemberStatus {
+        Inner::self_status(self)
     }
 }
 

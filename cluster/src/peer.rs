@@ -11,13 +11,31 @@ use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::{MAX_MESSAGE, TOKEN_HEADER};
-use crate::node::{ForwardError, Inner};
-use crate::TypeConfig;
+use crate::wire::{ForwardError, MemberStatus, MembershipOp};
+use crate::{Raft, TypeConfig};
 
-pub(crate) struct PeerService {
-    pub(crate) node: Arc<Inner>,
+/// What the peer server asks of the node it serves. A trait so this module does not depend
+/// on the node (which starts the server).
+#[tonic::async_trait]
+pub(crate) trait Handler: Send + Sync + 'static {
+    fn raft(&self) -> &Raft;
+    /// Whether this node believes it leads.
+    fn is_leader(&self) -> bool;
+    /// Proposes on this node (not the leader: Raft answers with the leader it knows).
+    async fn propose_here(
+        &self,
+        cmds: Vec<micro_state::Command>,
+    ) -> Result<(u64, Vec<micro_state::Outcome>), ForwardError>;
+    async fn read_index_here(&self) -> Result<u64, ForwardError>;
+    async fn change_here(&self, op: MembershipOp) -> Result<(), ForwardError>;
+    fn deliver(&self, d: &crate::broker::Delivery) -> std::collections::BTreeSet<String>;
+    fn self_status(&self) -> MemberStatus;
+}
+
+pub(crate) struct PeerService<H: Handler> {
+    node: Arc<H>,
     /// The node's write batcher: forwarded writes join the leader's own batches.
-    pub(crate) proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
+    proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
 }
 
 fn reply<T: Serialize>(v: &T) -> Result<Response<Payload>, Status> {
@@ -36,12 +54,12 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The peer service wrapped in the token check.
-pub(crate) fn server(
-    node: Arc<Inner>,
+pub(crate) fn server<H: Handler>(
+    node: Arc<H>,
     proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
     token: String,
 ) -> tonic::service::interceptor::InterceptedService<
-    PeerServer<PeerService>,
+    PeerServer<PeerService<H>>,
     impl tonic::service::Interceptor + Clone,
 > {
     let check = move |req: Request<()>| -> Result<Request<()>, Status> {
@@ -62,15 +80,15 @@ pub(crate) fn server(
 }
 
 #[tonic::async_trait]
-impl Peer for PeerService {
+impl<H: Handler> Peer for PeerService<H> {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
-        reply(&self.node.raft.append_entries(rpc).await)
+        reply(&self.node.raft().append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: VoteRequest<u64> = decode(req.get_ref())?;
-        reply(&self.node.raft.vote(rpc).await)
+        reply(&self.node.raft().vote(rpc).await)
     }
 
     async fn snapshot(&self, req: Request<Streaming<Chunk>>) -> Result<Response<Payload>, Status> {
@@ -98,7 +116,7 @@ impl Peer for PeerService {
         };
         let res = self
             .node
-            .raft
+            .raft()
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| e.to_string());
@@ -130,14 +148,14 @@ impl Peer for PeerService {
     }
 
     async fn membership(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let op: crate::node::MembershipOp = decode(req.get_ref())?;
+        let op: MembershipOp = decode(req.get_ref())?;
         let res: Result<(), ForwardError> = self.node.change_here(op).await;
         reply(&res)
     }
 
     async fn broker(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let d: crate::broker::Delivery = decode(req.get_ref())?;
-        reply(&self.node.broker.deliver(&d))
+        reply(&self.node.deliver(&d))
     }
 
     async fn info(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
