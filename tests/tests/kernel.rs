@@ -417,3 +417,40 @@ async fn a_lease_takes_its_keys_everywhere_at_once_and_lives_while_kept_alive() 
     assert!(sclient.leases().time_to_live(id5, false).await?.ttl > 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_compacts_history_beyond_the_configured_revisions() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::new(1).with_args(&["--history-revisions", "10"]);
+    c.spawn(1)?;
+    c.wait_leader(LONG).await?;
+    let store = c.client(1).await?.store();
+    let mut last = 0;
+    for i in 0..40 {
+        last = store.write(&format!("h/{i}"), b"x".to_vec()).await?;
+    }
+    // Within a few ticks, the history holds about the last 10 revisions (plus 10% slack).
+    let first = eventually("the history to be compacted", LONG, || async {
+        let err = match store.watch("h/", watch_opts(1)).await {
+            Err(e) => e.to_string(),
+            Ok(mut w) => match w.next().await {
+                Err(e) => e.to_string(),
+                Ok(_) => return Ok(None),
+            },
+        };
+        let first: u64 = err
+            .rsplit("compact_revision ")
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("unexpected error: {err}"))?;
+        Ok(Some(first))
+    })
+    .await?;
+    assert!(
+        first >= last - 11 && first <= last - 9,
+        "first {first}, last {last}"
+    );
+    let mut w = store.watch("h/", watch_opts(first)).await?;
+    assert_eq!(take(&mut w, 1).await?[0].0, first);
+    Ok(())
+}

@@ -39,6 +39,13 @@ pub(super) struct ServerArgs {
     /// Snapshot (and compact the log) every this many applied entries
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
+    /// Keep at most this many revisions of change history for watchers (0: until
+    /// `micro store compact`)
+    #[arg(long, env = "MICRO_HISTORY_REVISIONS", default_value_t = 100_000)]
+    history_revisions: u64,
+    /// Also drop change history older than this, e.g. 1h (default: no age limit)
+    #[arg(long, env = "MICRO_HISTORY_AGE", value_parser = humantime::parse_duration)]
+    history_age: Option<Duration>,
 }
 
 fn init_logging() {
@@ -112,6 +119,8 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     node.cluster_token = token;
     node.snapshot_every = args.snapshot_every.max(1);
     node.keep_behind_snapshot = (args.snapshot_every / 4).clamp(100, 5_000);
+    node.history_revisions = args.history_revisions;
+    node.history_age = args.history_age;
     let cfg = crate::server::ServerConfig {
         node,
         grpc: args.grpc,
