@@ -176,6 +176,93 @@ async fn a_group_resumes_at_the_first_unacked_event_on_another_node() -> anyhow:
     Ok(())
 }
 
+/// A manual-ack consumer takes an event and goes away without acking; an auto-ack consumer
+/// of the same group takes it over. It gets it once, and the log grows by a few entries: the
+/// auto-ack redelivery used to stay due, so every claim redelivered it (one entry each,
+/// without end, and a `stop_at_end` consumer never finished).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_event_goes_to_an_auto_ack_consumer_once() -> anyhow::Result<()> {
+    let c = TestCluster::start(3).await?;
+    let leader = c.wait_leader(LONG).await?;
+    let group = |auto_ack: bool| ConsumeRequest {
+        topic: "abandoned".into(),
+        group: "g".into(),
+        from_start: true,
+        auto_ack,
+        ..Default::default()
+    };
+    let events = c.client(2).await?.events();
+    events
+        .publish("abandoned", b"job".to_vec(), HashMap::new())
+        .await?;
+    let before = c.applied(leader).await?;
+
+    // Manual ack (default ack wait: 30 s). The client leaves with the event unacked; the
+    // server notices and releases it to the group at once.
+    let mut manual = events.consume(group(false)).await?;
+    assert_eq!(manual.next().await?.map(|e| e.sequence), Some(1));
+    drop(manual);
+    let mut auto = c.client(3).await?.events().consume(group(true)).await?;
+    let taken = tokio::time::timeout(LONG, auto.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("the abandoned event never reached the auto-ack consumer"))??;
+    assert_eq!(taken.map(|e| e.sequence), Some(1));
+    drop(auto);
+
+    // Taking it acked it: the group has nothing left, and a consumer that stops at the end
+    // finishes, empty.
+    let rest = tokio::time::timeout(
+        LONG,
+        consume_all(
+            &c,
+            1,
+            ConsumeRequest {
+                stop_at_end: true,
+                ..group(true)
+            },
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("a stop_at_end consumer of the group never finished"))??;
+    assert!(rest.is_empty(), "delivered again: {:?}", seqs(&rest));
+    // Claim, release, claim, and room for an election's blank entry on a loaded machine.
+    let grew = c.applied(leader).await? - before;
+    assert!(grew <= 10, "the log grew by {grew} entries");
+    Ok(())
+}
+
+/// An ack wait below the minimum (100 ms) is raised to it: each redelivery is a log entry,
+/// and a consumer that never acks must not make the cluster write them as fast as it can
+/// claim (with `ack_wait: 1` ns the event was due again at once: redelivered by every claim).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_ack_wait_is_raised_to_the_minimum() -> anyhow::Result<()> {
+    let c = TestCluster::start(1).await?;
+    let events = c.client(1).await?.events();
+    events.publish("tiny", b"x".to_vec(), HashMap::new()).await?;
+    let before = c.applied(1).await?;
+    let started = std::time::Instant::now();
+    let mut consumer = events
+        .consume(ConsumeRequest {
+            topic: "tiny".into(),
+            group: "g".into(),
+            from_start: true,
+            ack_wait: 1,
+            ..Default::default()
+        })
+        .await?;
+    for _ in 0..5 {
+        let e = tokio::time::timeout(LONG, consumer.next()).await??;
+        assert_eq!(e.map(|e| e.sequence), Some(1));
+    }
+    // Four redeliveries, each at least 100 ms after the one before.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(400), "5 deliveries in {took:?}");
+    drop(consumer);
+    let grew = c.applied(1).await? - before;
+    assert!(grew <= 10, "the log grew by {grew} entries for 5 deliveries");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_group_consumers_split_the_stream_and_a_plain_consumer_sees_all() -> anyhow::Result<()>
 {

@@ -10,18 +10,28 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
-use micro_cluster::{now_ms, Node};
+use micro_cluster::Node;
 use micro_proto::events as pb;
 use micro_state::views::events::{
     self as view, Ack, Claim, Publish, Release, Retention, Start, StoredEvent,
 };
 use micro_state::{Command, Outcome};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::errors::{invalid, status};
 
 const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// The shortest ack wait a consumer gets (a shorter one is raised to it): every redelivery
+/// is a log entry, and a consumer that never acks must not make the cluster write entries as
+/// fast as it can claim.
+const MIN_ACK_WAIT: Duration = Duration::from_millis(100);
+/// The least time between two claims that only a pending deadline justifies (see
+/// `follow_group`).
+const RECLAIM_AFTER: Duration = Duration::from_millis(50);
+/// How often a waiting consumer looks whether its client went away.
+const NOTICE_GONE: Duration = Duration::from_millis(500);
 const BATCH: usize = 256;
 
 pub struct EventsService {
@@ -221,9 +231,10 @@ impl pb::stream_server::Stream for EventsService {
     }
 }
 
-/// Waits until this node applies something new (or a short timeout, to notice a gone client).
-async fn applied_change(rx: &mut micro_cluster::AppliedWatch) {
-    rx.changed(Duration::from_millis(500)).await;
+/// Waits until this node applies something new, or `timeout` (a follower re-checks at least
+/// every NOTICE_GONE, to notice a client that went away).
+async fn applied_change(rx: &mut micro_cluster::AppliedWatch, timeout: Duration) {
+    rx.changed(timeout).await;
 }
 
 /// A plain consumer: every event from `next` on, in order, then live.
@@ -270,9 +281,48 @@ async fn follow(
             return;
         }
         if caught_up {
-            applied_change(&mut changes).await;
+            applied_change(&mut changes, NOTICE_GONE).await;
         }
     }
+}
+
+/// Whether a claim now could deliver anything. Every claim is a log entry, so a group
+/// consumer claims only when one could: the group is new, has events past its cursor, or has
+/// a pending event whose deadline the log clock has passed. Judged on this node's view, which
+/// is a prefix of the log: what it says is claimable is still claimable when the claim is
+/// applied (unless another consumer took it first, and then the view changes).
+enum Worth {
+    Claim,
+    /// Nothing pending: only a new event (or a nack, or a release) can change that.
+    WaitForNews,
+    /// The earliest pending deadline is `wait` ahead of the log clock.
+    DueIn {
+        deadline_ms: u64,
+        wait: Duration,
+    },
+}
+
+fn claim_worth(node: &Node, topic: &str, group: &str) -> Result<Worth, Status> {
+    let db = node.view();
+    let storage = |e: micro_state::StorageError| Status::internal(e.to_string());
+    let Some(g) = view::group(db, topic, group).map_err(storage)? else {
+        return Ok(Worth::Claim);
+    };
+    if g.cursor <= view::topic_meta(db, topic).map_err(storage)?.last_seq {
+        return Ok(Worth::Claim);
+    }
+    let Some(deadline_ms) = g.pending.values().map(|p| p.deadline_ms).min() else {
+        return Ok(Worth::WaitForNews);
+    };
+    let clock = micro_state::clock_ms(db).map_err(storage)?;
+    Ok(if deadline_ms <= clock {
+        Worth::Claim
+    } else {
+        Worth::DueIn {
+            deadline_ms,
+            wait: Duration::from_millis(deadline_ms - clock),
+        }
+    })
 }
 
 /// A group consumer: claims events through the log, delivers them, releases on exit.
@@ -286,7 +336,7 @@ async fn follow_group(
     let ack_wait = if req.auto_ack {
         Duration::ZERO
     } else if req.ack_wait > 0 {
-        Duration::from_nanos(req.ack_wait as u64)
+        Duration::from_nanos(req.ack_wait as u64).max(MIN_ACK_WAIT)
     } else {
         DEFAULT_ACK_WAIT
     };
@@ -296,29 +346,51 @@ async fn follow_group(
     let end = view::topic_meta(node.view(), &req.topic)
         .map(|m| m.last_seq)
         .unwrap_or(0);
+    // When only time can make a claim deliver: the pending deadline waited for, and the
+    // instant (on this node's clock) to claim at.
+    let mut timer: Option<(u64, Instant)> = None;
     loop {
         changes.mark_seen();
         if tx.is_closed() {
             break;
         }
-        // Only propose a claim when the local view says there may be something to claim.
-        let claimable = match view::group(node.view(), &req.topic, &req.group) {
-            Ok(Some(g)) => {
-                let last = view::topic_meta(node.view(), &req.topic)
-                    .map(|m| m.last_seq)
-                    .unwrap_or(0);
-                g.cursor <= last || g.pending.values().any(|p| p.deadline_ms <= now_ms())
+        match claim_worth(&node, &req.topic, &req.group) {
+            Ok(Worth::Claim) => {}
+            Ok(Worth::WaitForNews) => {
+                timer = None;
+                if req.stop_at_end {
+                    break;
+                }
+                applied_change(&mut changes, NOTICE_GONE).await;
+                continue;
             }
-            Ok(None) => true,
-            Err(_) => true,
-        };
-        if !claimable {
-            if req.stop_at_end {
+            Ok(Worth::DueIn { deadline_ms, wait }) => {
+                if req.stop_at_end {
+                    break;
+                }
+                // Clocks differ between nodes: when the deadline has passed here it may not
+                // have on the leader, and the claim delivers nothing. So the next claim for
+                // the same reason waits at least RECLAIM_AFTER (see the empty-claim case).
+                let at = match timer {
+                    Some((d, at)) if d == deadline_ms => at,
+                    _ => {
+                        let at = Instant::now() + wait.max(RECLAIM_AFTER);
+                        timer = Some((deadline_ms, at));
+                        at
+                    }
+                };
+                let now = Instant::now();
+                if now < at {
+                    applied_change(&mut changes, (at - now).min(NOTICE_GONE)).await;
+                    continue;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
                 break;
             }
-            applied_change(&mut changes).await;
-            continue;
         }
+        timer = None;
         let max = if req.limit > 0 {
             (req.limit - sent).min(64) as u32
         } else {
@@ -355,10 +427,12 @@ async fn follow_group(
             }
         };
         if seqs.is_empty() {
+            // Another consumer was faster, or the deadline had not passed on the leader's
+            // clock. The view now includes this claim: `claim_worth` says what to wait for,
+            // so an empty claim is never followed by another without something changing.
             if req.stop_at_end {
                 break;
             }
-            applied_change(&mut changes).await;
             continue;
         }
         for seq in seqs {
