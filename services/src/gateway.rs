@@ -14,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut};
 use futures::StreamExt;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor};
@@ -161,22 +161,39 @@ async fn handle(
             Err(status) => error(&id, http_status(status.code()), status.message()),
         };
     }
-    match call(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
-        Ok(bytes) => match DynamicMessage::decode(rpc.output(), bytes) {
-            Ok(out) => {
-                match out.serialize_with_options(serde_json::value::Serializer, &json_options()) {
-                    Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
-                    Err(e) => error(&id, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                }
-            }
-            Err(e) => error(
-                &id,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("bad response: {e}"),
-            ),
-        },
-        Err(status) => error(&id, http_status(status.code()), status.message()),
+    let to_json = |bytes: Bytes| -> Result<Value, String> {
+        let out = DynamicMessage::decode(rpc.output(), bytes)
+            .map_err(|e| format!("bad response: {e}"))?;
+        out.serialize_with_options(serde_json::value::Serializer, &json_options())
+            .map_err(|e| e.to_string())
+    };
+    let answer = if rpc.is_server_streaming() {
+        match call_streaming(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
+            // Pages of repeated fields (store List's `keys`) merge into one message, as
+            // concatenated protobuf does: Micro v3 answers List with one object.
+            Ok(parts) if is_page(&rpc.output()) => to_json(parts.concat().into()),
+            // Anything else (events, broker messages, snapshot chunks) would merge into its
+            // last message: answer with all of them, in order.
+            Ok(parts) => parts.into_iter().map(to_json).collect::<Result<_, _>>(),
+            Err(status) => return error(&id, http_status(status.code()), status.message()),
+        }
+    } else {
+        match call(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
+            Ok(bytes) => to_json(bytes),
+            Err(status) => return error(&id, http_status(status.code()), status.message()),
+        }
+    };
+    match answer {
+        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(e) => error(&id, StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+/// A message made only of repeated fields: the messages of a stream of it merge into one
+/// holding all their elements.
+fn is_page(desc: &MessageDescriptor) -> bool {
+    let mut fields = desc.fields().peekable();
+    fields.peek().is_some() && fields.all(|f| f.is_list())
 }
 
 fn find_method(
@@ -427,7 +444,7 @@ async fn ready(channel: &Channel) -> Result<tonic::client::Grpc<Channel>, tonic:
     Ok(grpc)
 }
 
-/// Calls `rpc` on the local gRPC front end with an encoded request.
+/// Calls the unary `rpc` on the local gRPC front end with an encoded request.
 async fn call(
     channel: &Channel,
     rpc: &MethodDescriptor,
@@ -435,22 +452,29 @@ async fn call(
 ) -> Result<Bytes, tonic::Status> {
     let mut grpc = ready(channel).await?;
     let path = grpc_path(rpc)?;
-    let req = tonic::Request::new(body);
-    if rpc.is_server_streaming() {
-        // Protobuf merges concatenated messages (repeated fields append), so the stream's
-        // messages joined are one message holding all of them.
-        let mut stream = grpc
-            .server_streaming(req, path, RawCodec)
-            .await?
-            .into_inner();
-        let mut all = BytesMut::new();
-        while let Some(part) = stream.next().await {
-            all.put(part?);
-        }
-        Ok(all.freeze())
-    } else {
-        Ok(grpc.unary(req, path, RawCodec).await?.into_inner())
+    Ok(grpc
+        .unary(tonic::Request::new(body), path, RawCodec)
+        .await?
+        .into_inner())
+}
+
+/// Calls the server-streaming `rpc` and gathers its messages until the stream ends.
+async fn call_streaming(
+    channel: &Channel,
+    rpc: &MethodDescriptor,
+    body: Bytes,
+) -> Result<Vec<Bytes>, tonic::Status> {
+    let mut grpc = ready(channel).await?;
+    let path = grpc_path(rpc)?;
+    let mut stream = grpc
+        .server_streaming(tonic::Request::new(body), path, RawCodec)
+        .await?
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(part) = stream.next().await {
+        all.push(part?);
     }
+    Ok(all)
 }
 
 /// A codec that passes encoded protobuf through untouched.
@@ -535,6 +559,16 @@ mod tests {
             find_method(&pool, "raft", "Peer.Vote").unwrap_err().0,
             StatusCode::NOT_FOUND
         );
+    }
+
+    #[test]
+    fn only_pages_of_repeated_fields_merge() {
+        let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let msg = |n: &str| pool.get_message_by_name(n).unwrap();
+        assert!(is_page(&msg("store.ListResponse")));
+        assert!(!is_page(&msg("events.Event")));
+        assert!(!is_page(&msg("broker.Message")));
+        assert!(!is_page(&msg("cluster.SnapshotChunk")));
     }
 
     #[test]

@@ -205,7 +205,9 @@ async fn an_abandoned_event_goes_to_an_auto_ack_consumer_once() -> anyhow::Resul
     let mut auto = c.client(3).await?.events().consume(group(true)).await?;
     let taken = tokio::time::timeout(LONG, auto.next())
         .await
-        .map_err(|_| anyhow::anyhow!("the abandoned event never reached the auto-ack consumer"))??;
+        .map_err(|_| {
+            anyhow::anyhow!("the abandoned event never reached the auto-ack consumer")
+        })??;
     assert_eq!(taken.map(|e| e.sequence), Some(1));
     drop(auto);
 
@@ -238,7 +240,9 @@ async fn an_abandoned_event_goes_to_an_auto_ack_consumer_once() -> anyhow::Resul
 async fn a_tiny_ack_wait_is_raised_to_the_minimum() -> anyhow::Result<()> {
     let c = TestCluster::start(1).await?;
     let events = c.client(1).await?.events();
-    events.publish("tiny", b"x".to_vec(), HashMap::new()).await?;
+    events
+        .publish("tiny", b"x".to_vec(), HashMap::new())
+        .await?;
     let before = c.applied(1).await?;
     let started = std::time::Instant::now();
     let mut consumer = events
@@ -256,10 +260,16 @@ async fn a_tiny_ack_wait_is_raised_to_the_minimum() -> anyhow::Result<()> {
     }
     // Four redeliveries, each at least 100 ms after the one before.
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(400), "5 deliveries in {took:?}");
+    assert!(
+        took >= Duration::from_millis(400),
+        "5 deliveries in {took:?}"
+    );
     drop(consumer);
     let grew = c.applied(1).await? - before;
-    assert!(grew <= 10, "the log grew by {grew} entries for 5 deliveries");
+    assert!(
+        grew <= 10,
+        "the log grew by {grew} entries for 5 deliveries"
+    );
     Ok(())
 }
 
@@ -528,18 +538,40 @@ async fn events_over_http_including_a_live_sse_stream() -> anyhow::Result<()> {
             .await?;
         assert_eq!(v["sequence"], i, "{v}");
     }
-    // The backlog as one JSON answer.
+    // The backlog as one JSON answer: every event, in order (merged into one message, as
+    // store List's pages are, only the last event was left).
     let v: serde_json::Value = client
         .post(format!("http://{http}/events/consume"))
-        .json(&serde_json::json!({"topic": "web", "from_sequence": 2, "stop_at_end": true}))
+        .json(&serde_json::json!({"topic": "web", "from_sequence": 1, "stop_at_end": true}))
         .send()
         .await?
         .json()
         .await?;
-    assert_eq!(
-        v["sequence"], 3,
-        "repeated fields append, scalars keep the last: {v}"
-    );
+    let got: Vec<_> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("an array of events: {v}"))
+        .iter()
+        .map(|e| (e["sequence"].clone(), e["payload"].clone()))
+        .collect();
+    let want: Vec<_> = (1..=3)
+        .map(|i| {
+            (
+                serde_json::json!(i),
+                serde_json::json!(base64_of(&format!("p{i}"))),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // Store List still answers one object: its pages merge into one `keys` array.
+    c.client(1).await?.store().write("k", b"v".to_vec()).await?;
+    let v: serde_json::Value = client
+        .post(format!("http://{http}/store/list"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(v, serde_json::json!({"keys": ["k"]}));
     // Live, as Server-Sent Events: the backlog first, then an event published afterwards.
     let mut resp = client
         .post(format!("http://{http}/events/consume"))
