@@ -273,6 +273,139 @@ async fn a_tiny_ack_wait_is_raised_to_the_minimum() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Passes encoded messages through: a Micro v3 client sends two message types on the consume
+/// stream (a `ConsumeRequest`, then `AckRequest`s).
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// A client written the way Micro v3's events client is: it opens `events.Stream/Consume`,
+/// sends the `ConsumeRequest` (v3 fields only), keeps its side open and acks each event with
+/// an `AckRequest {id, success}` on the same stream. The server used to wait for the client to
+/// close its side before starting the consumer, so such a client never got an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_micro_v3_client_acks_on_the_consume_stream() -> anyhow::Result<()> {
+    use micro::proto::events::{AckRequest, Event};
+    use prost::Message;
+    let c = TestCluster::start(3).await?;
+    publish_n(&c, 1, "v3", 3).await?;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.spec(2).grpc))?
+        .connect()
+        .await?;
+    let (send, outgoing) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
+    let first = ConsumeRequest {
+        topic: "v3".into(),
+        group: "g".into(),
+        offset: 1, // unix seconds: everything published since 1970
+        auto_ack: false,
+        ack_wait: Duration::from_secs(30).as_nanos() as i64,
+        ..Default::default()
+    };
+    send.unbounded_send(first.encode_to_vec().into())?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let mut incoming = tokio::time::timeout(
+        LONG,
+        grpc.streaming(
+            tonic::Request::new(outgoing),
+            "/events.Stream/Consume".parse()?,
+            RawCodec,
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer while the client's side is open"))??
+    .into_inner();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let raw = tokio::time::timeout(LONG, incoming.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("only {} of 3 events", got.len()))??
+            .expect("stream open");
+        got.push(Event::decode(raw)?);
+    }
+    assert_eq!(seqs(&got), vec![1, 2, 3]);
+    // Ack 1 and 3 on the stream (v3's AckRequest has no group), then nack 2: it comes back
+    // on this stream at once. Acks are applied in the order sent, so once 2 is back, 1 and 3
+    // are acked.
+    for (id, success) in [("v3/1", true), ("v3/3", true), ("v3/2", false)] {
+        let ack = AckRequest {
+            id: id.into(),
+            success,
+            ..Default::default()
+        };
+        send.unbounded_send(ack.encode_to_vec().into())?;
+    }
+    let raw = tokio::time::timeout(LONG, incoming.message())
+        .await
+        .map_err(|_| anyhow::anyhow!("the nacked event was not redelivered"))??
+        .expect("stream open");
+    assert_eq!(Event::decode(raw)?.sequence, 2);
+    // The client goes away with 2 unacked.
+    drop(send);
+    drop(incoming);
+
+    // The group's next consumer gets only 2 (released when the v3 client left), and then
+    // nothing: 1 and 3 were acked.
+    let next = |limit: u64, stop_at_end: bool| ConsumeRequest {
+        topic: "v3".into(),
+        group: "g".into(),
+        auto_ack: true,
+        limit,
+        stop_at_end,
+        ..Default::default()
+    };
+    let mut after = c.client(3).await?.events().consume(next(1, false)).await?;
+    let redelivered = tokio::time::timeout(LONG, after.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("the unacked event never came back"))??;
+    assert_eq!(redelivered.map(|e| e.sequence), Some(2));
+    let rest = consume_all(&c, 1, next(0, true)).await?;
+    assert!(
+        rest.is_empty(),
+        "acked on the stream, yet delivered again: {:?}",
+        seqs(&rest)
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_group_consumers_split_the_stream_and_a_plain_consumer_sees_all() -> anyhow::Result<()>
 {
