@@ -3,4 +3,5 @@
 pub mod broker;
 pub mod cluster;
 pub mod events;
+pub mod front_errors;
 pub mod store;

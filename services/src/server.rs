@@ -54,10 +54,18 @@ pub async fn run(
         let svc_broker = crate::grpc::broker::BrokerService::server(node.clone());
         let (svc_stream, svc_events_store) =
             crate::grpc::events::EventsService::servers(node.clone());
+        let front_errors = crate::grpc::front_errors::FrontErrors::new(&[
+            micro_proto::store::store_server::SERVICE_NAME,
+            micro_proto::cluster::cluster_server::SERVICE_NAME,
+            micro_proto::broker::broker_server::SERVICE_NAME,
+            micro_proto::events::stream_server::SERVICE_NAME,
+            micro_proto::events::store_server::SERVICE_NAME,
+        ]);
         let stop = wait(stop_rx.clone());
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                .layer(front_errors)
                 .add_service(svc_store)
                 .add_service(svc_cluster)
                 .add_service(svc_broker)

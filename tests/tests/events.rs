@@ -7,7 +7,7 @@ use std::time::Duration;
 use micro::events::ConsumeRequest;
 use micro::proto::events::PublishRequest;
 use micro::proto::store::{txn_op, Compare, Record, TxnOp, TxnRequest, WriteRequest};
-use micro_tests::TestCluster;
+use micro_tests::{RawCodec, TestCluster};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -271,49 +271,6 @@ async fn a_tiny_ack_wait_is_raised_to_the_minimum() -> anyhow::Result<()> {
         "the log grew by {grew} entries for 5 deliveries"
     );
     Ok(())
-}
-
-/// Passes encoded messages through: a Micro v3 client sends two message types on the consume
-/// stream (a `ConsumeRequest`, then `AckRequest`s).
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = bytes::Bytes;
-    type Decode = bytes::Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: bytes::Bytes,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        bytes::BufMut::put(dst, item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
-        use bytes::Buf;
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
 }
 
 /// A client written the way Micro v3's events client is: it opens `events.Stream/Consume`,

@@ -246,6 +246,16 @@ pub fn publish_command(req: pb::PublishRequest, field: &str) -> Result<Command, 
             "must be unix seconds (or 0 for now)",
         ));
     }
+    if req.timestamp > super::store::MAX_SECONDS {
+        return Err(invalid(
+            &format!("{field}timestamp"),
+            format!(
+                "is {}: must be at most {} (unix seconds)",
+                req.timestamp,
+                super::store::MAX_SECONDS
+            ),
+        ));
+    }
     Ok(Command::Publish(Publish {
         topic: req.topic,
         metadata: req.metadata.into_iter().collect::<BTreeMap<_, _>>(),
@@ -701,7 +711,7 @@ impl pb::store_server::Store for EventsService {
         let events = view::read(
             self.node.view(),
             &req.topic,
-            meta.first_seq + req.offset,
+            meta.first_seq.saturating_add(req.offset),
             limit,
         )
         .map_err(|e| status(e.into()))?;
