@@ -72,6 +72,21 @@ async fn replay_from_an_offset_on_every_node_and_after_restarts() -> anyhow::Res
     for id in 1..=3 {
         check(consume_all(&c, id, replay_from("orders", 5000)).await?);
     }
+    // events.Store/Read without a limit returns Micro v3's default of 250.
+    let read: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/events/read", c.spec(2).http))
+        .json(&serde_json::json!({"topic": "orders", "offset": 10}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let read: Vec<u64> = read["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("events: {read}"))
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(read, (11..=260).collect::<Vec<_>>());
     let all = consume_all(&c, 1, replay_from("orders", 1)).await?;
     assert_eq!(seqs(&all), (1..=10_000).collect::<Vec<_>>());
     let published: BTreeSet<_> = (1..=10_000).map(|i| format!("e{i}").into_bytes()).collect();

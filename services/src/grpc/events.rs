@@ -37,6 +37,8 @@ const RECLAIM_AFTER: Duration = Duration::from_millis(50);
 /// How often a waiting consumer looks whether its client went away.
 const NOTICE_GONE: Duration = Duration::from_millis(500);
 const BATCH: usize = 256;
+/// `events.Store/Read` without a limit returns this many events (Micro v3's default).
+const DEFAULT_READ_LIMIT: u64 = 250;
 
 pub struct EventsService {
     node: Node,
@@ -704,7 +706,7 @@ impl pb::store_server::Store for EventsService {
         self.node.read_barrier(true).await.map_err(status)?;
         let meta = view::topic_meta(self.node.view(), &req.topic).map_err(|e| status(e.into()))?;
         let limit = if req.limit == 0 {
-            25
+            DEFAULT_READ_LIMIT
         } else {
             req.limit.min(10_000)
         } as usize;
