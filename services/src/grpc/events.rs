@@ -341,7 +341,8 @@ impl pb::stream_server::Stream for EventsService {
 
     type ConsumeStream = EventStream;
 
-    /// Reached only through `StreamService` when not wrapped (`servers` wraps it).
+    /// Kept for the generated trait: served through [`StreamService`] (as `servers` does),
+    /// `Consume` is routed there and never reaches this.
     async fn consume(
         &self,
         req: Request<pb::ConsumeRequest>,
@@ -453,8 +454,8 @@ async fn consume(
     Ok(resp)
 }
 
-/// Waits until this node applies something new, or `timeout` (a follower re-checks at least
-/// every NOTICE_GONE, to notice a client that went away).
+/// Waits until this node applies something new, or `timeout` (a waiting consumer re-checks
+/// at least every NOTICE_GONE, to notice a client that went away).
 async fn applied_change(rx: &mut micro_cluster::AppliedWatch, timeout: Duration) {
     rx.changed(timeout).await;
 }
