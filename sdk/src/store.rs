@@ -78,6 +78,20 @@ impl Watcher {
     }
 }
 
+/// Options of [`Store::list_with`].
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only keys starting with this.
+    pub prefix: String,
+    /// Only keys ending with this.
+    pub suffix: String,
+    /// At most this many keys (0: all).
+    pub limit: u64,
+    /// Skip this many matching keys first.
+    pub offset: u64,
+    pub descending: bool,
+}
+
 impl Store {
     pub(crate) fn new(channel: Channel) -> Self {
         Store {
@@ -217,13 +231,27 @@ impl Store {
 
     /// Lists keys (optionally under a prefix), gathering the server stream.
     pub async fn list(&self, prefix: &str, limit: u64) -> Result<Vec<String>, Error> {
+        self.list_with(ListQuery {
+            prefix: prefix.to_string(),
+            limit,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Lists keys with every option of Micro's `ListOptions`.
+    pub async fn list_with(&self, q: ListQuery) -> Result<Vec<String>, Error> {
         let req = pb::ListRequest {
             options: Some(pb::ListOptions {
                 database: self.database.clone(),
                 table: self.table.clone(),
-                prefix: prefix.to_string(),
-                limit,
-                ..Default::default()
+                prefix: q.prefix,
+                suffix: q.suffix,
+                limit: q.limit,
+                offset: q.offset,
+                order: if q.descending { "desc" } else { "asc" }.into(),
+                // linearizable
+                consistency: String::new(),
             }),
         };
         let mut stream = self.client.clone().list(req).await?.into_inner();

@@ -10,11 +10,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut};
 use futures::StreamExt;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor};
@@ -29,6 +29,9 @@ use micro_proto::PUBLIC_PACKAGES;
 /// Large enough for a base64 value just over the store's 1.5 MiB limit to reach validation
 /// and get a 400 naming the field instead of a bare 413.
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
+/// How much of a body over BODY_LIMIT is read (and dropped) to answer with a 413 the client
+/// can read; beyond this the connection is just closed.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
 pub struct Gateway {
     pool: DescriptorPool,
@@ -50,10 +53,7 @@ impl Gateway {
     }
 
     pub fn router(self) -> Router {
-        Router::new()
-            .fallback(handle)
-            .layer(DefaultBodyLimit::max(BODY_LIMIT))
-            .with_state(Arc::new(self))
+        Router::new().fallback(handle).with_state(Arc::new(self))
     }
 }
 
@@ -113,7 +113,7 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: axum::http::HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if let Some(origin) = foreign_origin(&headers) {
         // There is no auth yet: without this, any web page open in a browser on this machine
@@ -132,6 +132,10 @@ async fn handle(
         );
     };
     let id = format!("micro.{service}");
+    let body = match read_body(&headers, body).await {
+        Ok(b) => b,
+        Err((status, detail)) => return error(&id, status, detail),
+    };
     let rpc = match find_method(&gw.pool, &service, &endpoint) {
         Ok(m) => m,
         Err((status, detail)) => return error(&id, status, detail),
@@ -161,22 +165,86 @@ async fn handle(
             Err(status) => error(&id, http_status(status.code()), status.message()),
         };
     }
-    match call(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
-        Ok(bytes) => match DynamicMessage::decode(rpc.output(), bytes) {
-            Ok(out) => {
-                match out.serialize_with_options(serde_json::value::Serializer, &json_options()) {
-                    Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
-                    Err(e) => error(&id, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                }
-            }
-            Err(e) => error(
-                &id,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("bad response: {e}"),
-            ),
-        },
-        Err(status) => error(&id, http_status(status.code()), status.message()),
+    let to_json = |bytes: Bytes| -> Result<Value, String> {
+        let out = DynamicMessage::decode(rpc.output(), bytes)
+            .map_err(|e| format!("bad response: {e}"))?;
+        out.serialize_with_options(serde_json::value::Serializer, &json_options())
+            .map_err(|e| e.to_string())
+    };
+    let answer = if rpc.is_server_streaming() {
+        match call_streaming(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
+            // Pages of repeated fields (store List's `keys`) merge into one message, as
+            // concatenated protobuf does: Micro v3 answers List with one object.
+            Ok(parts) if is_page(&rpc.output()) => to_json(parts.concat().into()),
+            // Anything else (events, broker messages, snapshot chunks) would merge into its
+            // last message: answer with all of them, in order.
+            Ok(parts) => parts.into_iter().map(to_json).collect::<Result<_, _>>(),
+            Err(status) => return error(&id, http_status(status.code()), status.message()),
+        }
+    } else {
+        match call(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
+            Ok(bytes) => to_json(bytes),
+            Err(status) => return error(&id, http_status(status.code()), status.message()),
+        }
+    };
+    match answer {
+        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(e) => error(&id, StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+/// A message made only of repeated fields: the messages of a stream of it merge into one
+/// holding all their elements.
+fn is_page(desc: &MessageDescriptor) -> bool {
+    let mut fields = desc.fields().peekable();
+    fields.peek().is_some() && fields.all(|f| f.is_list())
+}
+
+/// The request body, up to BODY_LIMIT. A larger one gets Micro's JSON 413 (axum's own answer
+/// is plain text), after reading and dropping up to DRAIN_LIMIT of it: a client that sends
+/// its whole body before reading the answer (most do) would otherwise see its connection
+/// closed mid-send instead of the error.
+async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Bytes, (StatusCode, String)> {
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than the gateway's limit of {} MiB",
+                BODY_LIMIT / (1024 * 1024)
+            ),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            )
+        })?;
+        total = total.saturating_add(chunk.len());
+        if total <= BODY_LIMIT {
+            buf.extend_from_slice(&chunk);
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if total > BODY_LIMIT {
+        return Err(too_large());
+    }
+    Ok(buf.freeze())
 }
 
 fn find_method(
@@ -276,11 +344,11 @@ fn query_to_json(desc: &MessageDescriptor, pairs: &[(String, String)]) -> Result
                     | Kind::Sfixed32
                     | Kind::Sfixed64 => Value::from(
                         raw.parse::<i64>()
-                            .map_err(|_| format!("{path} must be an integer"))?,
+                            .map_err(|e| int_error(path, raw, &e, "an integer"))?,
                     ),
                     Kind::Uint32 | Kind::Uint64 | Kind::Fixed32 | Kind::Fixed64 => Value::from(
                         raw.parse::<u64>()
-                            .map_err(|_| format!("{path} must be a non-negative integer"))?,
+                            .map_err(|e| int_error(path, raw, &e, "a non-negative integer"))?,
                     ),
                     _ => Value::String(raw.clone()),
                 };
@@ -301,6 +369,14 @@ fn query_to_json(desc: &MessageDescriptor, pairs: &[(String, String)]) -> Result
     Ok(Value::Object(root))
 }
 
+fn int_error(path: &str, raw: &str, e: &std::num::ParseIntError, what: &str) -> String {
+    use std::num::IntErrorKind::{NegOverflow, PosOverflow};
+    match e.kind() {
+        PosOverflow | NegOverflow => format!("{path}: {raw} is out of range"),
+        _ => format!("{path} must be {what}"),
+    }
+}
+
 fn deserialize(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage, serde_json::Error> {
     let opts = prost_reflect::DeserializeOptions::new().deny_unknown_fields(false);
     DynamicMessage::deserialize_with_options(desc.clone(), v, &opts)
@@ -308,10 +384,73 @@ fn deserialize(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage, se
 
 /// Converts JSON to the request message; on failure names the offending field.
 fn to_message(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage, String> {
+    if let Some(detail) = out_of_range(desc, v, "") {
+        return Err(detail);
+    }
     deserialize(desc, v).map_err(|e| match bad_field(desc, v, "") {
         Some(detail) => detail,
         None => format!("invalid request: {e}"),
     })
+}
+
+/// Finds the first JSON number that does not fit its integer field. serde_json reads an
+/// integer beyond u64/i64 as a float, which prost-reflect then saturates: `"limit":
+/// 18446744073709551616` became 18446744073709551615 instead of an error. (Numbers in strings
+/// are range-checked by prost-reflect itself.)
+fn out_of_range(desc: &MessageDescriptor, v: &Value, path: &str) -> Option<String> {
+    for (k, val) in v.as_object()? {
+        let Some(field) = desc
+            .get_field_by_json_name(k)
+            .or_else(|| desc.get_field_by_name(k))
+        else {
+            continue;
+        };
+        let here = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        if field.is_map() {
+            let Kind::Message(entry) = field.kind() else {
+                continue;
+            };
+            let kind = entry.map_entry_value_field().kind();
+            for (mk, mv) in val.as_object().into_iter().flatten() {
+                if let Some(e) = value_out_of_range(&kind, mv, &format!("{here}.{mk}")) {
+                    return Some(e);
+                }
+            }
+        } else if field.is_list() {
+            for (i, item) in val.as_array().into_iter().flatten().enumerate() {
+                if let Some(e) = value_out_of_range(&field.kind(), item, &format!("{here}[{i}]")) {
+                    return Some(e);
+                }
+            }
+        } else if let Some(e) = value_out_of_range(&field.kind(), val, &here) {
+            return Some(e);
+        }
+    }
+    None
+}
+
+fn value_out_of_range(kind: &Kind, v: &Value, path: &str) -> Option<String> {
+    let (lo, hi, name): (i128, i128, &str) = match kind {
+        Kind::Message(m) => return out_of_range(m, v, path),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => (i32::MIN.into(), i32::MAX.into(), "int32"),
+        Kind::Uint32 | Kind::Fixed32 => (0, u32::MAX.into(), "uint32"),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => (i64::MIN.into(), i64::MAX.into(), "int64"),
+        Kind::Uint64 | Kind::Fixed64 => (0, u64::MAX.into(), "uint64"),
+        _ => return None,
+    };
+    let n = v.as_number()?;
+    let fits = match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        (Some(i), _, _) => (lo..=hi).contains(&i128::from(i)),
+        (_, Some(u), _) => (lo..=hi).contains(&i128::from(u)),
+        // Bounds as floats: lo is a power of two (exact), hi + 1 too, so `< hi + 1` is exact.
+        (_, _, Some(f)) => f >= lo as f64 && f < (hi + 1) as f64,
+        _ => true,
+    };
+    (!fits).then(|| format!("invalid field {path}: {n} is out of range for {name}"))
 }
 
 /// Finds the first field whose value does not fit its type, descending into messages.
@@ -427,7 +566,7 @@ async fn ready(channel: &Channel) -> Result<tonic::client::Grpc<Channel>, tonic:
     Ok(grpc)
 }
 
-/// Calls `rpc` on the local gRPC front end with an encoded request.
+/// Calls the unary `rpc` on the local gRPC front end with an encoded request.
 async fn call(
     channel: &Channel,
     rpc: &MethodDescriptor,
@@ -435,22 +574,29 @@ async fn call(
 ) -> Result<Bytes, tonic::Status> {
     let mut grpc = ready(channel).await?;
     let path = grpc_path(rpc)?;
-    let req = tonic::Request::new(body);
-    if rpc.is_server_streaming() {
-        // Protobuf merges concatenated messages (repeated fields append), so the stream's
-        // messages joined are one message holding all of them.
-        let mut stream = grpc
-            .server_streaming(req, path, RawCodec)
-            .await?
-            .into_inner();
-        let mut all = BytesMut::new();
-        while let Some(part) = stream.next().await {
-            all.put(part?);
-        }
-        Ok(all.freeze())
-    } else {
-        Ok(grpc.unary(req, path, RawCodec).await?.into_inner())
+    Ok(grpc
+        .unary(tonic::Request::new(body), path, RawCodec)
+        .await?
+        .into_inner())
+}
+
+/// Calls the server-streaming `rpc` and gathers its messages until the stream ends.
+async fn call_streaming(
+    channel: &Channel,
+    rpc: &MethodDescriptor,
+    body: Bytes,
+) -> Result<Vec<Bytes>, tonic::Status> {
+    let mut grpc = ready(channel).await?;
+    let path = grpc_path(rpc)?;
+    let mut stream = grpc
+        .server_streaming(tonic::Request::new(body), path, RawCodec)
+        .await?
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(part) = stream.next().await {
+        all.push(part?);
     }
+    Ok(all)
 }
 
 /// A codec that passes encoded protobuf through untouched.
@@ -538,6 +684,16 @@ mod tests {
     }
 
     #[test]
+    fn only_pages_of_repeated_fields_merge() {
+        let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let msg = |n: &str| pool.get_message_by_name(n).unwrap();
+        assert!(is_page(&msg("store.ListResponse")));
+        assert!(!is_page(&msg("events.Event")));
+        assert!(!is_page(&msg("broker.Message")));
+        assert!(!is_page(&msg("cluster.SnapshotChunk")));
+    }
+
+    #[test]
     fn cross_origin_requests_are_recognised() {
         let mut h = axum::http::HeaderMap::new();
         h.insert("host", "127.0.0.1:8080".parse().unwrap());
@@ -560,6 +716,43 @@ mod tests {
         assert!(err.contains("options.prefix"), "{err}");
         let err = to_message(&m, &serde_json::json!({"key": 5})).unwrap_err();
         assert!(err.contains("field key"), "{err}");
+    }
+
+    #[test]
+    fn integers_out_of_range_are_refused_naming_the_field() {
+        let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let m = pool.get_message_by_name("store.ReadRequest").unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"key":"a","options":{"limit":18446744073709551616}}"#)
+                .unwrap();
+        let err = to_message(&m, &v).unwrap_err();
+        assert!(
+            err.contains("options.limit") && err.contains("out of range"),
+            "{err}"
+        );
+        let v: Value =
+            serde_json::from_str(r#"{"options":{"limit":18446744073709551615}}"#).unwrap();
+        assert!(to_message(&m, &v).is_ok(), "u64::MAX fits");
+        for bad in [
+            r#"{"options":{"limit":-1}}"#,
+            r#"{"options":{"limit":1e30}}"#,
+        ] {
+            let v: Value = serde_json::from_str(bad).unwrap();
+            assert!(
+                to_message(&m, &v).unwrap_err().contains("options.limit"),
+                "{bad}"
+            );
+        }
+        let w = pool.get_message_by_name("store.WriteRequest").unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"record":{"key":"k","expiry":9223372036854775808}}"#).unwrap();
+        assert!(to_message(&w, &v).unwrap_err().contains("record.expiry"));
+        let err = query_to_json(
+            &m,
+            &[("options.limit".into(), "18446744073709551616".into())],
+        )
+        .unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
     }
 
     #[test]

@@ -4,5 +4,6 @@
 pub mod broker;
 pub mod cluster;
 pub mod events;
+pub mod front_errors;
 pub mod lease;
 pub mod store;

@@ -55,10 +55,12 @@ pub async fn run(
         let (svc_stream, svc_events_store) =
             crate::grpc::events::EventsService::servers(node.clone());
         let svc_lease = crate::grpc::lease::LeaseService::server(node.clone());
+        let front_errors = crate::grpc::front_errors::FrontErrors::new();
         let stop = wait(stop_rx.clone());
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                .layer(front_errors)
                 .add_service(svc_store)
                 .add_service(svc_cluster)
                 .add_service(svc_broker)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use micro::events::ConsumeRequest;
 use micro::proto::events::PublishRequest;
 use micro::proto::store::{txn_op, Compare, Record, TxnOp, TxnRequest, WriteRequest};
-use micro_tests::TestCluster;
+use micro_tests::{RawCodec, TestCluster};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -72,6 +72,21 @@ async fn replay_from_an_offset_on_every_node_and_after_restarts() -> anyhow::Res
     for id in 1..=3 {
         check(consume_all(&c, id, replay_from("orders", 5000)).await?);
     }
+    // events.Store/Read without a limit returns Micro v3's default of 250.
+    let read: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/events/read", c.spec(2).http))
+        .json(&serde_json::json!({"topic": "orders", "offset": 10}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let read: Vec<u64> = read["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("events: {read}"))
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(read, (11..=260).collect::<Vec<_>>());
     let all = consume_all(&c, 1, replay_from("orders", 1)).await?;
     assert_eq!(seqs(&all), (1..=10_000).collect::<Vec<_>>());
     let published: BTreeSet<_> = (1..=10_000).map(|i| format!("e{i}").into_bytes()).collect();
@@ -149,15 +164,23 @@ async fn a_group_resumes_at_the_first_unacked_event_on_another_node() -> anyhow:
     let events3 = c.client(3).await?.events();
     let mut second = events3.consume(group_req(3)).await?;
     let mut seen = Vec::new();
-    // Quiet for six ack_waits: nothing more is coming (generous for a loaded CI machine).
-    while let Ok(next) = tokio::time::timeout(Duration::from_millis(4800), second.next()).await {
-        match next? {
-            Some(e) => seen.push(e.sequence),
-            None => break,
+    // Exactly twelve deliveries, however long a loaded machine takes for them (waiting for a
+    // quiet spell instead cut the count short when a redelivery came late).
+    while seen.len() < 12 {
+        match tokio::time::timeout(LONG, second.next()).await {
+            Ok(next) => match next? {
+                Some(e) => seen.push(e.sequence),
+                None => break,
+            },
+            Err(_) => panic!("only {} of 12 deliveries: {seen:?}", seen.len()),
         }
-        assert!(seen.len() < 50, "redelivered without end: {seen:?}");
     }
     assert_eq!(seen, vec![6, 7, 8, 9, 10, 6, 7, 8, 9, 10, 9, 10]);
+    // And no thirteenth within two more ack_waits (an absence: it can only be missed on a slow
+    // machine, not fail spuriously).
+    if let Ok(extra) = tokio::time::timeout(Duration::from_millis(1600), second.next()).await {
+        assert!(extra?.is_none(), "delivered past the retry limit");
+    }
     drop(second);
     let after_limit = consume_all(
         &c,
@@ -172,6 +195,193 @@ async fn a_group_resumes_at_the_first_unacked_event_on_another_node() -> anyhow:
         after_limit.is_empty(),
         "delivered past the retry limit: {:?}",
         seqs(&after_limit)
+    );
+    Ok(())
+}
+
+/// A manual-ack consumer takes an event and goes away without acking; an auto-ack consumer
+/// of the same group takes it over. It gets it once, and the log grows by a few entries: the
+/// auto-ack redelivery used to stay due, so every claim redelivered it (one entry each,
+/// without end, and a `stop_at_end` consumer never finished).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_event_goes_to_an_auto_ack_consumer_once() -> anyhow::Result<()> {
+    let c = TestCluster::start(3).await?;
+    let leader = c.wait_leader(LONG).await?;
+    let group = |auto_ack: bool| ConsumeRequest {
+        topic: "abandoned".into(),
+        group: "g".into(),
+        from_start: true,
+        auto_ack,
+        ..Default::default()
+    };
+    let events = c.client(2).await?.events();
+    events
+        .publish("abandoned", b"job".to_vec(), HashMap::new())
+        .await?;
+    let before = c.applied(leader).await?;
+
+    // Manual ack (default ack wait: 30 s). The client leaves with the event unacked; the
+    // server notices and releases it to the group at once.
+    let mut manual = events.consume(group(false)).await?;
+    assert_eq!(manual.next().await?.map(|e| e.sequence), Some(1));
+    drop(manual);
+    let mut auto = c.client(3).await?.events().consume(group(true)).await?;
+    let taken = tokio::time::timeout(LONG, auto.next())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the abandoned event never reached the auto-ack consumer")
+        })??;
+    assert_eq!(taken.map(|e| e.sequence), Some(1));
+    drop(auto);
+
+    // Taking it acked it: the group has nothing left, and a consumer that stops at the end
+    // finishes, empty.
+    let rest = tokio::time::timeout(
+        LONG,
+        consume_all(
+            &c,
+            1,
+            ConsumeRequest {
+                stop_at_end: true,
+                ..group(true)
+            },
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("a stop_at_end consumer of the group never finished"))??;
+    assert!(rest.is_empty(), "delivered again: {:?}", seqs(&rest));
+    // Claim, release, claim, and room for an election's blank entry on a loaded machine.
+    let grew = c.applied(leader).await? - before;
+    assert!(grew <= 10, "the log grew by {grew} entries");
+    Ok(())
+}
+
+/// An ack wait below the minimum (100 ms) is raised to it: each redelivery is a log entry,
+/// and a consumer that never acks must not make the cluster write them as fast as it can
+/// claim (with `ack_wait: 1` ns the event was due again at once: redelivered by every claim).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_ack_wait_is_raised_to_the_minimum() -> anyhow::Result<()> {
+    let c = TestCluster::start(1).await?;
+    let events = c.client(1).await?.events();
+    events
+        .publish("tiny", b"x".to_vec(), HashMap::new())
+        .await?;
+    let before = c.applied(1).await?;
+    let started = std::time::Instant::now();
+    let mut consumer = events
+        .consume(ConsumeRequest {
+            topic: "tiny".into(),
+            group: "g".into(),
+            from_start: true,
+            ack_wait: 1,
+            ..Default::default()
+        })
+        .await?;
+    for _ in 0..5 {
+        let e = tokio::time::timeout(LONG, consumer.next()).await??;
+        assert_eq!(e.map(|e| e.sequence), Some(1));
+    }
+    // Four redeliveries, each at least 100 ms after the one before.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400),
+        "5 deliveries in {took:?}"
+    );
+    drop(consumer);
+    let grew = c.applied(1).await? - before;
+    assert!(
+        grew <= 10,
+        "the log grew by {grew} entries for 5 deliveries"
+    );
+    Ok(())
+}
+
+/// A client written the way Micro v3's events client is: it opens `events.Stream/Consume`,
+/// sends the `ConsumeRequest` (v3 fields only), keeps its side open and acks each event with
+/// an `AckRequest {id, success}` on the same stream. The server used to wait for the client to
+/// close its side before starting the consumer, so such a client never got an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_micro_v3_client_acks_on_the_consume_stream() -> anyhow::Result<()> {
+    use micro::proto::events::{AckRequest, Event};
+    use prost::Message;
+    let c = TestCluster::start(3).await?;
+    publish_n(&c, 1, "v3", 3).await?;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.spec(2).grpc))?
+        .connect()
+        .await?;
+    let (send, outgoing) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
+    let first = ConsumeRequest {
+        topic: "v3".into(),
+        group: "g".into(),
+        offset: 1, // unix seconds: everything published since 1970
+        auto_ack: false,
+        ack_wait: Duration::from_secs(30).as_nanos() as i64,
+        ..Default::default()
+    };
+    send.unbounded_send(first.encode_to_vec().into())?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let mut incoming = tokio::time::timeout(
+        LONG,
+        grpc.streaming(
+            tonic::Request::new(outgoing),
+            "/events.Stream/Consume".parse()?,
+            RawCodec,
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer while the client's side is open"))??
+    .into_inner();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let raw = tokio::time::timeout(LONG, incoming.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("only {} of 3 events", got.len()))??
+            .expect("stream open");
+        got.push(Event::decode(raw)?);
+    }
+    assert_eq!(seqs(&got), vec![1, 2, 3]);
+    // Ack 1 and 3 on the stream (v3's AckRequest has no group), then nack 2: it comes back
+    // on this stream at once. Acks are applied in the order sent, so once 2 is back, 1 and 3
+    // are acked.
+    for (id, success) in [("v3/1", true), ("v3/3", true), ("v3/2", false)] {
+        let ack = AckRequest {
+            id: id.into(),
+            success,
+            ..Default::default()
+        };
+        send.unbounded_send(ack.encode_to_vec().into())?;
+    }
+    let raw = tokio::time::timeout(LONG, incoming.message())
+        .await
+        .map_err(|_| anyhow::anyhow!("the nacked event was not redelivered"))??
+        .expect("stream open");
+    assert_eq!(Event::decode(raw)?.sequence, 2);
+    // The client goes away with 2 unacked.
+    drop(send);
+    drop(incoming);
+
+    // The group's next consumer gets only 2 (released when the v3 client left), and then
+    // nothing: 1 and 3 were acked.
+    let next = |limit: u64, stop_at_end: bool| ConsumeRequest {
+        topic: "v3".into(),
+        group: "g".into(),
+        auto_ack: true,
+        limit,
+        stop_at_end,
+        ..Default::default()
+    };
+    let mut after = c.client(3).await?.events().consume(next(1, false)).await?;
+    let redelivered = tokio::time::timeout(LONG, after.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("the unacked event never came back"))??;
+    assert_eq!(redelivered.map(|e| e.sequence), Some(2));
+    let rest = consume_all(&c, 1, next(0, true)).await?;
+    assert!(
+        rest.is_empty(),
+        "acked on the stream, yet delivered again: {:?}",
+        seqs(&rest)
     );
     Ok(())
 }
@@ -441,18 +651,40 @@ async fn events_over_http_including_a_live_sse_stream() -> anyhow::Result<()> {
             .await?;
         assert_eq!(v["sequence"], i, "{v}");
     }
-    // The backlog as one JSON answer.
+    // The backlog as one JSON answer: every event, in order (merged into one message, as
+    // store List's pages are, only the last event was left).
     let v: serde_json::Value = client
         .post(format!("http://{http}/events/consume"))
-        .json(&serde_json::json!({"topic": "web", "from_sequence": 2, "stop_at_end": true}))
+        .json(&serde_json::json!({"topic": "web", "from_sequence": 1, "stop_at_end": true}))
         .send()
         .await?
         .json()
         .await?;
-    assert_eq!(
-        v["sequence"], 3,
-        "repeated fields append, scalars keep the last: {v}"
-    );
+    let got: Vec<_> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("an array of events: {v}"))
+        .iter()
+        .map(|e| (e["sequence"].clone(), e["payload"].clone()))
+        .collect();
+    let want: Vec<_> = (1..=3)
+        .map(|i| {
+            (
+                serde_json::json!(i),
+                serde_json::json!(base64_of(&format!("p{i}"))),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // Store List still answers one object: its pages merge into one `keys` array.
+    c.client(1).await?.store().write("k", b"v".to_vec()).await?;
+    let v: serde_json::Value = client
+        .post(format!("http://{http}/store/list"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(v, serde_json::json!({"keys": ["k"]}));
     // Live, as Server-Sent Events: the backlog first, then an event published afterwards.
     let mut resp = client
         .post(format!("http://{http}/events/consume"))

@@ -63,5 +63,24 @@ async fn cli_round_trip_and_json_output() -> anyhow::Result<()> {
     assert!(ok);
     let (ok, _, _) = c.cli(1, &["store", "read", "k", "-d", "app", "-t", "users"]);
     assert!(!ok);
+
+    // `store list` has Micro v3's options: prefix, suffix, limit, offset, order.
+    for k in ["a/1.txt", "a/2.log", "a/3.txt", "a/4.txt", "b/5.txt"] {
+        let (ok, _, err) = c.cli(1, &["store", "write", k, "x"]);
+        assert!(ok, "{err}");
+    }
+    let list = |args: &[&str]| {
+        let (ok, out, err) = c.cli(1, &[&["store", "list"], args].concat());
+        assert!(ok, "{args:?}: {err}");
+        out.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list(&["--suffix", ".txt", "--prefix", "a/"]),
+        ["a/1.txt", "a/3.txt", "a/4.txt"]
+    );
+    assert_eq!(
+        list(&["--suffix", ".txt", "--order", "desc", "--offset", "1", "--limit", "2"]),
+        ["a/4.txt", "a/3.txt"]
+    );
     Ok(())
 }

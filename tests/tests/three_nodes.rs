@@ -72,20 +72,20 @@ async fn bootstrap_follower_writes_failover_and_catch_up() -> anyhow::Result<()>
         last = rev;
     }
 
-    // The old leader restarts and catches up to the same applied index.
+    // The old leader restarts and catches up to the same applied index. Waited for as such:
+    // reading one node's index and then every node's was racy, since the restarted node may
+    // stand for election and a new leader's blank entry moves every index on.
     c.spawn(leader)?;
     c.wait_leader(LONG).await?;
     let target = c.applied(new_leader).await?;
-    c.wait_applied(target, LONG).await?;
-    let applied: BTreeSet<u64> = futures::future::join_all([1, 2, 3].map(|i| c.applied(i)))
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    assert_eq!(
-        applied.len(),
-        1,
-        "every node at the same applied index: {applied:?}"
-    );
+    eventually("every node at one applied index", LONG, || async {
+        let applied: BTreeSet<u64> = futures::future::join_all([1, 2, 3].map(|i| c.applied(i)))
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        Ok((applied.len() == 1 && applied.first() >= Some(&target)).then_some(()))
+    })
+    .await?;
     // Serializable reads on the restarted node see everything without asking the leader.
     let local = c.client(leader).await?.store();
     let q = Query {
@@ -101,8 +101,8 @@ async fn bootstrap_follower_writes_failover_and_catch_up() -> anyhow::Result<()>
 async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
     let mut c = TestCluster::start(3).await?;
     let leader = c.wait_leader(Duration::from_secs(10)).await?;
-    // The first leader names the cluster with an entry of its own; let that happen first so
-    // the only entry after the writes below is the expiry tick.
+    // The first leader names the cluster with an entry of its own; let that happen first, so
+    // the writes below are the last entries before the expiry tick.
     eventually("the cluster to be named", LONG, || async {
         Ok((!c
             .client(leader)
@@ -114,13 +114,23 @@ async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
         .then_some(()))
     })
     .await?;
+    // The expiring record lives alone in its own database, so `tables` shows whether a node
+    // still holds it (reads hide it by the reader's clock before the purge).
     let store = c.client(leader).await?.store();
     store
+        .clone()
+        .scope("ttl", "sessions")
         .write_with_ttl("session", b"s".to_vec(), Some(Duration::from_secs(2)))
         .await?;
-    let after_writes = store.write("keeper", b"k".to_vec()).await?;
+    store.write("keeper", b"k".to_vec()).await?;
     for id in [1, 2, 3] {
-        let rec = c.client(id).await?.store().read("session").await?;
+        let rec = c
+            .client(id)
+            .await?
+            .store()
+            .scope("ttl", "sessions")
+            .read("session")
+            .await?;
         assert!(
             rec.expiry > 0 && rec.expiry <= 2,
             "remaining seconds: {}",
@@ -130,7 +140,7 @@ async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
     // After the expiry every node answers NotFound. No writes are sent: the leader's tick
     // entry must carry the clock past the expiry.
     for id in [1, 2, 3] {
-        let s = c.client(id).await?.store();
+        let s = c.client(id).await?.store().scope("ttl", "sessions");
         eventually(
             &format!("node {id} to stop serving the expired record"),
             Duration::from_secs(10),
@@ -144,18 +154,35 @@ async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
         )
         .await?;
     }
-    // Reads hide the record by the reader's clock at once; the purge itself is the leader's
-    // tick entry, applied with no client writes at all: wait for the leader to apply past
-    // the last write, then for every node to reach that index. Then stop them and compare
-    // their views byte for byte. The record must be physically gone.
-    let target = eventually("the expiry tick entry", LONG, || async {
-        let now = c.applied(leader).await?;
-        Ok((now > after_writes).then_some(now))
-    })
+    // The purge itself is the leader's tick entry, applied with no client writes at all. Wait
+    // for exactly what is compared below: the record physically gone on every node (its
+    // table empty) and every node at the same applied index. (Waiting for "any entry after the
+    // writes" was not enough: a new leader's blank entry is one too.)
+    eventually(
+        "the purge applied on every node, all at one index",
+        LONG,
+        || async {
+            let mut applied = BTreeSet::new();
+            for id in [1, 2, 3] {
+                if !c.client(id).await?.store().tables("ttl").await?.is_empty() {
+                    return Ok(None);
+                }
+                applied.insert(c.applied(id).await?);
+            }
+            Ok((applied.len() == 1).then_some(()))
+        },
+    )
     .await?;
-    c.wait_applied(target, LONG).await?;
+    // Stop the followers first: with the leader stopped first, the other two would elect a
+    // leader and apply its blank entry, and their views would differ from the first one's.
+    let leader = c.wait_leader(LONG).await?;
+    let order: Vec<u64> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != leader)
+        .chain([leader])
+        .collect();
     let mut digests = BTreeSet::new();
-    for id in [1, 2, 3] {
+    for id in order {
         c.stop(id)?;
         let db = micro_log::Db::open(&c.spec(id).data_dir.join("db"))?;
         let all = micro_state::views::store::query(
@@ -168,6 +195,17 @@ async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
         )?;
         let keys: Vec<_> = all.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, vec!["keeper"], "node {id}");
+        let ttl = micro_state::views::store::query(
+            &*db,
+            &micro_state::views::store::Query {
+                db: "ttl".into(),
+                table: "sessions".into(),
+                prefix: true,
+                ..Default::default()
+            },
+            0,
+        )?;
+        assert!(ttl.is_empty(), "node {id} still holds the expired record");
         assert!(micro_state::clock_ms(&*db)? > 0);
         let mut h = Vec::new();
         db.for_each_state(|k, v| {

@@ -78,8 +78,16 @@ pub(super) enum StoreCmd {
         /// Only keys starting with this
         #[arg(long, default_value = "")]
         prefix: String,
+        /// Only keys ending with this
+        #[arg(long, default_value = "")]
+        suffix: String,
         #[arg(long, default_value_t = 0)]
         limit: u64,
+        /// Skip this many matching keys first
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        #[arg(long, value_parser = ["asc", "desc"], default_value = "asc")]
+        order: String,
         #[command(flatten)]
         scope: Scope,
     },
@@ -260,13 +268,23 @@ pub(super) async fn store(server: &str, out: Output, cmd: StoreCmd) -> anyhow::R
         }
         StoreCmd::List {
             prefix,
+            suffix,
             limit,
+            offset,
+            order,
             scope,
         } => {
+            let q = micro::store::ListQuery {
+                prefix,
+                suffix,
+                limit,
+                offset,
+                descending: order == "desc",
+            };
             let keys = client
                 .store()
                 .scope(&scope.database, &scope.table)
-                .list(&prefix, limit)
+                .list_with(q)
                 .await?;
             match out {
                 Output::Json => print_json(&json!(keys)),

@@ -3,43 +3,240 @@
 //! A plain consumer reads the view from its start position and follows new entries as this
 //! node applies them. A group consumer claims events through the log (so the group's cursor
 //! and pending acks are the same on every node and survive restarts), and releases its claims
-//! when its stream ends.
+//! when its stream ends. Acks come through the `Ack` RPC or, as Micro v3 clients send them,
+//! on the consume stream itself (see [`StreamService`]).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::Stream;
-use micro_cluster::{now_ms, Node};
+use bytes::{Buf, Bytes};
+use futures::{Stream, StreamExt};
+use micro_cluster::Node;
 use micro_proto::events as pb;
 use micro_state::views::events::{
     self as view, Ack, Claim, Publish, Release, Retention, Start, StoredEvent,
 };
 use micro_state::{Command, Outcome};
+use prost::Message;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status};
 
 use crate::errors::{invalid, status};
 
 const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// The shortest ack wait a consumer gets (a shorter one is raised to it): every redelivery
+/// is a log entry, and a consumer that never acks must not make the cluster write entries as
+/// fast as it can claim.
+const MIN_ACK_WAIT: Duration = Duration::from_millis(100);
+/// The least time between two claims that only a pending deadline justifies (see
+/// `follow_group`).
+const RECLAIM_AFTER: Duration = Duration::from_millis(50);
+/// How often a waiting consumer looks whether its client went away.
+const NOTICE_GONE: Duration = Duration::from_millis(500);
 const BATCH: usize = 256;
+/// `events.Store/Read` without a limit returns this many events (Micro v3's default).
+const DEFAULT_READ_LIMIT: u64 = 250;
 
 pub struct EventsService {
     node: Node,
 }
 
+/// Largest request message `events.Stream` decodes.
+const MAX_REQUEST: usize = 16 * 1024 * 1024;
+
 impl EventsService {
-    pub fn servers(
-        node: Node,
-    ) -> (
-        pb::stream_server::StreamServer<EventsService>,
-        pb::store_server::StoreServer<EventsService>,
-    ) {
+    pub fn servers(node: Node) -> (StreamService, pb::store_server::StoreServer<EventsService>) {
         (
-            pb::stream_server::StreamServer::new(EventsService { node: node.clone() })
-                .max_decoding_message_size(16 * 1024 * 1024),
+            StreamService {
+                inner: pb::stream_server::StreamServer::new(EventsService { node: node.clone() })
+                    .max_decoding_message_size(MAX_REQUEST),
+                node: node.clone(),
+            },
             pb::store_server::StoreServer::new(EventsService { node }),
         )
+    }
+}
+
+/// `events.Stream` as served: the generated service, except for `Consume`.
+///
+/// Micro v3 declares `Consume` server-streaming, but its clients call it as a bidirectional
+/// stream: they send the `ConsumeRequest`, keep their side open, and later send an
+/// `AckRequest {id, success}` on the same stream for each event they ack or nack (Micro v3's
+/// `service/events/client`). A generated server-streaming handler would not even start
+/// before the client closed its side (tonic reads the request to its end first), so a v3
+/// client would wait forever. The wire does not say whether a method streams requests, so
+/// `Consume` is served here as a bidirectional stream with the v3 declaration unchanged: the
+/// first message is the `ConsumeRequest`, every later one an `AckRequest` for the consume's
+/// group. Clients that send one request and close their side (tonic, the gateway) are served
+/// exactly as before.
+#[derive(Clone)]
+pub struct StreamService {
+    inner: pb::stream_server::StreamServer<EventsService>,
+    node: Node,
+}
+
+impl tonic::server::NamedService for StreamService {
+    const NAME: &'static str = pb::stream_server::SERVICE_NAME;
+}
+
+impl<B> tower::Service<http::Request<B>> for StreamService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != "/events.Stream/Consume" {
+            return self.inner.call(req);
+        }
+        let node = self.node.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(ConsumeCodec)
+                .apply_max_message_size_config(Some(MAX_REQUEST), None);
+            Ok(grpc.streaming(ConsumeHandler(node), req).await)
+        })
+    }
+}
+
+struct ConsumeHandler(Node);
+
+impl tonic::server::StreamingService<Bytes> for ConsumeHandler {
+    type Response = pb::Event;
+    type ResponseStream = EventStream;
+    type Future = tonic::codegen::BoxFuture<Response<EventStream>, Status>;
+
+    fn call(&mut self, req: Request<tonic::Streaming<Bytes>>) -> Self::Future {
+        let node = self.0.clone();
+        Box::pin(async move {
+            let mut incoming = req.into_inner();
+            let first = incoming.message().await?.ok_or_else(|| {
+                Status::invalid_argument("the stream must start with a ConsumeRequest")
+            })?;
+            let req = pb::ConsumeRequest::decode(first)
+                .map_err(|e| Status::invalid_argument(format!("invalid ConsumeRequest: {e}")))?;
+            consume(node, req, Some(incoming)).await
+        })
+    }
+}
+
+/// Encodes events; hands request messages over undecoded (the first is a `ConsumeRequest`,
+/// the others `AckRequest`s).
+#[derive(Debug, Clone, Copy, Default)]
+struct ConsumeCodec;
+
+impl Codec for ConsumeCodec {
+    type Encode = pb::Event;
+    type Decode = Bytes;
+    type Encoder = ConsumeCodec;
+    type Decoder = ConsumeCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ConsumeCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ConsumeCodec
+    }
+}
+
+impl Encoder for ConsumeCodec {
+    type Item = pb::Event;
+    type Error = Status;
+
+    fn encode(&mut self, item: pb::Event, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding an event: {e}")))
+    }
+}
+
+impl Decoder for ConsumeCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Acks sent on a consume stream (Micro v3's way), written as `Ack` commands for `group`:
+/// what arrived together goes in one command per run of acks or nacks. Acks on a plain
+/// consumer's stream, or naming another topic or group, are ignored (a plain consumer has
+/// nothing pending). Ends with the client's side of the stream.
+async fn read_acks(node: Node, topic: String, group: String, incoming: tonic::Streaming<Bytes>) {
+    let mut batches = incoming.ready_chunks(256);
+    while let Some(batch) = batches.next().await {
+        let mut runs: Vec<(bool, Vec<u64>)> = Vec::new();
+        let mut ended = false;
+        for item in batch {
+            let raw = match item {
+                Ok(raw) => raw,
+                Err(e) => {
+                    tracing::debug!("consume stream of {topic}/{group}: {e}");
+                    ended = true;
+                    break;
+                }
+            };
+            let ack = match pb::AckRequest::decode(raw) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!("consume stream of {topic}: not an AckRequest: {e}");
+                    continue;
+                }
+            };
+            match parse_id(&ack.id) {
+                Some((t, seq))
+                    if t == topic
+                        && !group.is_empty()
+                        && (ack.group.is_empty() || ack.group == group) =>
+                {
+                    match runs.last_mut() {
+                        Some((success, seqs)) if *success == ack.success => seqs.push(seq),
+                        _ => runs.push((ack.success, vec![seq])),
+                    }
+                }
+                _ => tracing::debug!(
+                    "consume stream of {topic}/{group}: ignoring ack {:?}",
+                    ack.id
+                ),
+            }
+        }
+        for (success, seqs) in runs {
+            let cmd = Command::Events(view::Cmd::Ack(Ack {
+                topic: topic.clone(),
+                group: group.clone(),
+                seqs,
+                success,
+            }));
+            if let Err(e) = node.write(cmd).await {
+                tracing::debug!("ack on the consume stream of {topic}/{group}: {e}");
+            }
+        }
+        if ended {
+            break;
+        }
+    }
+}
+
+/// Once the consumer's response stream is over: lets the ack reader finish what the client
+/// already sent (it ends as soon as the client's side does), then stops it.
+async fn end_acks(acks: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(mut h) = acks {
+        if tokio::time::timeout(NOTICE_GONE, &mut h).await.is_err() {
+            h.abort();
+        }
     }
 }
 
@@ -49,6 +246,16 @@ pub fn publish_command(req: pb::PublishRequest, field: &str) -> Result<Command, 
         return Err(invalid(
             &format!("{field}timestamp"),
             "must be unix seconds (or 0 for now)",
+        ));
+    }
+    if req.timestamp > super::store::MAX_SECONDS {
+        return Err(invalid(
+            &format!("{field}timestamp"),
+            format!(
+                "is {}: must be at most {} (unix seconds)",
+                req.timestamp,
+                super::store::MAX_SECONDS
+            ),
         ));
     }
     Ok(Command::Events(view::Cmd::Publish(Publish {
@@ -136,35 +343,13 @@ impl pb::stream_server::Stream for EventsService {
 
     type ConsumeStream = EventStream;
 
+    /// Kept for the generated trait: served through [`StreamService`] (as `servers` does),
+    /// `Consume` is routed there and never reaches this.
     async fn consume(
         &self,
         req: Request<pb::ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
-        let req = req.into_inner();
-        if req.topic.is_empty() {
-            return Err(invalid("topic", "must not be empty"));
-        }
-        if req.ack_wait < 0 || req.retry_limit < 0 {
-            return Err(invalid("ack_wait", "and retry_limit must not be negative"));
-        }
-        self.node.read_barrier(true).await.map_err(status)?;
-        let (start, trimmed) = resolve_start(&self.node, &req)?;
-        let (tx, rx) = mpsc::channel(BATCH);
-        let node = self.node.clone();
-        if req.group.is_empty() {
-            tokio::spawn(follow(node, req, start, tx));
-        } else {
-            tokio::spawn(follow_group(node, req, start, tx));
-        }
-        let mut resp =
-            Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as EventStream);
-        if let Some(first) = trimmed {
-            // Said in the response headers, so Micro v3 clients that do not know it still work.
-            if let Ok(v) = first.to_string().parse() {
-                resp.metadata_mut().insert("x-micro-trimmed-to", v);
-            }
-        }
-        Ok(resp)
+        consume(self.node.clone(), req.into_inner(), None).await
     }
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
@@ -223,9 +408,58 @@ impl pb::stream_server::Stream for EventsService {
     }
 }
 
-/// Waits until this node applies something new (or a short timeout, to notice a gone client).
-async fn applied_change(rx: &mut micro_cluster::AppliedWatch) {
-    rx.changed(Duration::from_millis(500)).await;
+/// Starts a consumer; `incoming` is the rest of the client's side of the stream (acks).
+async fn consume(
+    node: Node,
+    req: pb::ConsumeRequest,
+    incoming: Option<tonic::Streaming<Bytes>>,
+) -> Result<Response<EventStream>, Status> {
+    if req.topic.is_empty() {
+        return Err(invalid("topic", "must not be empty"));
+    }
+    if req.ack_wait < 0 || req.retry_limit < 0 {
+        return Err(invalid("ack_wait", "and retry_limit must not be negative"));
+    }
+    if req.retry_limit > i64::from(u32::MAX) {
+        return Err(invalid(
+            "retry_limit",
+            format!("must be at most {} (0: no limit)", u32::MAX),
+        ));
+    }
+    node.read_barrier(true).await.map_err(status)?;
+    let (start, trimmed) = resolve_start(&node, &req)?;
+    let (tx, rx) = mpsc::channel(BATCH);
+    let acks = incoming.map(|s| {
+        tokio::spawn(read_acks(
+            node.clone(),
+            req.topic.clone(),
+            req.group.clone(),
+            s,
+        ))
+    });
+    if req.group.is_empty() {
+        tokio::spawn(async move {
+            follow(node, req, start, tx).await;
+            end_acks(acks).await;
+        });
+    } else {
+        tokio::spawn(follow_group(node, req, start, tx, acks));
+    }
+    let mut resp =
+        Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as EventStream);
+    if let Some(first) = trimmed {
+        // Said in the response headers, so Micro v3 clients that do not know it still work.
+        if let Ok(v) = first.to_string().parse() {
+            resp.metadata_mut().insert("x-micro-trimmed-to", v);
+        }
+    }
+    Ok(resp)
+}
+
+/// Waits until this node applies something new, or `timeout` (a waiting consumer re-checks
+/// at least every NOTICE_GONE, to notice a client that went away).
+async fn applied_change(rx: &mut micro_cluster::AppliedWatch, timeout: Duration) {
+    rx.changed(timeout).await;
 }
 
 /// A plain consumer: every event from `next` on, in order, then live.
@@ -272,9 +506,48 @@ async fn follow(
             return;
         }
         if caught_up {
-            applied_change(&mut changes).await;
+            applied_change(&mut changes, NOTICE_GONE).await;
         }
     }
+}
+
+/// Whether a claim now could deliver anything. Every claim is a log entry, so a group
+/// consumer claims only when one could: the group is new, has events past its cursor, or has
+/// a pending event whose deadline the log clock has passed. Judged on this node's view, which
+/// is a prefix of the log: what it says is claimable is still claimable when the claim is
+/// applied (unless another consumer took it first, and then the view changes).
+enum Worth {
+    Claim,
+    /// Nothing pending: only a new event (or a nack, or a release) can change that.
+    WaitForNews,
+    /// The earliest pending deadline is `wait` ahead of the log clock.
+    DueIn {
+        deadline_ms: u64,
+        wait: Duration,
+    },
+}
+
+fn claim_worth(node: &Node, topic: &str, group: &str) -> Result<Worth, Status> {
+    let db = node.view();
+    let storage = |e: micro_state::StorageError| Status::internal(e.to_string());
+    let Some(g) = view::group(db, topic, group).map_err(storage)? else {
+        return Ok(Worth::Claim);
+    };
+    if g.cursor <= view::topic_meta(db, topic).map_err(storage)?.last_seq {
+        return Ok(Worth::Claim);
+    }
+    let Some(deadline_ms) = g.pending.values().map(|p| p.deadline_ms).min() else {
+        return Ok(Worth::WaitForNews);
+    };
+    let clock = micro_state::clock_ms(db).map_err(storage)?;
+    Ok(if deadline_ms <= clock {
+        Worth::Claim
+    } else {
+        Worth::DueIn {
+            deadline_ms,
+            wait: Duration::from_millis(deadline_ms - clock),
+        }
+    })
 }
 
 /// A group consumer: claims events through the log, delivers them, releases on exit.
@@ -283,12 +556,13 @@ async fn follow_group(
     req: pb::ConsumeRequest,
     start: u64,
     tx: mpsc::Sender<Result<pb::Event, Status>>,
+    acks: Option<tokio::task::JoinHandle<()>>,
 ) {
     let consumer = random_id();
     let ack_wait = if req.auto_ack {
         Duration::ZERO
     } else if req.ack_wait > 0 {
-        Duration::from_nanos(req.ack_wait as u64)
+        Duration::from_nanos(req.ack_wait as u64).max(MIN_ACK_WAIT)
     } else {
         DEFAULT_ACK_WAIT
     };
@@ -298,29 +572,51 @@ async fn follow_group(
     let end = view::topic_meta(node.view(), &req.topic)
         .map(|m| m.last_seq)
         .unwrap_or(0);
+    // When only time can make a claim deliver: the pending deadline waited for, and the
+    // instant (on this node's clock) to claim at.
+    let mut timer: Option<(u64, Instant)> = None;
     loop {
         changes.mark_seen();
         if tx.is_closed() {
             break;
         }
-        // Only propose a claim when the local view says there may be something to claim.
-        let claimable = match view::group(node.view(), &req.topic, &req.group) {
-            Ok(Some(g)) => {
-                let last = view::topic_meta(node.view(), &req.topic)
-                    .map(|m| m.last_seq)
-                    .unwrap_or(0);
-                g.cursor <= last || g.pending.values().any(|p| p.deadline_ms <= now_ms())
+        match claim_worth(&node, &req.topic, &req.group) {
+            Ok(Worth::Claim) => {}
+            Ok(Worth::WaitForNews) => {
+                timer = None;
+                if req.stop_at_end {
+                    break;
+                }
+                applied_change(&mut changes, NOTICE_GONE).await;
+                continue;
             }
-            Ok(None) => true,
-            Err(_) => true,
-        };
-        if !claimable {
-            if req.stop_at_end {
+            Ok(Worth::DueIn { deadline_ms, wait }) => {
+                if req.stop_at_end {
+                    break;
+                }
+                // Clocks differ between nodes: when the deadline has passed here it may not
+                // have on the leader, and the claim delivers nothing. So the next claim for
+                // the same reason waits at least RECLAIM_AFTER (see the empty-claim case).
+                let at = match timer {
+                    Some((d, at)) if d == deadline_ms => at,
+                    _ => {
+                        let at = Instant::now() + wait.max(RECLAIM_AFTER);
+                        timer = Some((deadline_ms, at));
+                        at
+                    }
+                };
+                let now = Instant::now();
+                if now < at {
+                    applied_change(&mut changes, (at - now).min(NOTICE_GONE)).await;
+                    continue;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
                 break;
             }
-            applied_change(&mut changes).await;
-            continue;
         }
+        timer = None;
         let max = if req.limit > 0 {
             (req.limit - sent).min(64) as u32
         } else {
@@ -357,10 +653,12 @@ async fn follow_group(
             }
         };
         if seqs.is_empty() {
+            // Another consumer was faster, or the deadline had not passed on the leader's
+            // clock. The view now includes this claim: `claim_worth` says what to wait for,
+            // so an empty claim is never followed by another without something changing.
             if req.stop_at_end {
                 break;
             }
-            applied_change(&mut changes).await;
             continue;
         }
         for seq in seqs {
@@ -383,7 +681,9 @@ async fn follow_group(
         }
     }
     // The consumer is gone: whatever it did not ack goes to the group's other consumers now
-    // rather than after ack_wait.
+    // rather than after ack_wait (but first the acks it sent on its stream).
+    drop(tx);
+    end_acks(acks).await;
     if !req.auto_ack {
         let cmd = Command::Events(view::Cmd::Release(Release {
             topic: req.topic.clone(),
@@ -409,14 +709,14 @@ impl pb::store_server::Store for EventsService {
         self.node.read_barrier(true).await.map_err(status)?;
         let meta = view::topic_meta(self.node.view(), &req.topic).map_err(|e| status(e.into()))?;
         let limit = if req.limit == 0 {
-            25
+            DEFAULT_READ_LIMIT
         } else {
             req.limit.min(10_000)
         } as usize;
         let events = view::read(
             self.node.view(),
             &req.topic,
-            meta.first_seq + req.offset,
+            meta.first_seq.saturating_add(req.offset),
             limit,
         )
         .map_err(|e| status(e.into()))?;

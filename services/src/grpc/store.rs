@@ -44,6 +44,10 @@ impl StoreService {
     }
 }
 
+/// The largest number of seconds (an expiry, a timestamp) that fits the state's milliseconds
+/// and reads back unchanged: `i64::MAX / 1000` s, about 292 million years.
+pub const MAX_SECONDS: i64 = i64::MAX / 1000;
+
 fn descending(order: &str, field: &str) -> Result<bool, Status> {
     match order {
         "" | "asc" => Ok(false),
@@ -93,6 +97,15 @@ fn put_command(req: pb::WriteRequest, field: &str) -> Result<Command, Status> {
         return Err(invalid(
             &format!("{field}record.expiry"),
             "must be 0 (no expiry) or a number of seconds",
+        ));
+    }
+    if rec.expiry > MAX_SECONDS {
+        return Err(invalid(
+            &format!("{field}record.expiry"),
+            format!(
+                "is {}: must be at most {MAX_SECONDS} seconds (the expiry is kept in milliseconds)",
+                rec.expiry
+            ),
         ));
     }
     let opts = req.options.unwrap_or_default();

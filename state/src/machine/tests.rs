@@ -762,6 +762,61 @@ mod events_view {
         );
     }
 
+    /// A manual-ack consumer leaves with an event unacked; an auto-ack consumer of the group
+    /// takes it over. It is delivered to it once: taking it is acking it, so later claims
+    /// find nothing (it used to stay pending with a deadline of "now", redelivered by every
+    /// claim, one log entry each).
+    #[test]
+    fn an_auto_ack_consumer_takes_a_due_event_once() {
+        let mut s = MemStore::default();
+        run(
+            &mut s,
+            1,
+            &Request {
+                time_ms: 0,
+                cmds: vec![publish("t", "a")],
+            },
+        );
+        claimed(&run(
+            &mut s,
+            2,
+            &Request {
+                time_ms: 0,
+                cmds: vec![claim("g", "manual", 1, 60_000, 0)],
+            },
+        ));
+        let rel = c::Release(Release {
+            topic: "t".into(),
+            group: "g".into(),
+            consumer: "manual".into(),
+        });
+        run(
+            &mut s,
+            3,
+            &Request {
+                time_ms: 1,
+                cmds: vec![rel],
+            },
+        );
+        let auto = |time_ms| Request {
+            time_ms,
+            cmds: vec![c::Claim(Claim {
+                auto_ack: true,
+                ack_wait_ms: 0,
+                ..match claim("g", "auto", 8, 0, 0) {
+                    Command::Events(ev::Cmd::Claim(c)) => c,
+                    _ => unreachable!(),
+                }
+            })],
+        };
+        assert_eq!(claimed(&run(&mut s, 4, &auto(2))), vec![1]);
+        let g = events::group(&s, "t", "g").unwrap().unwrap();
+        assert!(g.pending.is_empty(), "acked by delivery: {:?}", g.pending);
+        for (i, t) in [(5, 2), (6, 3), (7, 60_000)] {
+            assert!(claimed(&run(&mut s, i, &auto(t))).is_empty(), "at {t}");
+        }
+    }
+
     #[test]
     fn a_txn_publishes_with_its_writes_or_not_at_all() {
         let mut s = MemStore::default();

@@ -184,7 +184,8 @@ pub struct Claim {
     pub group: String,
     pub consumer: String,
     pub max: u32,
-    /// Redeliver if not acked within this long; 0 with `auto_ack`.
+    /// Redeliver if not acked within this long; 0 with `auto_ack` (whatever an auto-ack
+    /// consumer takes, new or due again, is acked by being delivered).
     pub ack_wait_ms: u64,
     /// Give up on an event after this many deliveries; 0 means never.
     pub retry_limit: u32,
@@ -459,10 +460,17 @@ pub(crate) fn claim<S: Read + ?Sized>(
             out.dead.push(seq);
             continue;
         }
+        out.seqs.push(seq);
+        if c.auto_ack {
+            // An auto-ack consumer acks by taking it. Left pending with a deadline of
+            // now + 0, it would be due again at every claim: redelivered forever, one log
+            // entry per claim.
+            g.pending.remove(&seq);
+            continue;
+        }
         p.attempts += 1;
         p.consumer = c.consumer.clone();
         p.deadline_ms = now.saturating_add(c.ack_wait_ms);
-        out.seqs.push(seq);
     }
     // Then new events past the cursor, at most a fair share of them: with k consumers
     // claiming, each takes about 1/k of what is waiting, so a group splits the stream.
