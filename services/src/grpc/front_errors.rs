@@ -23,6 +23,12 @@ pub struct FrontErrors {
     services: Arc<BTreeMap<String, Vec<String>>>,
 }
 
+impl Default for FrontErrors {
+    fn default() -> Self {
+        FrontErrors::new()
+    }
+}
+
 impl FrontErrors {
     /// For a server serving every service of the public packages
     /// (`micro_proto::PUBLIC_PACKAGES`), with their methods from Micro's descriptor set.
