@@ -30,7 +30,7 @@ mod wire;
 
 pub use config::NodeConfig;
 pub use error::Error;
-pub use node::{AppliedWatch, Node};
+pub use node::{Node, TopicWatch};
 pub use watch::{WatchEvent, WatchSpec};
 pub use wire::{MemberStatus, MembershipOp, Status, PROMOTE_MAX_LAG};
 

@@ -32,18 +32,35 @@ struct ReadBatch {
     waiters: Vec<tokio::sync::oneshot::Sender<Result<u64, Error>>>,
 }
 
-/// See [`Node::applied_changes`].
-pub struct AppliedWatch(watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>);
+/// Wakes a consumer of one event topic: see [`Node::topic_changes`].
+pub struct TopicWatch {
+    rx: crate::feed::Receiver,
+    topic: String,
+}
 
-impl AppliedWatch {
-    /// Marks the current state as seen.
-    pub fn mark_seen(&mut self) {
-        self.0.borrow_and_update();
-    }
-
-    /// Waits for a change after the last `mark_seen`, at most `timeout`.
+impl TopicWatch {
+    /// Waits until this node applies a batch that touched the topic (its events or groups),
+    /// or could have without saying so (this watch lagged, or a snapshot replaced the state),
+    /// at most `timeout`. Batches applied since the watch was made count, so a read after
+    /// [`Node::topic_changes`] and before this call cannot miss a wake-up.
     pub async fn changed(&mut self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.0.changed()).await;
+        use tokio::sync::broadcast::error::RecvError;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Err(_) => return,
+                Ok(Ok(b)) if b.first_revision == u64::MAX || b.topics.contains(&self.topic) => {
+                    return
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(RecvError::Lagged(_))) => return,
+                // The node is stopping: nothing more will be applied.
+                Ok(Err(RecvError::Closed)) => {
+                    tokio::time::sleep_until(deadline).await;
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -203,10 +220,13 @@ impl Node {
         &self.inner.raft
     }
 
-    /// Fires when this node applies entries (and on other Raft events): a way to wait for new
-    /// data without polling.
-    pub fn applied_changes(&self) -> AppliedWatch {
-        AppliedWatch(self.inner.raft.metrics())
+    /// Wakes when this node applies something that touched event topic `topic` (the change
+    /// feed, as watchers use it): live consumers wait on it instead of polling.
+    pub fn topic_changes(&self, topic: &str) -> TopicWatch {
+        TopicWatch {
+            rx: self.feed(),
+            topic: topic.to_string(),
+        }
     }
 
     /// The node's views (read-only), for reads after [`Node::read_barrier`].

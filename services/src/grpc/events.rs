@@ -456,9 +456,9 @@ async fn consume(
     Ok(resp)
 }
 
-/// Waits until this node applies something new, or `timeout` (a waiting consumer re-checks
-/// at least every NOTICE_GONE, to notice a client that went away).
-async fn applied_change(rx: &mut micro_cluster::AppliedWatch, timeout: Duration) {
+/// Waits until this node applies something that touched the topic, or `timeout` (a waiting
+/// consumer re-checks at least every NOTICE_GONE, to notice a client that went away).
+async fn applied_change(rx: &mut micro_cluster::TopicWatch, timeout: Duration) {
     rx.changed(timeout).await;
 }
 
@@ -469,13 +469,13 @@ async fn follow(
     mut next: u64,
     tx: mpsc::Sender<Result<pb::Event, Status>>,
 ) {
-    let mut changes = node.applied_changes();
+    // Subscribed before the first read: a batch applied after the read wakes the wait below.
+    let mut changes = node.topic_changes(&req.topic);
     let end = view::topic_meta(node.view(), &req.topic)
         .map(|m| m.last_seq)
         .unwrap_or(0);
     let mut sent = 0u64;
     loop {
-        changes.mark_seen();
         let batch = match view::read(node.view(), &req.topic, next, BATCH) {
             Ok(b) => b,
             Err(e) => {
@@ -483,8 +483,8 @@ async fn follow(
                 return;
             }
         };
-        // A short batch means we are caught up: wait for the next apply. (The wake-up cannot
-        // be missed: `mark_seen` ran before the read.)
+        // A short batch means we are caught up: wait for the next apply that touches the topic.
+        // (The wake-up cannot be missed: the subscription predates the read.)
         let caught_up = batch.len() < BATCH;
         for (seq, e) in batch {
             if req.stop_at_end && seq > end {
@@ -567,7 +567,7 @@ async fn follow_group(
         DEFAULT_ACK_WAIT
     };
     let explicit_start = req.from_sequence > 0 || req.from_start || req.offset > 0;
-    let mut changes = node.applied_changes();
+    let mut changes = node.topic_changes(&req.topic);
     let mut sent = 0u64;
     let end = view::topic_meta(node.view(), &req.topic)
         .map(|m| m.last_seq)
@@ -576,7 +576,6 @@ async fn follow_group(
     // instant (on this node's clock) to claim at.
     let mut timer: Option<(u64, Instant)> = None;
     loop {
-        changes.mark_seen();
         if tx.is_closed() {
             break;
         }

@@ -75,6 +75,16 @@ pub(crate) fn apply<S: Read + ?Sized>(
     cmd: &Cmd,
     now: u64,
 ) -> Result<Outcome, StorageError> {
+    // Consumers of the topic wake on any change of its events or groups (a nack or a release
+    // makes events claimable again).
+    let topic = match cmd {
+        Cmd::Publish(p) => &p.topic,
+        Cmd::SetRetention(r) => &r.topic,
+        Cmd::Claim(c) => &c.topic,
+        Cmd::Ack(a) => &a.topic,
+        Cmd::Release(r) => &r.topic,
+    };
+    ov.feed.topics.insert(topic.clone());
     Ok(Outcome::Events(match cmd {
         Cmd::Publish(p) => Out::Published {
             seq: publish(ov, p, now)?,
@@ -399,7 +409,6 @@ pub(crate) fn publish<S: Read + ?Sized>(
     ov.put(event_key(&p.topic, seq), codec::encode(&ev));
     trim(ov, &p.topic, &mut m, now)?;
     save_meta(ov, &p.topic, &m);
-    ov.feed.topics.insert(p.topic.clone());
     Ok(seq)
 }
 
