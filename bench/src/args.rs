@@ -187,6 +187,9 @@ pub enum Workload {
     GetSerializable,
     /// 90% linearizable get, 10% put
     Mixed,
+    /// Put, while one watcher per key prefix (up to 10 prefixes, by the key's leading digit)
+    /// follows every change: what watch delivery costs the write path
+    PutWatched,
 }
 
 impl Workload {
@@ -196,12 +199,13 @@ impl Workload {
             Workload::Get => "get",
             Workload::GetSerializable => "get-serializable",
             Workload::Mixed => "mixed",
+            Workload::PutWatched => "put-watched",
         }
     }
 
     /// Whether the workload reads keys that must exist (so the key space is preloaded).
     pub fn reads(self) -> bool {
-        !matches!(self, Workload::Put)
+        !matches!(self, Workload::Put | Workload::PutWatched)
     }
 }
 
@@ -266,6 +270,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     micro_testkit::parse_duration(s)
 }
 
+/// The key prefixes the watchers of `put-watched` follow: the zero padding plus each leading
+/// digit of the key space (at most 10), so every key is watched by exactly one watcher.
+pub fn watch_prefixes(keys: u64, size: usize) -> Vec<String> {
+    let digits = (keys.max(1) - 1).to_string().len();
+    let pad = "0".repeat(size.saturating_sub(digits));
+    let top = (keys.max(1) - 1).to_string();
+    let first = top.chars().next().and_then(|c| c.to_digit(10)).unwrap_or(0);
+    (0..=first).map(|d| format!("{pad}{d}")).collect()
+}
+
 /// Key `i` of the key space, zero padded to `size` bytes.
 pub fn key(i: u64, size: usize) -> String {
     format!("{i:0size$}")
@@ -274,6 +288,21 @@ pub fn key(i: u64, size: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_has_exactly_one_watch_prefix() {
+        for (keys, size) in [(100_000, 8), (1000, 8), (10, 4), (250, 3)] {
+            let prefixes = watch_prefixes(keys, size);
+            for i in 0..keys {
+                let k = key(i, size);
+                let n = prefixes
+                    .iter()
+                    .filter(|p| k.starts_with(p.as_str()))
+                    .count();
+                assert_eq!(n, 1, "{k} of {keys} keys: {prefixes:?}");
+            }
+        }
+    }
 
     #[test]
     fn durations() {

@@ -265,6 +265,81 @@ impl Cluster {
         .await;
         conns.into_iter().collect()
     }
+
+    /// Watcher `i` (on node `i % 3`) of every key starting with `prefix`, from now on. It is
+    /// established (the server has accepted it) when this returns.
+    pub async fn watch(&self, i: usize, prefix: &str) -> anyhow::Result<Watcher> {
+        let addr = self.addr_for_worker(i).to_string();
+        Ok(match self.target {
+            Target::Micro => {
+                let opts = micro::store::WatchOptions {
+                    prefix: true,
+                    ..Default::default()
+                };
+                let w = micro::Client::connect(&addr)
+                    .await?
+                    .store()
+                    .watch(prefix, opts)
+                    .await?;
+                Watcher::Micro(w)
+            }
+            Target::Etcd => {
+                let mut end = prefix.as_bytes().to_vec();
+                if let Some(last) = end.last_mut() {
+                    *last += 1;
+                }
+                let create = pb::WatchRequest {
+                    request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                        pb::WatchCreateRequest {
+                            key: prefix.as_bytes().to_vec(),
+                            range_end: end,
+                            start_revision: 0,
+                        },
+                    )),
+                };
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tx.send(create).await?;
+                let mut client = pb::watch_client::WatchClient::new(channel(&addr).await?);
+                let mut stream = client
+                    .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                // The first response confirms the watch; changes come after it.
+                let first = stream.message().await?.context("etcd closed the watch")?;
+                anyhow::ensure!(first.created, "etcd did not create the watch: {first:?}");
+                Watcher::Etcd(stream, tx)
+            }
+        })
+    }
+}
+
+/// A watcher of one key prefix.
+pub enum Watcher {
+    Micro(micro::store::Watcher),
+    /// The request sender is kept: dropping it would end etcd's watch stream.
+    Etcd(
+        tonic::Streaming<pb::WatchResponse>,
+        tokio::sync::mpsc::Sender<pb::WatchRequest>,
+    ),
+}
+
+impl Watcher {
+    /// Adds every change it receives to `count`, until the stream ends or the task is aborted.
+    pub async fn count_into(self, count: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        use std::sync::atomic::Ordering;
+        match self {
+            Watcher::Micro(mut w) => {
+                while let Ok(Some(r)) = w.next().await {
+                    count.fetch_add(r.events.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Watcher::Etcd(mut stream, _tx) => {
+                while let Ok(Some(r)) = stream.message().await {
+                    count.fetch_add(r.events.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 async fn channel(addr: &str) -> anyhow::Result<Channel> {

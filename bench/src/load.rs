@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::time::{sleep, sleep_until, Instant};
 
-use crate::args::{key, Workload};
+use crate::args::{key, watch_prefixes, Workload};
 use crate::cluster::{Cluster, Conn};
 use crate::procs::cpu_seconds;
 
@@ -42,6 +42,8 @@ pub struct CellOutcome {
     pub server_cpu_s: Option<f64>,
     pub bench_cpu_s: Option<f64>,
     pub peak_rss_mib: Vec<Option<f64>>,
+    /// Changes delivered to the watchers of `put-watched` (warmup included).
+    pub watch_events: u64,
 }
 
 struct WorkerOutcome {
@@ -122,6 +124,21 @@ pub async fn run_cell(cluster: &mut Cluster, cell: &Cell) -> anyhow::Result<Cell
         .await
         .with_context(|| format!("{} clients for {}", cell.clients, cluster.target.name()))?;
     let counter = Arc::new(AtomicU64::new(0));
+    let watched = Arc::new(AtomicU64::new(0));
+    let mut watchers = Vec::new();
+    if cell.workload == Workload::PutWatched {
+        for (i, prefix) in watch_prefixes(cell.keys, cell.key_size)
+            .into_iter()
+            .enumerate()
+        {
+            let w = cluster
+                .watch(i, &prefix)
+                .await
+                .with_context(|| format!("watcher of {prefix:?}"))?;
+            let watched = watched.clone();
+            watchers.push(tokio::spawn(w.count_into(watched)));
+        }
+    }
     let start = Instant::now();
     let measure_from = start + cell.warmup;
     let end = measure_from + cell.duration;
@@ -167,6 +184,7 @@ pub async fn run_cell(cluster: &mut Cluster, cell: &Cell) -> anyhow::Result<Cell
         server_cpu_s,
         bench_cpu_s,
         peak_rss_mib: cluster.peak_rss_mib(),
+        watch_events: 0,
     };
     for t in tasks {
         let w = t.await.context("load worker panicked")?;
@@ -178,6 +196,19 @@ pub async fn run_cell(cluster: &mut Cluster, cell: &Cell) -> anyhow::Result<Cell
         }
     }
     pb.finish_and_clear();
+    for w in watchers {
+        w.abort();
+    }
+    out.watch_events = watched.load(Ordering::Relaxed);
+    if cell.workload == Workload::PutWatched {
+        anyhow::ensure!(
+            out.watch_events >= out.ops,
+            "{} watchers got {} changes for {} measured puts",
+            cluster.target.name(),
+            out.watch_events,
+            out.ops
+        );
+    }
     cluster.check_running()?;
     Ok(out)
 }
@@ -204,7 +235,7 @@ async fn worker(
         let k = key(rng.u64(0..cell.keys), cell.key_size);
         let t0 = Instant::now();
         let res = match cell.workload {
-            Workload::Put => conn.put(&k, &value).await,
+            Workload::Put | Workload::PutWatched => conn.put(&k, &value).await,
             Workload::Get => conn.get(&k, false).await,
             Workload::GetSerializable => conn.get(&k, true).await,
             Workload::Mixed if rng.u8(0..10) == 0 => conn.put(&k, &value).await,

@@ -65,6 +65,9 @@ pub struct Row {
     /// Micro ops/s divided by etcd ops/s for this (workload, clients).
     pub ratio: Option<f64>,
     pub error_samples: BTreeMap<String, u64>,
+    /// Changes delivered to the watchers (`put-watched`; warmup included).
+    #[serde(default)]
+    pub watch_events: u64,
 }
 
 impl Row {
@@ -88,6 +91,7 @@ impl Row {
             peak_rss_mib: o.peak_rss_mib.clone(),
             ratio: None,
             error_samples: o.error_samples.clone(),
+            watch_events: o.watch_events,
         }
     }
 }
@@ -634,6 +638,7 @@ mod tests {
             server_cpu_s: Some(3.0),
             bench_cpu_s: Some(1.0),
             peak_rss_mib: vec![Some(50.0), Some(51.0), None],
+            watch_events: 0,
         }
     }
 

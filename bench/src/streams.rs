@@ -336,6 +336,7 @@ async fn publish_cell(
         server_cpu_s,
         bench_cpu_s,
         peak_rss_mib: nodes_peak_rss_mib(sys.nodes(t)),
+        watch_events: 0,
     };
     for task in tasks {
         let (ops, errors, samples, hist) = task.await.context("publisher panicked")?;

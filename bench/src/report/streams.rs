@@ -329,6 +329,7 @@ mod tests {
             server_cpu_s: Some(2.0),
             bench_cpu_s: None,
             peak_rss_mib: vec![Some(60.0), Some(61.0), Some(62.0)],
+            watch_events: 0,
         }
     }
 
