@@ -29,7 +29,7 @@ pub type Sender = broadcast::Sender<Arc<Applied>>;
 pub type Receiver = broadcast::Receiver<Arc<Applied>>;
 
 /// Batches a slow watcher may fall behind before it re-reads the history instead.
-const CAPACITY: usize = 1024;
+const CAPACITY: usize = 256;
 
 pub fn channel() -> Sender {
     broadcast::channel(CAPACITY).0
