@@ -27,13 +27,17 @@ pub mod lease {
     tonic::include_proto!("lease");
 }
 
+pub mod registry {
+    tonic::include_proto!("registry");
+}
+
 pub mod raft {
     tonic::include_proto!("raft");
 }
 
 /// The packages clients may call (over gRPC and through the HTTP gateway); `raft` is the
 /// internal peer protocol and is not among them.
-pub const PUBLIC_PACKAGES: &[&str] = &["store", "events", "broker", "cluster", "lease"];
+pub const PUBLIC_PACKAGES: &[&str] = &["store", "events", "broker", "cluster", "lease", "registry"];
 
 /// The encoded `FileDescriptorSet` of every service above.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

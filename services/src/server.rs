@@ -55,6 +55,7 @@ pub async fn run(
         let (svc_stream, svc_events_store) =
             crate::grpc::events::EventsService::servers(node.clone());
         let svc_lease = crate::grpc::lease::LeaseService::server(node.clone());
+        let svc_registry = crate::grpc::registry::RegistryService::server(node.clone());
         let front_errors = crate::grpc::front_errors::FrontErrors::new();
         let stop = wait(stop_rx.clone());
         tokio::spawn(async move {
@@ -67,6 +68,7 @@ pub async fn run(
                 .add_service(svc_stream)
                 .add_service(svc_events_store)
                 .add_service(svc_lease)
+                .add_service(svc_registry)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await
                 .map_err(anyhow::Error::from)

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::views::{events, lease, meta, store};
+use crate::views::{events, lease, meta, registry, store};
 
 /// The format version of log entries this release writes (release 1 wrote 1; see [`v1`]).
 pub const ENTRY_VERSION: u8 = 2;
@@ -40,6 +40,7 @@ pub enum Command {
     Lease(lease::Cmd),
     Meta(meta::Cmd),
     Txn(Txn),
+    Registry(registry::Cmd),
 }
 
 /// The result of one command, by view.
@@ -60,6 +61,7 @@ pub enum Outcome {
         field: String,
         reason: String,
     },
+    Registry(registry::Out),
 }
 
 /// A view as the edges see it: the commands it takes and the outcome type they return, so a
@@ -93,6 +95,7 @@ view!(store::Store, store, Store);
 view!(events::Events, events, Events);
 view!(lease::Leases, lease, Lease);
 view!(meta::Meta, meta, Meta);
+view!(registry::Registry, registry, Registry);
 
 impl Command {
     /// Roughly how many bytes the command adds to a log entry (for batch limits).
@@ -101,6 +104,7 @@ impl Command {
             Command::Store(c) => c.size_hint(),
             Command::Events(c) => c.size_hint(),
             Command::Lease(_) | Command::Meta(_) => FIXED_SIZE,
+            Command::Registry(c) => c.size_hint(),
             Command::Txn(t) => {
                 FIXED_SIZE
                     + t.compare.len() * FIXED_SIZE
@@ -121,6 +125,7 @@ impl Command {
             Command::Events(c) => c.validate(),
             Command::Lease(c) => c.validate(),
             Command::Meta(c) => c.validate(),
+            Command::Registry(c) => c.validate(),
             Command::Txn(t) => {
                 for c in &t.compare {
                     c.validate()?;
@@ -129,7 +134,10 @@ impl Command {
                     let allowed = match c {
                         Command::Store(_) => true,
                         Command::Events(e) => matches!(e, events::Cmd::Publish(_)),
-                        Command::Lease(_) | Command::Meta(_) | Command::Txn(_) => false,
+                        Command::Lease(_)
+                        | Command::Meta(_)
+                        | Command::Txn(_)
+                        | Command::Registry(_) => false,
                     };
                     if !allowed {
                         return Err(reject(

@@ -27,6 +27,11 @@ pub const LEASE_KEYS: u8 = 0x08;
 /// The change feed: `HISTORY revision(u64) n(u32)`, one per change of the revision.
 pub const HISTORY: u8 = 0x09;
 
+/// Registry services: `REGISTRY domain name version` (each length-prefixed).
+pub const REGISTRY: u8 = 0x0A;
+/// A registry node as a lease owner (never stored itself): `REG_NODE domain name version id`.
+pub const REG_NODE: u8 = 0x0B;
+
 /// The keyspace schema (u64; absent = 1). Apply migrates older schemas at the first entry.
 pub const META_SCHEMA: &[u8] = &[META, b'v'];
 /// The first revision still in the change feed (u64; absent = 1).
@@ -160,6 +165,65 @@ pub fn tables_prefix(db: Option<&str>) -> Vec<u8> {
         push_str(&mut out, db);
     }
     out
+}
+
+/// Key of a registry service version.
+pub fn registry_key(domain: &str, name: &str, version: &str) -> Vec<u8> {
+    let mut out = vec![REGISTRY];
+    push_str(&mut out, domain);
+    push_str(&mut out, name);
+    push_str(&mut out, version);
+    out
+}
+
+/// Prefix of every version of `name` in `domain` (every service of the domain when `name` is
+/// `None`, every domain when `domain` is `None` too).
+pub fn registry_prefix(domain: Option<&str>, name: Option<&str>) -> Vec<u8> {
+    let mut out = vec![REGISTRY];
+    if let Some(d) = domain {
+        push_str(&mut out, d);
+        if let Some(n) = name {
+            push_str(&mut out, n);
+        }
+    }
+    out
+}
+
+/// Splits a registry key into (domain, name, version).
+pub fn parse_registry_key(k: &[u8]) -> Option<(String, String, String)> {
+    if k.first() != Some(&REGISTRY) {
+        return None;
+    }
+    let (domain, rest) = take_str(&k[1..])?;
+    let (name, rest) = take_str(rest)?;
+    let (version, rest) = take_str(rest)?;
+    rest.is_empty().then_some((domain, name, version))
+}
+
+/// The lease-owner key of a registry node.
+pub fn reg_node_key(domain: &str, name: &str, version: &str, node: &str) -> Vec<u8> {
+    let mut out = vec![REG_NODE];
+    push_str(&mut out, domain);
+    push_str(&mut out, name);
+    push_str(&mut out, version);
+    out.extend_from_slice(node.as_bytes());
+    out
+}
+
+/// Splits a registry node owner key into (domain, name, version, node id).
+pub fn parse_reg_node_key(k: &[u8]) -> Option<(String, String, String, String)> {
+    if k.first() != Some(&REG_NODE) {
+        return None;
+    }
+    let (domain, rest) = take_str(&k[1..])?;
+    let (name, rest) = take_str(rest)?;
+    let (version, rest) = take_str(rest)?;
+    Some((
+        domain,
+        name,
+        version,
+        String::from_utf8(rest.to_vec()).ok()?,
+    ))
 }
 
 /// Reads a length-prefixed string at the start of `bytes`, returning it and the rest.

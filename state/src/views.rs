@@ -7,4 +7,5 @@ pub mod events;
 pub mod history;
 pub mod lease;
 pub mod meta;
+pub mod registry;
 pub mod store;

@@ -1096,3 +1096,129 @@ mod kernel {
         assert_eq!(get(&s, "old", 0), None);
     }
 }
+
+mod registry_view {
+    use super::*;
+    use crate::views::registry::{self, Action, Node, Register};
+
+    fn reg(nodes: &[&str], ttl_ms: u64) -> Command {
+        Command::Registry(registry::Cmd::Register(Register {
+            name: "greeter".into(),
+            version: "v1".into(),
+            endpoints: vec![b"ep".to_vec()],
+            nodes: nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.to_string(),
+                        Node {
+                            address: format!("{n}:1"),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+            ttl_ms,
+            ..Default::default()
+        }))
+    }
+
+    fn step(
+        s: &mut MemStore,
+        index: u64,
+        time_ms: u64,
+        cmds: Vec<Command>,
+    ) -> (Vec<Outcome>, Feed) {
+        let mut ov = Overlay::new(&*s);
+        let out = apply(
+            &mut ov,
+            LogPos { index, term: 1 },
+            &Request { time_ms, cmds },
+        )
+        .unwrap();
+        let (w, feed) = ov.into_parts();
+        s.commit(w);
+        (out, feed)
+    }
+
+    fn nodes(s: &MemStore) -> Vec<String> {
+        registry::get(s, "micro", "greeter", "v1")
+            .unwrap()
+            .map(|svc| svc.nodes.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn nodes_join_refresh_expire_and_leave_as_v3_says() {
+        let mut s = MemStore::default();
+        let done = |a| Outcome::Registry(registry::Out::Done(a));
+        let (out, feed) = step(&mut s, 1, 1000, vec![reg(&["a", "b"], 3000)]);
+        assert_eq!(out, vec![done(Action::Create)]);
+        assert_eq!(feed.changes.len(), 1);
+        let svc = registry::get(&s, "micro", "greeter", "v1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            svc.metadata.get("domain").map(String::as_str),
+            Some("micro")
+        );
+        assert_eq!(
+            svc.nodes["a"].metadata.get("domain").map(String::as_str),
+            Some("micro")
+        );
+        // Endpoints of the first registration stick.
+        let mut again = reg(&["b"], 3000);
+        if let Command::Registry(registry::Cmd::Register(r)) = &mut again {
+            r.endpoints = vec![b"other".to_vec()];
+        }
+        let (out, feed) = step(&mut s, 2, 3500, vec![again]);
+        assert_eq!(out, vec![done(Action::Refresh)]);
+        assert!(feed.changes.is_empty());
+        // a was not refreshed: it expires at 4000; b lives until 6500.
+        let (_, feed) = step(&mut s, 3, 4000, vec![]);
+        assert_eq!(feed.changes.len(), 1);
+        assert_eq!(nodes(&s), vec!["b".to_string()]);
+        let svc = registry::get(&s, "micro", "greeter", "v1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(svc.endpoints, vec![b"ep".to_vec()]);
+        let (out, _) = step(&mut s, 4, 4100, vec![reg(&["c"], 0)]);
+        assert_eq!(out, vec![done(Action::Update)]);
+        let dereg = Command::Registry(registry::Cmd::Deregister {
+            domain: String::new(),
+            name: "greeter".into(),
+            version: "v1".into(),
+            nodes: vec!["b".into(), "c".into()],
+        });
+        let (out, feed) = step(&mut s, 5, 4200, vec![dereg]);
+        assert_eq!(out, vec![done(Action::Delete)]);
+        assert_eq!(feed.changes[0].value, None);
+        assert!(registry::get(&s, "micro", "greeter", "v1")
+            .unwrap()
+            .is_none());
+        // b's lease went with it: nothing is left to expire.
+        assert_eq!(crate::next_expiry(&s).unwrap(), None);
+        assert!(lease::list(&s).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_term_keeps_registered_nodes_alive() {
+        let mut s = MemStore::default();
+        step(&mut s, 1, 1000, vec![reg(&["a"], 3000)]);
+        let mut ov = Overlay::new(&s);
+        apply(
+            &mut ov,
+            LogPos { index: 2, term: 2 },
+            &Request {
+                time_ms: 600_000,
+                cmds: vec![],
+            },
+        )
+        .unwrap();
+        let w = ov.into_writes();
+        s.commit(w);
+        assert_eq!(nodes(&s), vec!["a".to_string()]);
+        step(&mut s, 3, 603_000, vec![]);
+        assert!(nodes(&s).is_empty());
+    }
+}

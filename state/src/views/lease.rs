@@ -186,6 +186,9 @@ fn end<S: Read + ?Sized>(
     for owner in attached(ov, id)? {
         match owner.first() {
             Some(&keys::STORE) => n += store::remove(ov, &owner, revision, now)? as u64,
+            Some(&keys::REG_NODE) => {
+                n += crate::views::registry::expire_node(ov, &owner, revision, now)? as u64
+            }
             _ => return Err(StorageError("corrupt lease attachment".into())),
         }
         // `remove` detaches; make sure a dangling attachment goes too.
@@ -232,6 +235,60 @@ pub(crate) fn apply<S: Read + ?Sized>(
             None => Out::NotFound { id },
         },
     }))
+}
+
+/// Grants a lease on behalf of another view (its id is `revision`), attached to `owner`.
+pub(crate) fn grant_for<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    owner: &[u8],
+    ttl_ms: u64,
+    revision: u64,
+    now: u64,
+) -> Result<u64, StorageError> {
+    let mut id = revision;
+    // Another owner may have taken this revision's id in the same command.
+    while get(ov, id)?.is_some() {
+        id += 1 << 48;
+    }
+    let mut l = Lease {
+        ttl_ms,
+        expiry_ms: 0,
+        granted_revision: revision,
+    };
+    renew(ov, id, &mut l, now);
+    attach(ov, id, owner);
+    Ok(id)
+}
+
+/// Renews a lease another view holds, with a (possibly new) TTL; `false` if it is gone.
+pub(crate) fn keep_for<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    id: u64,
+    ttl_ms: u64,
+    now: u64,
+) -> Result<bool, StorageError> {
+    let Some(mut l) = get(ov, id)? else {
+        return Ok(false);
+    };
+    l.ttl_ms = ttl_ms;
+    renew(ov, id, &mut l, now);
+    Ok(true)
+}
+
+/// Ends a lease another view holds without touching its owners (the view removes them).
+pub(crate) fn drop_for<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    id: u64,
+) -> Result<(), StorageError> {
+    if let Some(l) = get(ov, id)? {
+        let lk = keys::lease_key(id);
+        expiry::cancel(ov, l.expiry_ms, &lk);
+        ov.delete(lk);
+        for owner in attached(ov, id)? {
+            detach(ov, id, &owner);
+        }
+    }
+    Ok(())
 }
 
 /// Expires the lease at keyspace key `lk` (it was due), as changes at `revision`.
