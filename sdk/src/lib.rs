@@ -14,11 +14,13 @@
 
 pub mod events;
 pub mod lease;
+pub mod registry;
 pub mod store;
 
 pub use events::Events;
 pub use lease::Leases;
 pub use micro_proto as proto;
+pub use registry::Registry;
 pub use store::Store;
 
 use std::time::Duration;
@@ -102,6 +104,11 @@ impl Client {
     /// Leases.
     pub fn leases(&self) -> Leases {
         Leases::new(self.channel.clone())
+    }
+
+    /// The service registry.
+    pub fn registry(&self) -> Registry {
+        Registry::new(self.channel.clone())
     }
 
     /// The key-value store.

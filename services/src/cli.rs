@@ -6,6 +6,7 @@ mod broker;
 mod cluster;
 mod events;
 mod lease;
+mod registry;
 mod server;
 mod snapshot;
 mod store;
@@ -14,6 +15,7 @@ use broker::{broker, BrokerCmd};
 use cluster::{cluster, ClusterCmd};
 use events::{events, EventsCmd};
 use lease::{lease, LeaseCmd};
+use registry::{registry, services, Domain, RegistryCmd};
 use server::{server, ServerArgs};
 use snapshot::{snapshot, SnapshotCmd};
 use store::{store, StoreCmd};
@@ -82,6 +84,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BrokerCmd,
     },
+    /// The names of every registered service
+    Services {
+        #[command(flatten)]
+        domain: Domain,
+    },
+    /// The service registry: get, register, deregister, watch
+    Registry {
+        #[command(flatten)]
+        domain: Domain,
+        #[command(subcommand)]
+        cmd: RegistryCmd,
+    },
     /// Leases: records attached to one are deleted when it ends
     Lease {
         #[command(subcommand)]
@@ -119,6 +133,8 @@ pub fn main() -> ExitCode {
             Cmd::Events { cmd } => events(&cli.server, cli.output, cmd).await,
             Cmd::Broker { cmd } => broker(&cli.server, cli.output, cmd).await,
             Cmd::Lease { cmd } => lease(&cli.server, cli.output, cmd).await,
+            Cmd::Services { domain } => services(&cli.server, cli.output, domain).await,
+            Cmd::Registry { domain, cmd } => registry(&cli.server, cli.output, domain, cmd).await,
         }
     });
     match res {
