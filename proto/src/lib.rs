@@ -23,6 +23,10 @@ pub mod cluster {
     tonic::include_proto!("cluster");
 }
 
+pub mod config {
+    tonic::include_proto!("config");
+}
+
 pub mod lease {
     tonic::include_proto!("lease");
 }
@@ -37,7 +41,9 @@ pub mod raft {
 
 /// The packages clients may call (over gRPC and through the HTTP gateway); `raft` is the
 /// internal peer protocol and is not among them.
-pub const PUBLIC_PACKAGES: &[&str] = &["store", "events", "broker", "cluster", "lease", "registry"];
+pub const PUBLIC_PACKAGES: &[&str] = &[
+    "store", "events", "broker", "cluster", "lease", "registry", "config",
+];
 
 /// The encoded `FileDescriptorSet` of every service above.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod cluster;
+pub mod config;
 pub mod events;
 pub mod front_errors;
 pub mod lease;

@@ -56,6 +56,7 @@ pub async fn run(
             crate::grpc::events::EventsService::servers(node.clone());
         let svc_lease = crate::grpc::lease::LeaseService::server(node.clone());
         let svc_registry = crate::grpc::registry::RegistryService::server(node.clone());
+        let svc_config = crate::grpc::config::ConfigService::server(node.clone());
         let front_errors = crate::grpc::front_errors::FrontErrors::new();
         let stop = wait(stop_rx.clone());
         tokio::spawn(async move {
@@ -69,6 +70,7 @@ pub async fn run(
                 .add_service(svc_events_store)
                 .add_service(svc_lease)
                 .add_service(svc_registry)
+                .add_service(svc_config)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await
                 .map_err(anyhow::Error::from)

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::views::{events, lease, meta, registry, store};
+use crate::views::{config, events, lease, meta, registry, store};
 
 /// The format version of log entries this release writes (release 1 wrote 1; see [`v1`]).
 pub const ENTRY_VERSION: u8 = 2;
@@ -41,6 +41,7 @@ pub enum Command {
     Meta(meta::Cmd),
     Txn(Txn),
     Registry(registry::Cmd),
+    Config(config::Cmd),
 }
 
 /// The result of one command, by view.
@@ -62,6 +63,7 @@ pub enum Outcome {
         reason: String,
     },
     Registry(registry::Out),
+    Config(config::Out),
 }
 
 /// A view as the edges see it: the commands it takes and the outcome type they return, so a
@@ -96,6 +98,7 @@ view!(events::Events, events, Events);
 view!(lease::Leases, lease, Lease);
 view!(meta::Meta, meta, Meta);
 view!(registry::Registry, registry, Registry);
+view!(config::Config, config, Config);
 
 impl Command {
     /// Roughly how many bytes the command adds to a log entry (for batch limits).
@@ -105,6 +108,7 @@ impl Command {
             Command::Events(c) => c.size_hint(),
             Command::Lease(_) | Command::Meta(_) => FIXED_SIZE,
             Command::Registry(c) => c.size_hint(),
+            Command::Config(c) => c.size_hint(),
             Command::Txn(t) => {
                 FIXED_SIZE
                     + t.compare.len() * FIXED_SIZE
@@ -126,6 +130,7 @@ impl Command {
             Command::Lease(c) => c.validate(),
             Command::Meta(c) => c.validate(),
             Command::Registry(c) => c.validate(),
+            Command::Config(c) => c.validate(),
             Command::Txn(t) => {
                 for c in &t.compare {
                     c.validate()?;
@@ -137,7 +142,8 @@ impl Command {
                         Command::Lease(_)
                         | Command::Meta(_)
                         | Command::Txn(_)
-                        | Command::Registry(_) => false,
+                        | Command::Registry(_)
+                        | Command::Config(_) => false,
                     };
                     if !allowed {
                         return Err(reject(

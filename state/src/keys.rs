@@ -32,12 +32,18 @@ pub const REGISTRY: u8 = 0x0A;
 /// A registry node as a lease owner (never stored itself): `REG_NODE domain name version id`.
 pub const REG_NODE: u8 = 0x0B;
 
+/// Config leaves: `CONFIG namespace(len-prefixed) seg 0 seg 0 ...`.
+pub const CONFIG: u8 = 0x0C;
+
 /// The keyspace schema (u64; absent = 1). Apply migrates older schemas at the first entry.
 pub const META_SCHEMA: &[u8] = &[META, b'v'];
 /// The first revision still in the change feed (u64; absent = 1).
 pub const META_COMPACT: &[u8] = &[META, b'k'];
 /// The term of the last applied entry (u64): a new term renews every lease.
 pub const META_TERM: &[u8] = &[META, b't'];
+
+/// The cluster's key for config secrets (32 bytes), set once.
+pub const META_CONFIG_KEY: &[u8] = &[META, b'x'];
 
 /// The state machine clock (u64 ms, big-endian).
 pub const META_CLOCK: &[u8] = &[META, b'c'];
@@ -224,6 +230,13 @@ pub fn parse_reg_node_key(k: &[u8]) -> Option<(String, String, String, String)> 
         version,
         String::from_utf8(rest.to_vec()).ok()?,
     ))
+}
+
+/// The prefix of every config leaf of a namespace.
+pub fn config_prefix(ns: &str) -> Vec<u8> {
+    let mut out = vec![CONFIG];
+    push_str(&mut out, ns);
+    out
 }
 
 /// Reads a length-prefixed string at the start of `bytes`, returning it and the rest.

@@ -4,7 +4,7 @@
 use crate::command::{Command, Outcome, Request, Txn};
 use crate::keys;
 use crate::storage::{Overlay, Read, StorageError};
-use crate::views::{events, lease, meta, registry, store};
+use crate::views::{config, events, lease, meta, registry, store};
 use crate::{expiry, views};
 
 /// The keyspace schema this release writes: 2 added leases, the change feed and the general
@@ -155,6 +155,7 @@ fn apply_one<S: Read + ?Sized>(
         Command::Meta(c) => meta::apply(ov, c, revision),
         Command::Txn(t) => apply_txn(ov, revision, now, t),
         Command::Registry(c) => registry::apply(ov, c, revision, now),
+        Command::Config(c) => config::apply(ov, c, revision, now),
     }
 }
 
@@ -191,7 +192,11 @@ fn apply_txn<S: Read + ?Sized>(
             Command::Store(c) => store::apply(ov, c, revision, now)?,
             Command::Events(c) => events::apply(ov, c, now)?,
             // `Command::validate` admits only store commands and publishes in a transaction.
-            Command::Lease(_) | Command::Meta(_) | Command::Txn(_) | Command::Registry(_) => {
+            Command::Lease(_)
+            | Command::Meta(_)
+            | Command::Txn(_)
+            | Command::Registry(_)
+            | Command::Config(_) => {
                 return Err(StorageError(
                     "a transaction holds a command validate() refuses".into(),
                 ))

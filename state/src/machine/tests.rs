@@ -1222,3 +1222,97 @@ mod registry_view {
         assert!(nodes(&s).is_empty());
     }
 }
+
+mod config_view {
+    use super::*;
+    use crate::views::config::{self, NewLeaf, Out};
+
+    fn p(path: &str) -> Vec<String> {
+        path.split('.')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    fn set(path: &str, leaves: &[(&str, &str)], if_revision: Option<u64>) -> Command {
+        Command::Config(config::Cmd::Set {
+            namespace: String::new(),
+            path: p(path),
+            leaves: leaves
+                .iter()
+                .map(|(rel, json)| NewLeaf {
+                    path: p(rel),
+                    json: json.to_string(),
+                    secret: false,
+                })
+                .collect(),
+            if_revision,
+        })
+    }
+
+    fn doc(s: &MemStore) -> Vec<(String, String)> {
+        config::leaves(s, "", &[])
+            .unwrap()
+            .into_iter()
+            .map(|(path, l)| (path.join("."), l.json))
+            .collect()
+    }
+
+    #[test]
+    fn objects_merge_scalars_replace_deletes_take_subtrees() {
+        let mut s = MemStore::default();
+        let mut i = 0;
+        let mut step = |s: &mut MemStore, c: Command| {
+            i += 1;
+            run(
+                s,
+                i,
+                &Request {
+                    time_ms: i,
+                    cmds: vec![c],
+                },
+            )
+        };
+        step(&mut s, set("a", &[("b", "1")], None));
+        step(&mut s, set("a", &[("c", "2")], None));
+        assert_eq!(
+            doc(&s),
+            vec![("a.b".into(), "1".into()), ("a.c".into(), "2".into())]
+        );
+        // A scalar at a replaces its subtree; a path under a scalar replaces the scalar.
+        step(&mut s, set("a", &[("", "5")], None));
+        assert_eq!(doc(&s), vec![("a".into(), "5".into())]);
+        step(&mut s, set("a.x", &[("", "\"y\"")], None));
+        assert_eq!(doc(&s), vec![("a.x".into(), "\"y\"".into())]);
+        step(&mut s, set("a", &[("b", "1"), ("c.d", "[1,2]")], None));
+        let rev = config::revision_of(&s, "", &p("a.b")).unwrap();
+        // Compare-and-set on the revision of a path.
+        let out = step(&mut s, set("a.b", &[("", "2")], Some(rev - 1)));
+        assert_eq!(
+            out,
+            vec![Outcome::Config(Out::RevisionMismatch { current: rev })]
+        );
+        let out = step(&mut s, set("a.b", &[("", "2")], Some(rev)));
+        assert!(matches!(out[0], Outcome::Config(Out::Set { .. })));
+        step(&mut s, set("fresh", &[("", "1")], Some(0)));
+        let out = step(
+            &mut s,
+            Command::Config(config::Cmd::Delete {
+                namespace: String::new(),
+                path: p("a"),
+            }),
+        );
+        assert_eq!(out, vec![Outcome::Config(Out::Deleted { leaves: 3 })]);
+        assert_eq!(doc(&s), vec![("fresh".into(), "1".into())]);
+        // A key is set once.
+        let k = |b: u8| Command::Config(config::Cmd::InitKey { key: vec![b; 32] });
+        assert_eq!(
+            step(&mut s, k(1)),
+            vec![Outcome::Config(Out::Key(vec![1; 32]))]
+        );
+        assert_eq!(
+            step(&mut s, k(2)),
+            vec![Outcome::Config(Out::Key(vec![1; 32]))]
+        );
+    }
+}

@@ -1,0 +1,381 @@
+//! `config.Config`, Micro v3 compatible, replicated and watchable.
+//!
+//! JSON is handled here, at the edge: a `Set` is flattened into leaves (an object merges its
+//! leaves, anything else is one leaf), secret leaves are encrypted here with AES-256-GCM under
+//! the cluster's config key (kept in the replicated state, created by the first secret `Set`),
+//! so the log, the views and snapshots only ever hold ciphertext. A `Get` reassembles the
+//! document from the leaves under the path.
+
+use std::pin::Pin;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::Engine;
+use futures::{Stream, StreamExt};
+use micro_cluster::{now_ms, Node, WatchEvent, WatchSpec};
+use micro_proto::config as pb;
+use micro_state::views::config::{self as view, Config, NewLeaf};
+use serde_json::Value as Json;
+use tonic::{Request, Response, Status};
+
+use crate::errors::{invalid, status};
+
+/// What a secret reads as without `options.secret`, as in Micro v3.
+const HIDDEN: &str = "[secret]";
+/// Ciphertext format: `v1:` + base64(nonce ‖ AES-256-GCM(json, aad = namespace \0 path)).
+const CIPHER_PREFIX: &str = "v1:";
+
+pub struct ConfigService {
+    node: Node,
+}
+
+impl ConfigService {
+    pub fn server(node: Node) -> pb::config_server::ConfigServer<ConfigService> {
+        pb::config_server::ConfigServer::new(ConfigService { node })
+    }
+
+    /// The cluster's config key, creating it (once, cluster-wide) if no secret was ever set.
+    async fn key(&self) -> Result<Vec<u8>, Status> {
+        if let Some(k) = view::secret_key(self.node.view()).map_err(|e| status(e.into()))? {
+            return Ok(k);
+        }
+        let mut k = vec![0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
+        match self
+            .node
+            .run::<Config>(view::Cmd::InitKey { key: k })
+            .await
+            .map_err(status)?
+        {
+            (_, view::Out::Key(k)) => Ok(k),
+            (_, other) => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+}
+
+/// `a.b.c` → segments; the empty path is the whole document.
+fn path_of(path: &str) -> Result<Vec<String>, Status> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let segs: Vec<String> = path.split('.').map(String::from).collect();
+    if segs.iter().any(String::is_empty) {
+        return Err(invalid(
+            "path",
+            format!("{path:?} has an empty segment: use dot-separated names like a.b.c"),
+        ));
+    }
+    Ok(segs)
+}
+
+fn aad(ns: &str, path: &[String]) -> Vec<u8> {
+    let mut a = view::namespace_name(ns).as_bytes().to_vec();
+    a.push(0);
+    a.extend_from_slice(path.join(".").as_bytes());
+    a
+}
+
+fn encrypt(key: &[u8], ns: &str, path: &[String], json: &str) -> Result<String, Status> {
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut nonce).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
+    let aad = aad(ns, path);
+    let ct = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: json.as_bytes(),
+                aad: &aad,
+            },
+        )
+        .map_err(|_| Status::internal("encryption failed"))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&ct);
+    Ok(format!(
+        "{CIPHER_PREFIX}{}",
+        base64::engine::general_purpose::STANDARD.encode(out)
+    ))
+}
+
+fn decrypt(key: &[u8], ns: &str, path: &[String], text: &str) -> Result<String, Status> {
+    let bad = || Status::data_loss(format!("the secret at {} does not decrypt", path.join(".")));
+    let raw = text
+        .strip_prefix(CIPHER_PREFIX)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .filter(|r| r.len() > 12)
+        .ok_or_else(bad)?;
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
+    let aad = aad(ns, path);
+    let pt = cipher
+        .decrypt(
+            Nonce::from_slice(&raw[..12]),
+            Payload {
+                msg: &raw[12..],
+                aad: &aad,
+            },
+        )
+        .map_err(|_| bad())?;
+    String::from_utf8(pt).map_err(|_| bad())
+}
+
+/// Flattens a JSON value into leaves relative to where it is set: an object's leaves (an
+/// empty object has none), or the value itself.
+fn flatten(v: &Json, at: &mut Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
+    match v {
+        Json::Object(m) => {
+            for (k, child) in m {
+                at.push(k.clone());
+                flatten(child, at, out);
+                at.pop();
+            }
+        }
+        other => out.push((at.clone(), other.to_string())),
+    }
+}
+
+/// Puts `v` at `rel` inside `root` (making objects on the way).
+fn insert(root: &mut Json, rel: &[String], v: Json) {
+    let Some((last, parents)) = rel.split_last() else {
+        *root = v;
+        return;
+    };
+    let mut cur = root;
+    for seg in parents {
+        if !cur.is_object() {
+            *cur = Json::Object(Default::default());
+        }
+        cur = cur
+            .as_object_mut()
+            .expect("made an object above")
+            .entry(seg.clone())
+            .or_insert(Json::Null);
+    }
+    if !cur.is_object() {
+        *cur = Json::Object(Default::default());
+    }
+    cur.as_object_mut()
+        .expect("made an object above")
+        .insert(last.clone(), v);
+}
+
+impl ConfigService {
+    /// The document (or value) at `path`, with its revision; `null` when nothing is there.
+    async fn read(&self, ns: &str, path: &[String], secrets: bool) -> Result<(Json, u64), Status> {
+        self.node.read_barrier(true).await.map_err(status)?;
+        let leaves = view::leaves(self.node.view(), ns, path).map_err(|e| status(e.into()))?;
+        let key = if secrets && leaves.iter().any(|(_, l)| l.secret) {
+            view::secret_key(self.node.view()).map_err(|e| status(e.into()))?
+        } else {
+            None
+        };
+        let mut root = Json::Null;
+        let mut revision = 0;
+        for (p, leaf) in leaves {
+            revision = revision.max(leaf.mod_revision);
+            let value = if leaf.secret {
+                match &key {
+                    Some(k) => serde_json::from_str(&decrypt(k, ns, &p, &leaf.json)?)
+                        .map_err(|e| Status::data_loss(e.to_string()))?,
+                    None => Json::String(HIDDEN.into()),
+                }
+            } else {
+                serde_json::from_str(&leaf.json).map_err(|e| Status::data_loss(e.to_string()))?
+            };
+            insert(&mut root, &p[path.len()..], value);
+        }
+        Ok((root, revision))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::config_server::Config for ConfigService {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let req = req.into_inner();
+        let path = path_of(&req.path)?;
+        let secrets = req.options.is_some_and(|o| o.secret);
+        let (doc, revision) = self.read(&req.namespace, &path, secrets).await?;
+        Ok(Response::new(pb::GetResponse {
+            value: Some(pb::Value {
+                data: doc.to_string(),
+                format: "json".into(),
+                revision,
+            }),
+        }))
+    }
+
+    async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        let req = req.into_inner();
+        let path = path_of(&req.path)?;
+        let data = req.value.map(|v| v.data).unwrap_or_default();
+        let json: Json = serde_json::from_str(&data).map_err(|e| {
+            invalid(
+                "value.data",
+                format!("is not JSON ({e}); a string needs quotes: \"\\\"text\\\"\""),
+            )
+        })?;
+        let mut flat = Vec::new();
+        flatten(&json, &mut Vec::new(), &mut flat);
+        let secret = req.options.is_some_and(|o| o.secret);
+        let key = if secret {
+            Some(self.key().await?)
+        } else {
+            None
+        };
+        let mut leaves = Vec::with_capacity(flat.len());
+        for (rel, text) in flat {
+            let json = match &key {
+                Some(k) => {
+                    let full: Vec<String> = path.iter().chain(&rel).cloned().collect();
+                    encrypt(k, &req.namespace, &full, &text)?
+                }
+                None => text,
+            };
+            leaves.push(NewLeaf {
+                path: rel,
+                json,
+                secret,
+            });
+        }
+        let cmd = view::Cmd::Set {
+            namespace: req.namespace,
+            path,
+            leaves,
+            if_revision: req.if_revision,
+        };
+        match self.node.run::<Config>(cmd).await.map_err(status)? {
+            (_, view::Out::Set { revision }) => Ok(Response::new(pb::SetResponse { revision })),
+            (_, view::Out::RevisionMismatch { current }) => {
+                Err(Status::failed_precondition(format!(
+                    "if_revision {} does not match: the path is at revision {current}",
+                    req.if_revision.unwrap_or_default()
+                )))
+            }
+            (_, other) => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = req.into_inner();
+        let cmd = view::Cmd::Delete {
+            namespace: req.namespace,
+            path: path_of(&req.path)?,
+        };
+        self.node.run::<Config>(cmd).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn read(
+        &self,
+        req: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
+        let req = req.into_inner();
+        let path = path_of(&req.path)?;
+        let (doc, _) = ConfigService::read(self, &req.namespace, &path, false).await?;
+        let data = doc.to_string();
+        Ok(Response::new(pb::ReadResponse {
+            change: Some(pb::Change {
+                namespace: view::namespace_name(&req.namespace).to_string(),
+                path: req.path,
+                change_set: Some(pb::ChangeSet {
+                    checksum: format!("{:08x}", crc32fast::hash(data.as_bytes())),
+                    data,
+                    format: "json".into(),
+                    source: "config".into(),
+                    timestamp: (now_ms() / 1000) as i64,
+                }),
+            }),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = req.into_inner();
+        let path = path_of(&req.path)?;
+        let spec = WatchSpec {
+            key: view::key(&req.namespace, &path),
+            prefix: true,
+            from_revision: req.from_revision,
+            progress_every: None,
+        };
+        let rx = self.node.watch(spec).await.map_err(status)?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|item| -> Vec<Result<pb::WatchResponse, Status>> {
+                match item {
+                    Err(e) => vec![Err(status(e))],
+                    Ok(WatchEvent::Progress { .. }) => Vec::new(),
+                    Ok(WatchEvent::Changes { revision, changes }) => changes
+                        .into_iter()
+                        .filter_map(|c| {
+                            let (_, p) = view::parse_key(&c.key)?;
+                            let value = match &c.value {
+                                None => Ok(None),
+                                Some(v) => micro_state::codec::decode::<view::Leaf>(v)
+                                    .map(|l| {
+                                        Some(pb::Value {
+                                            data: if l.secret {
+                                                Json::String(HIDDEN.into()).to_string()
+                                            } else {
+                                                l.json
+                                            },
+                                            format: "json".into(),
+                                            revision,
+                                        })
+                                    })
+                                    .map_err(|e| Status::internal(format!("corrupt history: {e}"))),
+                            };
+                            Some(value.map(|value| pb::WatchResponse {
+                                revision,
+                                path: p.join("."),
+                                deleted: value.is_none(),
+                                value,
+                            }))
+                        })
+                        .collect(),
+                }
+            })
+            .flat_map(futures::stream::iter);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_round_trip_only_at_their_own_path() {
+        let key = [7u8; 32];
+        let p = |s: &str| path_of(s).unwrap();
+        let ct = encrypt(&key, "micro", &p("db.password"), "\"hunter2\"").unwrap();
+        assert!(!ct.contains("hunter2"));
+        assert_eq!(
+            decrypt(&key, "micro", &p("db.password"), &ct).unwrap(),
+            "\"hunter2\""
+        );
+        assert!(decrypt(&key, "micro", &p("db.user"), &ct).is_err());
+        assert!(decrypt(&key, "other", &p("db.password"), &ct).is_err());
+        assert!(decrypt(&[8u8; 32], "micro", &p("db.password"), &ct).is_err());
+    }
+
+    #[test]
+    fn flatten_and_insert_are_inverse() {
+        let v: Json = serde_json::from_str(r#"{"a":{"b":1,"c":[1,2]},"d":"x"}"#).unwrap();
+        let mut flat = Vec::new();
+        flatten(&v, &mut Vec::new(), &mut flat);
+        let mut back = Json::Null;
+        for (p, text) in flat {
+            insert(&mut back, &p, serde_json::from_str(&text).unwrap());
+        }
+        assert_eq!(back, v);
+        assert!(path_of("a..b").is_err());
+    }
+}
