@@ -12,11 +12,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
 pub mod events;
 pub mod lease;
 pub mod registry;
 pub mod store;
 
+pub use config::Config;
 pub use events::Events;
 pub use lease::Leases;
 pub use micro_proto as proto;
@@ -104,6 +106,11 @@ impl Client {
     /// Leases.
     pub fn leases(&self) -> Leases {
         Leases::new(self.channel.clone())
+    }
+
+    /// Dynamic config.
+    pub fn config(&self) -> Config {
+        Config::new(self.channel.clone())
     }
 
     /// The service registry.

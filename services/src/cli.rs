@@ -4,6 +4,7 @@
 
 mod broker;
 mod cluster;
+mod config;
 mod events;
 mod lease;
 mod registry;
@@ -13,6 +14,7 @@ mod store;
 
 use broker::{broker, BrokerCmd};
 use cluster::{cluster, ClusterCmd};
+use config::{config, ConfigCmd, Namespace};
 use events::{events, EventsCmd};
 use lease::{lease, LeaseCmd};
 use registry::{registry, services, Domain, RegistryCmd};
@@ -84,6 +86,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BrokerCmd,
     },
+    /// Dynamic config: get, set, del, watch
+    Config {
+        #[command(flatten)]
+        namespace: Namespace,
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// The names of every registered service
     Services {
         #[command(flatten)]
@@ -133,6 +142,7 @@ pub fn main() -> ExitCode {
             Cmd::Events { cmd } => events(&cli.server, cli.output, cmd).await,
             Cmd::Broker { cmd } => broker(&cli.server, cli.output, cmd).await,
             Cmd::Lease { cmd } => lease(&cli.server, cli.output, cmd).await,
+            Cmd::Config { namespace, cmd } => config(&cli.server, cli.output, namespace, cmd).await,
             Cmd::Services { domain } => services(&cli.server, cli.output, domain).await,
             Cmd::Registry { domain, cmd } => registry(&cli.server, cli.output, domain, cmd).await,
         }
