@@ -115,6 +115,36 @@ async fn nodes_register_expire_everywhere_and_watchers_see_every_change_in_order
         ]
     );
 
+    // Every change was also published on the registry's events topic, atomically with it.
+    let mut c1 = c
+        .client(2)
+        .await?
+        .events()
+        .consume(micro::events::ConsumeRequest {
+            topic: "registry.events".into(),
+            from_start: true,
+            stop_at_end: true,
+            ..Default::default()
+        })
+        .await?;
+    let mut kinds = Vec::new();
+    while let Some(e) = c1.next().await? {
+        let ev = pb::Event::decode(e.payload.as_slice())?;
+        let svc = ev.service.unwrap_or_default();
+        assert_eq!(svc.name, "greeter");
+        kinds.push((ev.r#type, node_ids(&[svc])));
+    }
+    let k = |t: pb::EventType, n: &[&str]| (t as i32, n.iter().map(|x| x.to_string()).collect());
+    assert_eq!(
+        kinds,
+        vec![
+            k(pb::EventType::Create, &["a"]),
+            k(pb::EventType::Update, &["a", "b"]),
+            k(pb::EventType::Update, &["b"]),
+            k(pb::EventType::Delete, &["b"]),
+        ]
+    );
+
     // The CLI lists and shows it the same way.
     reg1.register(greeter(&["c"]), 0).await?;
     let (ok, out, err) = c.cli(2, &["services"]);

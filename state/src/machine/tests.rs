@@ -1199,6 +1199,14 @@ mod registry_view {
         // b's lease went with it: nothing is left to expire.
         assert_eq!(crate::next_expiry(&s).unwrap(), None);
         assert!(lease::list(&s).unwrap().is_empty());
+        // Each change was also published, in the same entries: create, update (a expired),
+        // update (c joined), delete.
+        let published = crate::views::events::read(&s, registry::EVENTS_TOPIC, 1, 10).unwrap();
+        assert_eq!(published.len(), 4);
+        // (Their payloads are decoded as registry.Event in tests/tests/registry.rs.)
+        assert!(published
+            .iter()
+            .all(|(_, e)| e.payload.windows(7).any(|w| w == b"greeter")));
     }
 
     #[test]

@@ -17,7 +17,12 @@ use crate::codec;
 use crate::command::{check_name, check_size, reject, Outcome, FIXED_SIZE};
 use crate::keys;
 use crate::storage::{prefix_end, Overlay, Read, StorageError};
-use crate::views::{history, lease};
+use crate::views::{events, history, lease};
+
+/// The events topic every registry change is also published on, atomically with the change
+/// (same log entry): a protobuf `registry.Event{id, type, timestamp, service}` per change,
+/// replayable like any topic. `id` is the change's revision.
+pub const EVENTS_TOPIC: &str = "registry.events";
 
 /// Marker for [`crate::command::View`].
 pub struct Registry;
@@ -203,6 +208,103 @@ pub fn list<S: Read + ?Sized>(
     err.map_or(Ok(out), Err)
 }
 
+/// A minimal protobuf writer for `registry.Event`: this crate has no protobuf library, and the
+/// message is small. Field numbers are those of Micro v3's registry.proto.
+mod wire {
+    use std::collections::BTreeMap;
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn tag(out: &mut Vec<u8>, field: u32, wire: u8) {
+        varint(out, (u64::from(field) << 3) | u64::from(wire));
+    }
+
+    pub fn bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+        tag(out, field, 2);
+        varint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+
+    pub fn string(out: &mut Vec<u8>, field: u32, s: &str) {
+        if !s.is_empty() {
+            bytes(out, field, s.as_bytes());
+        }
+    }
+
+    pub fn int(out: &mut Vec<u8>, field: u32, v: i64) {
+        if v != 0 {
+            tag(out, field, 0);
+            varint(out, v as u64);
+        }
+    }
+
+    pub fn map(out: &mut Vec<u8>, field: u32, m: &BTreeMap<String, String>) {
+        for (k, v) in m {
+            let mut entry = Vec::new();
+            string(&mut entry, 1, k);
+            string(&mut entry, 2, v);
+            bytes(out, field, &entry);
+        }
+    }
+}
+
+/// `registry.Service` as protobuf (nodes: `only` if given, else all).
+fn service_pb(domain: &str, svc: &Service, only: Option<&BTreeMap<String, Node>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::string(&mut out, 1, &svc.name);
+    wire::string(&mut out, 2, &svc.version);
+    wire::map(&mut out, 3, &svc.metadata);
+    for e in &svc.endpoints {
+        wire::bytes(&mut out, 4, e);
+    }
+    for (id, n) in only.unwrap_or(&svc.nodes) {
+        let mut node = Vec::new();
+        wire::string(&mut node, 1, id);
+        wire::string(&mut node, 2, &n.address);
+        wire::int(&mut node, 3, n.port);
+        wire::map(&mut node, 4, &n.metadata);
+        wire::bytes(&mut out, 5, &node);
+    }
+    let mut opts = Vec::new();
+    wire::string(&mut opts, 2, domain);
+    wire::bytes(&mut out, 6, &opts);
+    out
+}
+
+/// Publishes the change on [`EVENTS_TOPIC`] (`kind`: Create 0, Delete 1, Update 2).
+fn publish<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    domain: &str,
+    kind: i64,
+    service: Vec<u8>,
+    revision: u64,
+    now: u64,
+) -> Result<(), StorageError> {
+    let mut ev = Vec::new();
+    wire::string(&mut ev, 1, &revision.to_string());
+    wire::int(&mut ev, 2, kind);
+    wire::int(&mut ev, 3, (now / 1000) as i64);
+    wire::bytes(&mut ev, 4, &service);
+    let p = events::Publish {
+        topic: EVENTS_TOPIC.into(),
+        metadata: [
+            ("domain".to_string(), domain.to_string()),
+            ("revision".to_string(), revision.to_string()),
+        ]
+        .into(),
+        payload: ev,
+        timestamp_ms: 0,
+    };
+    events::publish(ov, &p, now)?;
+    Ok(())
+}
+
 /// Writes (or with `None` deletes) the service as a change at `revision`.
 fn save<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
@@ -302,6 +404,15 @@ fn register<S: Read + ?Sized>(
     if created || added {
         let prev = svc.mod_revision;
         save(ov, key, Some(&mut svc), prev, revision, now);
+        let kind = if created { 0 } else { 2 };
+        publish(
+            ov,
+            domain,
+            kind,
+            service_pb(domain, &svc, None),
+            revision,
+            now,
+        )?;
         Ok(if created {
             Action::Create
         } else {
@@ -328,26 +439,19 @@ fn deregister<S: Read + ?Sized>(
     let Some(mut svc) = get(ov, domain, name, version)? else {
         return Ok(Action::Refresh);
     };
-    let mut removed = false;
+    let mut removed = BTreeMap::new();
     for id in nodes {
         if let Some(n) = svc.nodes.remove(id) {
             if n.lease != 0 {
                 lease::drop_for(ov, n.lease)?;
             }
-            removed = true;
+            removed.insert(id.clone(), n);
         }
     }
-    if !removed && !svc.nodes.is_empty() {
+    if removed.is_empty() && !svc.nodes.is_empty() {
         return Ok(Action::Refresh);
     }
-    let prev = svc.mod_revision;
-    if svc.nodes.is_empty() {
-        save(ov, key, None, prev, revision, now);
-        Ok(Action::Delete)
-    } else {
-        save(ov, key, Some(&mut svc), prev, revision, now);
-        Ok(Action::Update)
-    }
+    Ok(changed(ov, domain, key, svc, &removed, revision, now)?)
 }
 
 /// A node's lease ended: remove the node (owner key `REG_NODE ...`) as a change at
@@ -364,14 +468,40 @@ pub(crate) fn expire_node<S: Read + ?Sized>(
     let Some(mut svc) = get(ov, &domain, &name, &version)? else {
         return Ok(false);
     };
-    if svc.nodes.remove(&id).is_none() {
+    let Some(node) = svc.nodes.remove(&id) else {
         return Ok(false);
-    }
+    };
+    let removed = BTreeMap::from([(id, node)]);
+    changed(ov, &domain, key, svc, &removed, revision, now)?;
+    Ok(true)
+}
+
+/// Saves a service that lost `removed` nodes: deleted with its last node, else updated; and
+/// publishes the change (a delete names the nodes that left).
+fn changed<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    domain: &str,
+    key: Vec<u8>,
+    mut svc: Service,
+    removed: &BTreeMap<String, Node>,
+    revision: u64,
+    now: u64,
+) -> Result<Action, StorageError> {
     let prev = svc.mod_revision;
     if svc.nodes.is_empty() {
         save(ov, key, None, prev, revision, now);
+        publish(
+            ov,
+            domain,
+            1,
+            service_pb(domain, &svc, Some(removed)),
+            revision,
+            now,
+        )?;
+        Ok(Action::Delete)
     } else {
         save(ov, key, Some(&mut svc), prev, revision, now);
+        publish(ov, domain, 2, service_pb(domain, &svc, None), revision, now)?;
+        Ok(Action::Update)
     }
-    Ok(true)
 }
