@@ -451,7 +451,7 @@ fn deregister<S: Read + ?Sized>(
     if removed.is_empty() && !svc.nodes.is_empty() {
         return Ok(Action::Refresh);
     }
-    Ok(changed(ov, domain, key, svc, &removed, revision, now)?)
+    changed(ov, domain, key, svc, &removed, revision, now)
 }
 
 /// A node's lease ended: remove the node (owner key `REG_NODE ...`) as a change at
