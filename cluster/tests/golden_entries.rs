@@ -170,3 +170,80 @@ fn an_unknown_entry_version_is_refused() {
     let err = decode_entry_bytes(&b).unwrap_err().to_string();
     assert!(err.contains("unsupported format version 9"), "{err}");
 }
+
+/// The commands of the views added with the view kernel (leases, compaction, registry,
+/// config), one of each kind, in one entry.
+fn kernel_request() -> micro_state::Request {
+    use micro_state::views::{config, lease, registry};
+    use micro_state::Command;
+    micro_state::Request {
+        time_ms: 1_800_000_000_000,
+        cmds: vec![
+            Command::Lease(lease::Cmd::Grant {
+                id: 7,
+                ttl_ms: 3000,
+            }),
+            Command::Lease(lease::Cmd::KeepAlive { id: 7 }),
+            Command::Lease(lease::Cmd::Revoke { id: 7 }),
+            Command::Store(store::Cmd::Put(micro_state::Put {
+                key: "k".into(),
+                lease: 7,
+                ..Default::default()
+            })),
+            Command::Meta(meta::Cmd::Compact { revision: 9 }),
+            Command::Registry(registry::Cmd::Register(registry::Register {
+                domain: "micro".into(),
+                name: "greeter".into(),
+                version: "v1".into(),
+                metadata: [("a".to_string(), "b".to_string())].into(),
+                endpoints: vec![vec![0x0a, 0x01, 0x41]],
+                nodes: [(
+                    "n1".to_string(),
+                    registry::Node {
+                        address: "127.0.0.1:1".into(),
+                        port: 1,
+                        metadata: Default::default(),
+                        lease: 0,
+                    },
+                )]
+                .into(),
+                ttl_ms: 90_000,
+            })),
+            Command::Registry(registry::Cmd::Deregister {
+                domain: String::new(),
+                name: "greeter".into(),
+                version: "v1".into(),
+                nodes: vec!["n1".into()],
+            }),
+            Command::Config(config::Cmd::Set {
+                namespace: "app".into(),
+                path: vec!["a".into()],
+                leaves: vec![config::NewLeaf {
+                    path: vec!["b".into()],
+                    json: "1".into(),
+                    secret: false,
+                }],
+                if_revision: Some(0),
+            }),
+            Command::Config(config::Cmd::Delete {
+                namespace: "app".into(),
+                path: vec!["a".into()],
+            }),
+            Command::Config(config::Cmd::InitKey { key: vec![1; 32] }),
+        ],
+    }
+}
+
+const V2_KERNEL: &str = "0203012a01fd00505c18a30100000a020007fbb80b02010702020700000000016b000000070301090500056d6963726f0767726565746572027631010161016201030a014101026e310b3132372e302e302e313a31020000fc905f0100050100076772656574657202763101026e310600036170700101610101016201310001000601036170700101610602200101010101010101010101010101010101010101010101010101010101010101";
+
+#[test]
+fn the_kernel_views_commands_have_pinned_bytes() {
+    let e = openraft::Entry::<TypeConfig> {
+        log_id: log_id(),
+        payload: openraft::EntryPayload::Normal(kernel_request()),
+    };
+    let bytes = codec::encode_as(micro_state::command::ENTRY_VERSION, &e);
+    assert_eq!(hex(&bytes), V2_KERNEL);
+    let back = decode_entry_bytes(&bytes).unwrap();
+    assert_eq!(format!("{back:?}"), format!("{e:?}"));
+}
