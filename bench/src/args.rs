@@ -190,6 +190,10 @@ pub enum Workload {
     /// Put, while one watcher per key prefix (up to 10 prefixes, by the key's leading digit)
     /// follows every change: what watch delivery costs the write path
     PutWatched,
+    /// Linearizable lookup of one of 100 registered services with 3 nodes each: Micro's
+    /// registry.GetService; on etcd, a range read of the service's key prefix (one key per
+    /// node, the way etcd-based registries keep them)
+    RegistryGet,
 }
 
 impl Workload {
@@ -200,12 +204,16 @@ impl Workload {
             Workload::GetSerializable => "get-serializable",
             Workload::Mixed => "mixed",
             Workload::PutWatched => "put-watched",
+            Workload::RegistryGet => "registry-get",
         }
     }
 
     /// Whether the workload reads keys that must exist (so the key space is preloaded).
     pub fn reads(self) -> bool {
-        !matches!(self, Workload::Put | Workload::PutWatched)
+        matches!(
+            self,
+            Workload::Get | Workload::GetSerializable | Workload::Mixed
+        )
     }
 }
 
@@ -243,6 +251,12 @@ pub struct CompareArgs {
     /// The `etcd` binary (default: `etcd` on PATH, installed by bench/scripts/install-etcd)
     #[arg(long)]
     pub etcd_bin: Option<PathBuf>,
+    /// After the cells, measure watch fan-out: this many watchers of one key (0: skip)
+    #[arg(long, default_value_t = 0)]
+    pub fanout_watchers: usize,
+    /// Writes whose fan-out is measured
+    #[arg(long, default_value_t = 5)]
+    pub fanout_changes: usize,
     #[command(flatten)]
     pub common: Common,
 }
@@ -279,6 +293,10 @@ pub fn watch_prefixes(keys: u64, size: usize) -> Vec<String> {
     let first = top.chars().next().and_then(|c| c.to_digit(10)).unwrap_or(0);
     (0..=first).map(|d| format!("{pad}{d}")).collect()
 }
+
+/// Services registered for `registry-get`, and nodes per service.
+pub const REGISTRY_SERVICES: u64 = 100;
+pub const REGISTRY_NODES: u64 = 3;
 
 /// Key `i` of the key space, zero padded to `size` bytes.
 pub fn key(i: u64, size: usize) -> String {

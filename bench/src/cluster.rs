@@ -351,20 +351,35 @@ async fn channel(addr: &str) -> anyhow::Result<Channel> {
 }
 
 /// One worker's connection to one node.
+// One Conn per worker, made once: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Conn {
-    Micro(micro::Store),
+    Micro(micro::Store, micro::Registry),
     Etcd(pb::kv_client::KvClient<Channel>),
+}
+
+/// The etcd key of node `n` of service `s` (a registry kept the way etcd-based ones do).
+fn etcd_registry_key(s: u64, n: u64) -> String {
+    format!("/micro/registry/svc{s:03}/svc{s:03}-node{n}")
+}
+
+/// The node of a registered service, as JSON on etcd and as a node in Micro's registry.
+fn registry_node(s: u64, n: u64) -> (String, String) {
+    (
+        format!("svc{s:03}-node{n}"),
+        format!("127.0.0.1:{}", 20_000 + s * 10 + n),
+    )
 }
 
 impl Conn {
     pub async fn open(target: Target, addr: String) -> anyhow::Result<Conn> {
         Ok(match target {
-            Target::Micro => Conn::Micro(
-                micro::Client::connect(&addr)
+            Target::Micro => {
+                let c = micro::Client::connect(&addr)
                     .await
-                    .with_context(|| format!("connect to Micro at {addr}"))?
-                    .store(),
-            ),
+                    .with_context(|| format!("connect to Micro at {addr}"))?;
+                Conn::Micro(c.store(), c.registry())
+            }
             Target::Etcd => Conn::Etcd(pb::kv_client::KvClient::new(
                 channel(&addr)
                     .await
@@ -375,7 +390,7 @@ impl Conn {
 
     pub async fn put(&mut self, key: &str, value: &[u8]) -> anyhow::Result<()> {
         match self {
-            Conn::Micro(s) => {
+            Conn::Micro(s, _) => {
                 s.write(key, value.to_vec()).await?;
             }
             Conn::Etcd(kv) => {
@@ -393,7 +408,7 @@ impl Conn {
     /// Reads `key`, which must exist.
     pub async fn get(&mut self, key: &str, serializable: bool) -> anyhow::Result<()> {
         let found = match self {
-            Conn::Micro(s) => {
+            Conn::Micro(s, _) => {
                 let q = micro::store::Query {
                     serializable,
                     ..Default::default()
@@ -417,10 +432,85 @@ impl Conn {
         Ok(())
     }
 
+    /// Registers the services of `registry-get` (nodes never expire).
+    pub async fn register_all(&mut self) -> anyhow::Result<()> {
+        use crate::args::{REGISTRY_NODES, REGISTRY_SERVICES};
+        for s in 0..REGISTRY_SERVICES {
+            match self {
+                Conn::Micro(_, reg) => {
+                    use micro::proto::registry as rpb;
+                    let nodes = (0..REGISTRY_NODES)
+                        .map(|n| {
+                            let (id, address) = registry_node(s, n);
+                            rpb::Node {
+                                id,
+                                address,
+                                metadata: [("protocol".to_string(), "grpc".to_string())].into(),
+                                ..Default::default()
+                            }
+                        })
+                        .collect();
+                    let svc = rpb::Service {
+                        name: format!("svc{s:03}"),
+                        version: "latest".into(),
+                        nodes,
+                        ..Default::default()
+                    };
+                    reg.register(svc, 0).await?;
+                }
+                Conn::Etcd(kv) => {
+                    for n in 0..REGISTRY_NODES {
+                        let (id, address) = registry_node(s, n);
+                        let value = serde_json::json!({"name": format!("svc{s:03}"), "version": "latest",
+                            "node": {"id": id, "address": address, "metadata": {"protocol": "grpc"}}});
+                        kv.put(pb::PutRequest {
+                            key: etcd_registry_key(s, n).into_bytes(),
+                            value: value.to_string().into_bytes(),
+                            ..Default::default()
+                        })
+                        .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks up service `s` of `registry-get`; all its nodes must be there.
+    pub async fn registry_get(&mut self, s: u64) -> anyhow::Result<()> {
+        use crate::args::REGISTRY_NODES;
+        let nodes = match self {
+            Conn::Micro(_, reg) => reg
+                .get(&format!("svc{s:03}"))
+                .await?
+                .iter()
+                .map(|svc| svc.nodes.len() as u64)
+                .sum(),
+            Conn::Etcd(kv) => {
+                let prefix = format!("/micro/registry/svc{s:03}/").into_bytes();
+                let mut end = prefix.clone();
+                if let Some(last) = end.last_mut() {
+                    *last += 1;
+                }
+                kv.range(pb::RangeRequest {
+                    key: prefix,
+                    range_end: end,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .kvs
+                .len() as u64
+            }
+        };
+        anyhow::ensure!(nodes == REGISTRY_NODES, "service {s} has {nodes} nodes");
+        Ok(())
+    }
+
     /// Writes all `pairs` in one transaction (one log entry on either system).
     pub async fn put_batch(&mut self, pairs: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
         match self {
-            Conn::Micro(s) => {
+            Conn::Micro(s, _) => {
                 use micro::proto::store as spb;
                 let success = pairs
                     .iter()

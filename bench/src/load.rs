@@ -240,6 +240,10 @@ async fn worker(
             Workload::GetSerializable => conn.get(&k, true).await,
             Workload::Mixed if rng.u8(0..10) == 0 => conn.put(&k, &value).await,
             Workload::Mixed => conn.get(&k, false).await,
+            Workload::RegistryGet => {
+                conn.registry_get(rng.u64(0..crate::args::REGISTRY_SERVICES))
+                    .await
+            }
         };
         let t1 = Instant::now();
         let measured = t1 >= measure_from && t1 <= end;

@@ -10,6 +10,7 @@
 mod args;
 mod cluster;
 mod etcd;
+mod fanout;
 mod load;
 mod nats;
 mod procs;
@@ -313,6 +314,14 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
         key_size: a.key_size,
         value_size: a.value_size,
     };
+    if a.workload.contains(&args::Workload::RegistryGet) {
+        for c in &clusters {
+            let mut conn = c.connect(1).await?.pop().context("a connection")?;
+            conn.register_all()
+                .await
+                .with_context(|| format!("register services on {}", c.target.name()))?;
+        }
+    }
     let mut preload_seconds = BTreeMap::new();
     if a.workload.iter().any(|w| w.reads()) {
         for c in &clusters {
@@ -350,6 +359,35 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
                 rows.push(row);
             }
         }
+    }
+    if a.fanout_watchers > 0 {
+        let mut fan = Vec::new();
+        for c in &clusters {
+            let f = fanout::run(c, a.fanout_watchers, a.fanout_changes)
+                .await
+                .with_context(|| format!("fan-out on {}", c.target.name()))?;
+            eprintln!("{}: fan-out {f:?}", c.target.name());
+            fan.push(f);
+        }
+        println!("\n| target | watchers | changes | p50 ms | p99 ms | max ms | all delivered (mean) ms |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for f in &fan {
+            println!(
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                f.target.name(),
+                f.watchers,
+                f.changes,
+                f.p50_ms,
+                f.p99_ms,
+                f.max_ms,
+                f.all_delivered_ms
+            );
+        }
+        std::fs::create_dir_all(&a.common.out)?;
+        std::fs::write(
+            a.common.out.join("fanout.json"),
+            serde_json::to_string_pretty(&fan)?,
+        )?;
     }
     drop(clusters);
     report::fill_ratios(&mut rows);

@@ -154,6 +154,17 @@ impl Config {
         Ok(())
     }
 
+    /// Makes a new cluster key for secrets written from now on; returns its id.
+    pub async fn rotate_key(&self) -> Result<u32, Error> {
+        Ok(self
+            .client
+            .clone()
+            .rotate_key(pb::RotateKeyRequest {})
+            .await?
+            .into_inner()
+            .key_id)
+    }
+
     /// Watches every change at or under `path` from `from_revision` (0: changes after now).
     pub async fn watch(&self, path: &str, from_revision: u64) -> Result<ConfigWatcher, Error> {
         let req = pb::WatchRequest {

@@ -86,6 +86,11 @@ async fn config_merges_deletes_keeps_secrets_and_watchers_resume() -> anyhow::Re
         let plain: String = cfg.get("db.password").await?.expect("secret").value;
         assert_eq!(plain, SECRET, "node {id}");
     }
+    // A rotated key: new secrets use it, old ones stay readable.
+    assert_eq!(config.rotate_key().await?, 2);
+    config.set_secret("db.token", &"t2").await?;
+    let both: Value = config.get("db").await?.expect("db").value;
+    assert_eq!(both, json!({"password": SECRET, "token": "t2"}));
     let (ok, out, err) = c.cli(other, &["config", "get", "db"]);
     assert!(ok, "{err}");
     assert!(out.contains("[secret]") && !out.contains(SECRET), "{out}");

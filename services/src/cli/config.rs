@@ -26,6 +26,8 @@ pub(super) enum ConfigCmd {
     /// Remove the value or subtree at PATH
     #[command(alias = "delete")]
     Del { path: String },
+    /// Make a new cluster key for secrets written from now on (older ones stay readable)
+    RotateKey,
     /// Print every change at or under PATH, one per line
     Watch {
         #[arg(default_value = "")]
@@ -98,6 +100,13 @@ pub(super) async fn config(
             match out {
                 Output::Json => print_json(&json!({"path": path, "deleted": true})),
                 Output::Table => println!("deleted {path}"),
+            }
+        }
+        ConfigCmd::RotateKey => {
+            let id = config.rotate_key().await?;
+            match out {
+                Output::Json => print_json(&json!({"key_id": id})),
+                Output::Table => println!("secrets are now written with key {id}"),
             }
         }
         ConfigCmd::Watch {

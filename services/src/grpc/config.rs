@@ -22,7 +22,8 @@ use crate::errors::{invalid, status};
 
 /// What a secret reads as without `options.secret`, as in Micro v3.
 const HIDDEN: &str = "[secret]";
-/// Ciphertext format: `v1:` + base64(nonce ‖ AES-256-GCM(json, aad = namespace \0 path)).
+/// Ciphertext format: `v1:KEYID:` + base64(nonce ‖ AES-256-GCM(json, aad = namespace \0 path)),
+/// KEYID the config key it was written with.
 const CIPHER_PREFIX: &str = "v1:";
 
 pub struct ConfigService {
@@ -34,20 +35,25 @@ impl ConfigService {
         pb::config_server::ConfigServer::new(ConfigService { node })
     }
 
-    /// The cluster's config key, creating it (once, cluster-wide) if no secret was ever set.
-    async fn key(&self) -> Result<Vec<u8>, Status> {
-        if let Some(k) = view::secret_key(self.node.view()).map_err(|e| status(e.into()))? {
-            return Ok(k);
+    /// The cluster's current config key and its id, creating the first (once, cluster-wide)
+    /// if no secret was ever set.
+    async fn key(&self) -> Result<(u32, Vec<u8>), Status> {
+        if let Some(ks) = view::secret_keys(self.node.view()).map_err(|e| status(e.into()))? {
+            if let Some(k) = ks.keys.get(&ks.current) {
+                return Ok((ks.current, k.clone()));
+            }
         }
+        self.propose_key(|key| view::Cmd::InitKey { key }).await
+    }
+
+    async fn propose_key(
+        &self,
+        cmd: impl FnOnce(Vec<u8>) -> view::Cmd,
+    ) -> Result<(u32, Vec<u8>), Status> {
         let mut k = vec![0u8; 32];
         getrandom::fill(&mut k).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
-        match self
-            .node
-            .run::<Config>(view::Cmd::InitKey { key: k })
-            .await
-            .map_err(status)?
-        {
-            (_, view::Out::Key(k)) => Ok(k),
+        match self.node.run::<Config>(cmd(k)).await.map_err(status)? {
+            (_, view::Out::Key { id, key }) => Ok((id, key)),
             (_, other) => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -75,7 +81,12 @@ fn aad(ns: &str, path: &[String]) -> Vec<u8> {
     a
 }
 
-fn encrypt(key: &[u8], ns: &str, path: &[String], json: &str) -> Result<String, Status> {
+fn encrypt(
+    (id, key): (u32, &[u8]),
+    ns: &str,
+    path: &[String],
+    json: &str,
+) -> Result<String, Status> {
     let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
     let mut nonce = [0u8; 12];
     getrandom::fill(&mut nonce).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
@@ -92,16 +103,25 @@ fn encrypt(key: &[u8], ns: &str, path: &[String], json: &str) -> Result<String, 
     let mut out = nonce.to_vec();
     out.extend_from_slice(&ct);
     Ok(format!(
-        "{CIPHER_PREFIX}{}",
+        "{CIPHER_PREFIX}{id}:{}",
         base64::engine::general_purpose::STANDARD.encode(out)
     ))
 }
 
-fn decrypt(key: &[u8], ns: &str, path: &[String], text: &str) -> Result<String, Status> {
+fn decrypt(keys: &view::Keys, ns: &str, path: &[String], text: &str) -> Result<String, Status> {
     let bad = || Status::data_loss(format!("the secret at {} does not decrypt", path.join(".")));
-    let raw = text
+    let (id, body) = text
         .strip_prefix(CIPHER_PREFIX)
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|t| t.split_once(':'))
+        .ok_or_else(bad)?;
+    let key = id
+        .parse::<u32>()
+        .ok()
+        .and_then(|id| keys.keys.get(&id))
+        .ok_or_else(bad)?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .ok()
         .filter(|r| r.len() > 12)
         .ok_or_else(bad)?;
     let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
@@ -164,7 +184,7 @@ impl ConfigService {
         self.node.read_barrier(true).await.map_err(status)?;
         let leaves = view::leaves(self.node.view(), ns, path).map_err(|e| status(e.into()))?;
         let key = if secrets && leaves.iter().any(|(_, l)| l.secret) {
-            view::secret_key(self.node.view()).map_err(|e| status(e.into()))?
+            view::secret_keys(self.node.view()).map_err(|e| status(e.into()))?
         } else {
             None
         };
@@ -226,9 +246,9 @@ impl pb::config_server::Config for ConfigService {
         let mut leaves = Vec::with_capacity(flat.len());
         for (rel, text) in flat {
             let json = match &key {
-                Some(k) => {
+                Some((id, k)) => {
                     let full: Vec<String> = path.iter().chain(&rel).cloned().collect();
-                    encrypt(k, &req.namespace, &full, &text)?
+                    encrypt((*id, k), &req.namespace, &full, &text)?
                 }
                 None => text,
             };
@@ -292,6 +312,14 @@ impl pb::config_server::Config for ConfigService {
         }))
     }
 
+    async fn rotate_key(
+        &self,
+        _req: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        let (key_id, _) = self.propose_key(|key| view::Cmd::RotateKey { key }).await?;
+        Ok(Response::new(pb::RotateKeyResponse { key_id }))
+    }
+
     type WatchStream = WatchStream;
 
     async fn watch(
@@ -352,18 +380,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secrets_round_trip_only_at_their_own_path() {
-        let key = [7u8; 32];
+    fn secrets_round_trip_only_at_their_own_path_and_key() {
+        let keys = view::Keys {
+            current: 2,
+            keys: [(1, vec![7u8; 32]), (2, vec![9u8; 32])].into(),
+        };
         let p = |s: &str| path_of(s).unwrap();
-        let ct = encrypt(&key, "micro", &p("db.password"), "\"hunter2\"").unwrap();
-        assert!(!ct.contains("hunter2"));
+        let ct = encrypt(
+            (1, &keys.keys[&1]),
+            "micro",
+            &p("db.password"),
+            "\"hunter2\"",
+        )
+        .unwrap();
+        assert!(ct.starts_with("v1:1:") && !ct.contains("hunter2"), "{ct}");
+        // Still readable after a rotation: the ciphertext names its key.
         assert_eq!(
-            decrypt(&key, "micro", &p("db.password"), &ct).unwrap(),
+            decrypt(&keys, "micro", &p("db.password"), &ct).unwrap(),
             "\"hunter2\""
         );
-        assert!(decrypt(&key, "micro", &p("db.user"), &ct).is_err());
-        assert!(decrypt(&key, "other", &p("db.password"), &ct).is_err());
-        assert!(decrypt(&[8u8; 32], "micro", &p("db.password"), &ct).is_err());
+        assert!(decrypt(&keys, "micro", &p("db.user"), &ct).is_err());
+        assert!(decrypt(&keys, "other", &p("db.password"), &ct).is_err());
+        let wrong = ct.replacen("v1:1:", "v1:2:", 1);
+        assert!(decrypt(&keys, "micro", &p("db.password"), &wrong).is_err());
     }
 
     #[test]

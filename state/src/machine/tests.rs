@@ -1312,15 +1312,19 @@ mod config_view {
         );
         assert_eq!(out, vec![Outcome::Config(Out::Deleted { leaves: 3 })]);
         assert_eq!(doc(&s), vec![("fresh".into(), "1".into())]);
-        // A key is set once.
+        // The first key is set once; a rotation adds a key and keeps the old ones.
         let k = |b: u8| Command::Config(config::Cmd::InitKey { key: vec![b; 32] });
-        assert_eq!(
-            step(&mut s, k(1)),
-            vec![Outcome::Config(Out::Key(vec![1; 32]))]
-        );
-        assert_eq!(
-            step(&mut s, k(2)),
-            vec![Outcome::Config(Out::Key(vec![1; 32]))]
-        );
+        let key = |id, b: u8| {
+            vec![Outcome::Config(Out::Key {
+                id,
+                key: vec![b; 32],
+            })]
+        };
+        assert_eq!(step(&mut s, k(1)), key(1, 1));
+        assert_eq!(step(&mut s, k(2)), key(1, 1));
+        let rotate = Command::Config(config::Cmd::RotateKey { key: vec![3; 32] });
+        assert_eq!(step(&mut s, rotate), key(2, 3));
+        let ks = config::secret_keys(&s).unwrap().unwrap();
+        assert_eq!((ks.current, ks.keys.len()), (2, 2));
     }
 }

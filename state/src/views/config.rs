@@ -4,8 +4,9 @@
 //! watching it is a watch on that prefix. Every leaf carries the revision that last wrote it,
 //! which `Set` may be conditioned on (compare-and-set).
 //!
-//! Secret leaves arrive already encrypted (the edge encrypts with the cluster's config key,
-//! which lives here, set once by the first `InitKey`); this view never sees their plain text.
+//! Secret leaves arrive already encrypted (the edge encrypts with the cluster's current config
+//! key, which lives here: set by the first `InitKey`, replaced for new writes by `RotateKey`,
+//! old ones kept for reading); this view never sees their plain text.
 
 use serde::{Deserialize, Serialize};
 
@@ -57,8 +58,18 @@ pub enum Cmd {
         namespace: String,
         path: Vec<String>,
     },
-    /// Sets the cluster's config key once; later proposals are ignored (the first wins).
+    /// Sets the cluster's first config key; later proposals are ignored (the first wins).
     InitKey { key: Vec<u8> },
+    /// Adds a new config key and makes it the one new secrets use; older keys stay to read
+    /// what they encrypted.
+    RotateKey { key: Vec<u8> },
+}
+
+/// The cluster's config keys: new secrets use `current`; a ciphertext names its key's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Keys {
+    pub current: u32,
+    pub keys: std::collections::BTreeMap<u32, Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,8 +84,11 @@ pub enum Out {
     RevisionMismatch {
         current: u64,
     },
-    /// The key in force.
-    Key(Vec<u8>),
+    /// The key new secrets use now, and its id.
+    Key {
+        id: u32,
+        key: Vec<u8>,
+    },
 }
 
 /// `""` means the default namespace.
@@ -109,7 +123,7 @@ impl Cmd {
                         .map(|l| l.json.len() + l.path.iter().map(String::len).sum::<usize>())
                         .sum::<usize>()
             }
-            Cmd::Delete { .. } | Cmd::InitKey { .. } => FIXED_SIZE,
+            Cmd::Delete { .. } | Cmd::InitKey { .. } | Cmd::RotateKey { .. } => FIXED_SIZE,
         }
     }
 
@@ -133,7 +147,7 @@ impl Cmd {
                 check_name("namespace", namespace, false)?;
                 check_path("path", path)
             }
-            Cmd::InitKey { key } => {
+            Cmd::InitKey { key } | Cmd::RotateKey { key } => {
                 if key.len() != 32 {
                     return Err(reject("key", "must be 32 bytes".into()));
                 }
@@ -210,9 +224,19 @@ pub fn revision_of<S: Read + ?Sized>(
         .unwrap_or(0))
 }
 
-/// The cluster's config key, once set.
-pub fn secret_key<S: Read + ?Sized>(s: &S) -> Result<Option<Vec<u8>>, StorageError> {
-    s.get(keys::META_CONFIG_KEY)
+/// The cluster's config keys, once the first is set.
+pub fn secret_keys<S: Read + ?Sized>(s: &S) -> Result<Option<Keys>, StorageError> {
+    match s.get(keys::META_CONFIG_KEY)? {
+        Some(b) => Ok(Some(codec::decode(&b).map_err(corrupt)?)),
+        None => Ok(None),
+    }
+}
+
+fn current(k: &Keys) -> Out {
+    Out::Key {
+        id: k.current,
+        key: k.keys.get(&k.current).cloned().unwrap_or_default(),
+    }
 }
 
 fn remove<S: Read + ?Sized>(
@@ -285,12 +309,24 @@ pub(crate) fn apply<S: Read + ?Sized>(
                 leaves: doomed.len() as u64,
             }
         }
-        Cmd::InitKey { key: k } => Out::Key(match ov.get(keys::META_CONFIG_KEY)? {
-            Some(existing) => existing,
+        Cmd::InitKey { key: k } => match secret_keys(ov)? {
+            Some(existing) => current(&existing),
             None => {
-                ov.put(keys::META_CONFIG_KEY.to_vec(), k.clone());
-                k.clone()
+                let ks = Keys {
+                    current: 1,
+                    keys: [(1, k.clone())].into(),
+                };
+                ov.put(keys::META_CONFIG_KEY.to_vec(), codec::encode(&ks));
+                current(&ks)
             }
-        }),
+        },
+        Cmd::RotateKey { key: k } => {
+            let mut ks = secret_keys(ov)?.unwrap_or_default();
+            let id = ks.keys.keys().next_back().copied().unwrap_or(0) + 1;
+            ks.keys.insert(id, k.clone());
+            ks.current = id;
+            ov.put(keys::META_CONFIG_KEY.to_vec(), codec::encode(&ks));
+            current(&ks)
+        }
     }))
 }
