@@ -522,6 +522,7 @@ impl Conn {
                                 ..Default::default()
                             }),
                             options: None,
+                            fence: None,
                         })),
                     })
                     .collect();
@@ -530,6 +531,7 @@ impl Conn {
                         compare: vec![],
                         success,
                         failure: vec![],
+                        fence: None,
                     })
                     .await?;
                 anyhow::ensure!(r.succeeded, "Micro txn without guards did not succeed");

@@ -394,6 +394,7 @@ async fn load_replay(
                                     metadata: HashMap::new(),
                                     payload: payload.to_vec(),
                                     timestamp: 0,
+                                    fence: None,
                                 })),
                             })
                             .collect();
@@ -402,6 +403,7 @@ async fn load_replay(
                                 compare: vec![],
                                 success,
                                 failure: vec![],
+                                fence: None,
                             })
                             .await
                             .with_context(|| format!("publish events {from}..{to}"))?;

@@ -326,9 +326,11 @@ impl Process {
                         ..Default::default()
                     }),
                     options: None,
+                    fence: None,
                 })),
             }],
             failure: vec![],
+            fence: None,
         };
         let out = self
             .run_op(|c| async move { c.store().txn(req).await })

@@ -35,6 +35,10 @@ pub mod registry {
     tonic::include_proto!("registry");
 }
 
+pub mod sync {
+    tonic::include_proto!("sync");
+}
+
 pub mod raft {
     tonic::include_proto!("raft");
 }
@@ -42,7 +46,7 @@ pub mod raft {
 /// The packages clients may call (over gRPC and through the HTTP gateway); `raft` is the
 /// internal peer protocol and is not among them.
 pub const PUBLIC_PACKAGES: &[&str] = &[
-    "store", "events", "broker", "cluster", "lease", "registry", "config",
+    "store", "events", "broker", "cluster", "lease", "registry", "config", "sync",
 ];
 
 /// The encoded `FileDescriptorSet` of every service above.

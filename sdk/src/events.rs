@@ -52,6 +52,7 @@ impl Events {
             metadata,
             payload,
             timestamp: 0,
+            fence: None,
         };
         Ok(self
             .client

@@ -36,6 +36,8 @@ pub struct Put {
     pub ttl: Option<Duration>,
     /// Attach to this lease (the record is deleted with it).
     pub lease: u64,
+    /// Write only while this lock token is the lock's newest (see `sync.Sync`).
+    pub fence: Option<micro_proto::sync::Fence>,
 }
 
 /// Options of [`Store::watch`].
@@ -134,6 +136,7 @@ impl Store {
                 database: self.database.clone(),
                 table: self.table.clone(),
             }),
+            fence: None,
         };
         Ok(self.client.clone().write(req).await?.into_inner().revision)
     }
@@ -153,6 +156,7 @@ impl Store {
                 database: self.database.clone(),
                 table: self.table.clone(),
             }),
+            fence: opts.fence,
         };
         Ok(self.client.clone().write(req).await?.into_inner().revision)
     }
@@ -224,6 +228,7 @@ impl Store {
                 database: self.database.clone(),
                 table: self.table.clone(),
             }),
+            fence: None,
         };
         self.client.clone().delete(req).await?;
         Ok(())

@@ -9,3 +9,4 @@ pub mod front_errors;
 pub mod lease;
 pub mod registry;
 pub mod store;
+pub mod sync;

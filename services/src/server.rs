@@ -57,6 +57,7 @@ pub async fn run(
         let svc_lease = crate::grpc::lease::LeaseService::server(node.clone());
         let svc_registry = crate::grpc::registry::RegistryService::server(node.clone());
         let svc_config = crate::grpc::config::ConfigService::server(node.clone());
+        let svc_sync = crate::grpc::sync::SyncService::server(node.clone());
         let front_errors = crate::grpc::front_errors::FrontErrors::new();
         let stop = wait(stop_rx.clone());
         tokio::spawn(async move {
@@ -71,6 +72,7 @@ pub async fn run(
                 .add_service(svc_lease)
                 .add_service(svc_registry)
                 .add_service(svc_config)
+                .add_service(svc_sync)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await
                 .map_err(anyhow::Error::from)

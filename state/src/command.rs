@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::views::{config, events, lease, meta, registry, store};
+use crate::views::{config, events, lease, lock, meta, registry, store};
 
 /// The format version of log entries this release writes (release 1 wrote 1; see [`v1`]).
 pub const ENTRY_VERSION: u8 = 2;
@@ -42,6 +42,9 @@ pub enum Command {
     Txn(Txn),
     Registry(registry::Cmd),
     Config(config::Cmd),
+    Lock(lock::Cmd),
+    /// A write that applies only while `Fence` holds its lock's newest token.
+    Fenced(lock::Fence, Box<Command>),
 }
 
 /// The result of one command, by view.
@@ -64,6 +67,7 @@ pub enum Outcome {
     },
     Registry(registry::Out),
     Config(config::Out),
+    Lock(lock::Out),
 }
 
 /// A view as the edges see it: the commands it takes and the outcome type they return, so a
@@ -99,6 +103,7 @@ view!(lease::Leases, lease, Lease);
 view!(meta::Meta, meta, Meta);
 view!(registry::Registry, registry, Registry);
 view!(config::Config, config, Config);
+view!(lock::Locks, lock, Lock);
 
 impl Command {
     /// Roughly how many bytes the command adds to a log entry (for batch limits).
@@ -109,6 +114,8 @@ impl Command {
             Command::Lease(_) | Command::Meta(_) => FIXED_SIZE,
             Command::Registry(c) => c.size_hint(),
             Command::Config(c) => c.size_hint(),
+            Command::Lock(c) => c.size_hint(),
+            Command::Fenced(f, c) => FIXED_SIZE + f.lock.len() + c.size_hint(),
             Command::Txn(t) => {
                 FIXED_SIZE
                     + t.compare.len() * FIXED_SIZE
@@ -131,6 +138,27 @@ impl Command {
             Command::Meta(c) => c.validate(),
             Command::Registry(c) => c.validate(),
             Command::Config(c) => c.validate(),
+            Command::Lock(c) => c.validate(),
+            Command::Fenced(f, c) => {
+                f.validate()?;
+                let fenceable = match c.as_ref() {
+                    Command::Store(_) | Command::Txn(_) => true,
+                    Command::Events(e) => matches!(e, events::Cmd::Publish(_)),
+                    Command::Lease(_)
+                    | Command::Meta(_)
+                    | Command::Registry(_)
+                    | Command::Config(_)
+                    | Command::Lock(_)
+                    | Command::Fenced(..) => false,
+                };
+                if !fenceable {
+                    return Err(reject(
+                        "fence",
+                        "only store writes, transactions and publishes can be fenced".into(),
+                    ));
+                }
+                c.validate()
+            }
             Command::Txn(t) => {
                 for c in &t.compare {
                     c.validate()?;
@@ -143,7 +171,9 @@ impl Command {
                         | Command::Meta(_)
                         | Command::Txn(_)
                         | Command::Registry(_)
-                        | Command::Config(_) => false,
+                        | Command::Config(_)
+                        | Command::Lock(_)
+                        | Command::Fenced(..) => false,
                     };
                     if !allowed {
                         return Err(reject(

@@ -35,6 +35,11 @@ pub const REG_NODE: u8 = 0x0B;
 /// Config leaves: `CONFIG namespace(len-prefixed) seg 0 seg 0 ...`.
 pub const CONFIG: u8 = 0x0C;
 
+/// Lock waiters: `LOCK name(len-prefixed) token(u64)`.
+pub const LOCK: u8 = 0x0D;
+/// Lock state: `LOCK_META name`.
+pub const LOCK_META: u8 = 0x0E;
+
 /// The keyspace schema (u64; absent = 1). Apply migrates older schemas at the first entry.
 pub const META_SCHEMA: &[u8] = &[META, b'v'];
 /// The first revision still in the change feed (u64; absent = 1).
@@ -236,6 +241,32 @@ pub fn parse_reg_node_key(k: &[u8]) -> Option<(String, String, String, String)> 
 pub fn config_prefix(ns: &str) -> Vec<u8> {
     let mut out = vec![CONFIG];
     push_str(&mut out, ns);
+    out
+}
+
+/// A lock waiter's key (with `None`, the prefix of every waiter of the lock).
+pub fn lock_key(name: &str, token: Option<u64>) -> Vec<u8> {
+    let mut out = vec![LOCK];
+    push_str(&mut out, name);
+    if let Some(t) = token {
+        out.extend_from_slice(&t.to_be_bytes());
+    }
+    out
+}
+
+/// Splits a lock waiter key into (name, token).
+pub fn parse_lock_key(k: &[u8]) -> Option<(String, u64)> {
+    if k.first() != Some(&LOCK) {
+        return None;
+    }
+    let (name, rest) = take_str(&k[1..])?;
+    Some((name, u64::from_be_bytes(rest.try_into().ok()?)))
+}
+
+/// A lock's state key.
+pub fn lock_meta_key(name: &str) -> Vec<u8> {
+    let mut out = vec![LOCK_META];
+    out.extend_from_slice(name.as_bytes());
     out
 }
 

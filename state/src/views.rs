@@ -7,6 +7,7 @@ pub mod config;
 pub mod events;
 pub mod history;
 pub mod lease;
+pub mod lock;
 pub mod meta;
 pub mod registry;
 pub mod store;

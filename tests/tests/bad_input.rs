@@ -185,7 +185,7 @@ async fn grpc_names_what_is_wrong_with_undecodable_or_unknown_requests() -> anyh
             expiry: i64::MAX,
             ..Default::default()
         }),
-        options: None,
+        ..Default::default()
     };
     let s = call("/store.Store/Write", write.encode_to_vec()).await;
     assert_eq!(s.code(), Code::InvalidArgument);
@@ -199,7 +199,7 @@ async fn grpc_names_what_is_wrong_with_undecodable_or_unknown_requests() -> anyh
             expiry: max,
             ..Default::default()
         }),
-        options: None,
+        ..Default::default()
     };
     raw_unary(&grpc, "/store.Store/Write", write.encode_to_vec()).await?;
     let back = store.read("long").await?.expiry;

@@ -473,6 +473,7 @@ async fn a_txn_writes_and_publishes_all_or_nothing() -> anyhow::Result<()> {
                         ..Default::default()
                     }),
                     options: None,
+                    fence: None,
                 })),
             },
             TxnOp {
@@ -484,6 +485,7 @@ async fn a_txn_writes_and_publishes_all_or_nothing() -> anyhow::Result<()> {
             },
         ],
         failure: vec![],
+        fence: None,
     };
     // The guard fails (the order does not exist at revision 42): neither happens.
     let r = client.store().txn(txn(42)).await?;

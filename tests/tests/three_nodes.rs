@@ -382,6 +382,7 @@ async fn concurrent_cas_increments_through_every_node_lose_nothing() -> anyhow::
                             })),
                         }],
                         failure: vec![],
+                        fence: None,
                     })
                     .await?;
                 if resp.succeeded {

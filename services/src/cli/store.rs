@@ -159,7 +159,11 @@ pub(super) async fn store(server: &str, out: Output, cmd: StoreCmd) -> anyhow::R
             lease,
             scope,
         } => {
-            let opts = micro::store::Put { ttl: expiry, lease };
+            let opts = micro::store::Put {
+                ttl: expiry,
+                lease,
+                fence: None,
+            };
             let rev = client
                 .store()
                 .scope(&scope.database, &scope.table)

@@ -258,12 +258,13 @@ pub fn publish_command(req: pb::PublishRequest, field: &str) -> Result<Command, 
             ),
         ));
     }
-    Ok(Command::Events(view::Cmd::Publish(Publish {
+    let cmd = Command::Events(view::Cmd::Publish(Publish {
         topic: req.topic,
         metadata: req.metadata.into_iter().collect::<BTreeMap<_, _>>(),
         payload: req.payload,
         timestamp_ms: (req.timestamp as u64).saturating_mul(1000),
-    })))
+    }));
+    super::sync::fenced(cmd, req.fence, field)
 }
 
 fn to_event(topic: &str, seq: u64, e: StoredEvent) -> pb::Event {
@@ -741,6 +742,7 @@ impl pb::store_server::Store for EventsService {
                 metadata: ev.metadata,
                 payload: ev.payload,
                 timestamp: ev.timestamp,
+                fence: None,
             },
             "event.",
         )?;

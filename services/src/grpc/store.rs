@@ -90,6 +90,11 @@ fn to_record(e: view::Entry, now: u64) -> pb::Record {
 }
 
 fn put_command(req: pb::WriteRequest, field: &str) -> Result<Command, Status> {
+    let fence = req.fence.clone();
+    super::sync::fenced(put_command_inner(req, field)?, fence, field)
+}
+
+fn put_command_inner(req: pb::WriteRequest, field: &str) -> Result<Command, Status> {
     let rec = req
         .record
         .ok_or_else(|| invalid(&format!("{field}record"), "is required"))?;
@@ -133,13 +138,14 @@ fn put_command(req: pb::WriteRequest, field: &str) -> Result<Command, Status> {
     })))
 }
 
-fn delete_command(req: pb::DeleteRequest) -> Command {
+fn delete_command(req: pb::DeleteRequest, field: &str) -> Result<Command, Status> {
     let opts = req.options.unwrap_or_default();
-    Command::Store(view::Cmd::Delete(Delete {
+    let cmd = Command::Store(view::Cmd::Delete(Delete {
         db: opts.database,
         table: opts.table,
         key: req.key,
-    }))
+    }));
+    super::sync::fenced(cmd, req.fence, field)
 }
 
 fn txn_ops(ops: Vec<pb::TxnOp>, branch: &str) -> Result<Vec<Command>, Status> {
@@ -147,7 +153,7 @@ fn txn_ops(ops: Vec<pb::TxnOp>, branch: &str) -> Result<Vec<Command>, Status> {
         .enumerate()
         .map(|(i, op)| match op.op {
             Some(pb::txn_op::Op::Write(w)) => put_command(w, &format!("{branch}[{i}].write.")),
-            Some(pb::txn_op::Op::Delete(d)) => Ok(delete_command(d)),
+            Some(pb::txn_op::Op::Delete(d)) => delete_command(d, &format!("{branch}[{i}].delete.")),
             Some(pb::txn_op::Op::Publish(p)) => {
                 super::events::publish_command(p, &format!("{branch}[{i}].publish."))
             }
@@ -261,13 +267,11 @@ impl pb::store_server::Store for StoreService {
         &self,
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let Command::Store(cmd) = put_command(req.into_inner(), "")? else {
-            return Err(Status::internal("a write built a command of another view"));
-        };
-        let (_, out) = self.node.run::<view::Store>(cmd).await.map_err(status)?;
+        let cmd = put_command(req.into_inner(), "")?;
+        let (_, out) = self.node.write(cmd).await.map_err(status)?;
         let revision = match out {
-            view::Out::Put { revision } => revision,
-            view::Out::Deleted { .. } => 0,
+            Outcome::Store(view::Out::Put { revision }) => revision,
+            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         };
         Ok(Response::new(pb::WriteResponse { revision }))
     }
@@ -277,7 +281,7 @@ impl pb::store_server::Store for StoreService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         self.node
-            .write(delete_command(req.into_inner()))
+            .write(delete_command(req.into_inner(), "")?)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DeleteResponse {}))
@@ -350,7 +354,8 @@ impl pb::store_server::Store for StoreService {
             success: txn_ops(req.success, "success")?,
             failure: txn_ops(req.failure, "failure")?,
         };
-        let (_, out) = self.node.write(Command::Txn(txn)).await.map_err(status)?;
+        let cmd = super::sync::fenced(Command::Txn(txn), req.fence, "")?;
+        let (_, out) = self.node.write(cmd).await.map_err(status)?;
         let Outcome::Txn {
             succeeded,
             revision,

@@ -1328,3 +1328,100 @@ mod config_view {
         assert_eq!((ks.current, ks.keys.len()), (2, 2));
     }
 }
+
+mod lock_view {
+    use super::*;
+    use crate::views::lock::{self, Fence, Out};
+
+    fn step(s: &mut MemStore, index: u64, time_ms: u64, cmds: Vec<Command>) -> Vec<Outcome> {
+        run(s, index, &Request { time_ms, cmds })
+    }
+
+    fn acquire(lease: u64) -> Command {
+        Command::Lock(lock::Cmd::Acquire {
+            name: "L".into(),
+            lease,
+            value: vec![],
+        })
+    }
+
+    fn fenced(token: u64) -> Command {
+        Command::Fenced(
+            Fence {
+                lock: "L".into(),
+                token,
+            },
+            Box::new(put("shared", &token.to_string(), 0)),
+        )
+    }
+
+    #[test]
+    fn holders_are_served_in_order_with_growing_tokens_and_stale_ones_are_fenced_off() {
+        let mut s = MemStore::default();
+        let grant = |id| Command::Lease(lease::Cmd::Grant { id, ttl_ms: 2000 });
+        step(&mut s, 1, 1000, vec![grant(1), grant(2)]);
+        let out = step(&mut s, 2, 1000, vec![acquire(1), acquire(2)]);
+        let (ta, tb) = match (&out[0], &out[1]) {
+            (
+                Outcome::Lock(Out::Queued {
+                    token: a,
+                    held: true,
+                }),
+                Outcome::Lock(Out::Queued {
+                    token: b,
+                    held: false,
+                }),
+            ) => (*a, *b),
+            other => panic!("{other:?}"),
+        };
+        assert!(tb > ta);
+        assert_eq!(lock::meta(&s, "L").unwrap().holder, ta);
+        assert!(matches!(
+            step(&mut s, 3, 1100, vec![fenced(ta)])[0],
+            Outcome::Store(_)
+        ));
+        // B keeps its lease alive; A's expires: B holds, with its own (higher) token.
+        step(
+            &mut s,
+            4,
+            2500,
+            vec![Command::Lease(lease::Cmd::KeepAlive { id: 2 })],
+        );
+        step(&mut s, 5, 3000, vec![]);
+        let m = lock::meta(&s, "L").unwrap();
+        assert_eq!((m.holder, m.token), (tb, tb));
+        // A wakes up and writes with its old token: refused, naming both tokens.
+        match &step(&mut s, 6, 3100, vec![fenced(ta)])[0] {
+            Outcome::Rejected { field, reason } => {
+                assert_eq!(field, "fence");
+                assert!(
+                    reason.contains(&ta.to_string()) && reason.contains(&tb.to_string()),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(get(&s, "shared", 0), Some(ta.to_string().into_bytes()));
+        assert!(matches!(
+            step(&mut s, 7, 3200, vec![fenced(tb)])[0],
+            Outcome::Store(_)
+        ));
+        let out = step(
+            &mut s,
+            8,
+            3300,
+            vec![Command::Lock(lock::Cmd::Release {
+                name: "L".into(),
+                token: tb,
+            })],
+        );
+        assert_eq!(out, vec![Outcome::Lock(Out::Released { existed: true })]);
+        let m = lock::meta(&s, "L").unwrap();
+        assert_eq!((m.holder, m.token), (0, tb));
+        assert!(lock::waiters(&s, "L").unwrap().is_empty());
+        // A dead lease cannot queue.
+        assert!(
+            matches!(&step(&mut s, 9, 3400, vec![acquire(1)])[0], Outcome::Rejected { field, .. } if field == "lease")
+        );
+    }
+}

@@ -186,6 +186,9 @@ fn end<S: Read + ?Sized>(
     for owner in attached(ov, id)? {
         match owner.first() {
             Some(&keys::STORE) => n += store::remove(ov, &owner, revision, now)? as u64,
+            Some(&keys::LOCK) => {
+                n += crate::views::lock::expire_waiter(ov, &owner, revision, now)? as u64
+            }
             Some(&keys::REG_NODE) => {
                 n += crate::views::registry::expire_node(ov, &owner, revision, now)? as u64
             }
