@@ -17,6 +17,7 @@ pub mod events;
 pub mod lease;
 pub mod registry;
 pub mod store;
+pub mod sync;
 
 pub use config::Config;
 pub use events::Events;
@@ -24,6 +25,7 @@ pub use lease::Leases;
 pub use micro_proto as proto;
 pub use registry::Registry;
 pub use store::Store;
+pub use sync::Sync;
 
 use std::time::Duration;
 
@@ -116,6 +118,11 @@ impl Client {
     /// The service registry.
     pub fn registry(&self) -> Registry {
         Registry::new(self.channel.clone())
+    }
+
+    /// Locks and leader elections with fencing tokens.
+    pub fn sync(&self) -> Sync {
+        Sync::new(self.channel.clone())
     }
 
     /// The key-value store.

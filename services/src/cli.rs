@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod events;
 mod lease;
+mod lock;
 mod registry;
 mod server;
 mod snapshot;
@@ -17,6 +18,7 @@ use cluster::{cluster, ClusterCmd};
 use config::{config, ConfigCmd, Namespace};
 use events::{events, EventsCmd};
 use lease::{lease, LeaseCmd};
+use lock::{election, lock, ElectionCmd, LockArgs};
 use registry::{registry, services, Domain, RegistryCmd};
 use server::{server, ServerArgs};
 use snapshot::{snapshot, SnapshotCmd};
@@ -105,6 +107,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RegistryCmd,
     },
+    /// Run a command while holding a lock: `micro lock NAME -- CMD ARGS...` (`list`: held locks)
+    Lock(LockArgs),
+    /// Leader elections: campaign, leader, observe
+    Election {
+        #[command(subcommand)]
+        cmd: ElectionCmd,
+    },
     /// Leases: records attached to one are deleted when it ends
     Lease {
         #[command(subcommand)]
@@ -142,6 +151,8 @@ pub fn main() -> ExitCode {
             Cmd::Events { cmd } => events(&cli.server, cli.output, cmd).await,
             Cmd::Broker { cmd } => broker(&cli.server, cli.output, cmd).await,
             Cmd::Lease { cmd } => lease(&cli.server, cli.output, cmd).await,
+            Cmd::Lock(args) => lock(&cli.server, cli.output, args).await,
+            Cmd::Election { cmd } => election(&cli.server, cli.output, cmd).await,
             Cmd::Config { namespace, cmd } => config(&cli.server, cli.output, namespace, cmd).await,
             Cmd::Services { domain } => services(&cli.server, cli.output, domain).await,
             Cmd::Registry { domain, cmd } => registry(&cli.server, cli.output, domain, cmd).await,

@@ -24,6 +24,10 @@ pub(super) enum StoreCmd {
         /// Attach the record to this lease (it is deleted when the lease ends)
         #[arg(long, default_value_t = 0)]
         lease: u64,
+        /// Write only while LOCK:TOKEN is the lock's newest token (`$MICRO_LOCK_FENCE` under
+        /// `micro lock`)
+        #[arg(long, value_parser = parse_fence)]
+        fence: Option<micro::proto::sync::Fence>,
         #[command(flatten)]
         scope: Scope,
     },
@@ -114,6 +118,20 @@ fn record_json(r: &Record) -> Value {
     v
 }
 
+/// `LOCK:TOKEN` as a fence.
+fn parse_fence(s: &str) -> Result<micro::proto::sync::Fence, String> {
+    let (lock, token) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}` is not LOCK:TOKEN"))?;
+    let token = token
+        .parse()
+        .map_err(|_| format!("`{token}` is not a token (a number)"))?;
+    Ok(micro::proto::sync::Fence {
+        lock: lock.to_string(),
+        token,
+    })
+}
+
 /// One change of a watch, as a line: `REVISION TYPE KEY VALUE` or a JSON object.
 fn print_change(revision: u64, e: &micro::proto::store::WatchEvent, out: Output) {
     let rec = e.record.clone().unwrap_or_default();
@@ -157,12 +175,13 @@ pub(super) async fn store(server: &str, out: Output, cmd: StoreCmd) -> anyhow::R
             value,
             expiry,
             lease,
+            fence,
             scope,
         } => {
             let opts = micro::store::Put {
                 ttl: expiry,
                 lease,
-                fence: None,
+                fence,
             };
             let rev = client
                 .store()
