@@ -6,4 +6,5 @@ pub mod cluster;
 pub mod events;
 pub mod front_errors;
 pub mod lease;
+pub mod pace;
 pub mod store;
