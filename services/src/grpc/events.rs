@@ -642,6 +642,11 @@ async fn follow_group(
             retry_limit = 1;
         }
         pace.take().await;
+        if tx.is_closed() {
+            // The client left while this waited: an auto-ack claim now would ack events
+            // nobody will read.
+            break;
+        }
         let cmd = Command::Events(view::Cmd::Claim(Claim {
             topic: req.topic.clone(),
             group: req.group.clone(),
