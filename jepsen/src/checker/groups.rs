@@ -15,7 +15,8 @@
 //!   the events it takes before the client reads them, so an auto-ack consumer that goes away
 //!   loses what it was sent but did not read; an event missing from a group in which an
 //!   auto-ack session ended (other than by the server ending the stream) after the event was
-//!   published is counted in `auto_dropped`, not as lost.
+//!   published is counted in `auto_dropped`, not as lost. (A session still open when the
+//!   clients stopped counts as ending then.)
 //! - **lost** in a group with retry limit L: an acknowledged publish never delivered, although
 //!   fewer than L sessions of the group ended after it was invoked (each such session may
 //!   have cost the event a delivery attempt the client never saw).
@@ -95,6 +96,9 @@ struct Group {
     ends: Vec<u64>,
     /// auto-ack sessions
     auto: BTreeSet<u64>,
+    /// sessions whose stream opened / that recorded their end
+    opened: BTreeSet<u64>,
+    left: BTreeSet<u64>,
     /// invoke times of auto-ack sessions' ends other than the server's (`ended`)
     auto_abandoned: Vec<u64>,
     drained: bool,
@@ -157,6 +161,9 @@ pub fn check(ps: &[Pair]) -> GroupsReport {
                 if v["auto"] == true {
                     grp.auto.insert(sid);
                 }
+                if p.kind == Type::Ok {
+                    grp.opened.insert(sid);
+                }
             }
             F::Deliver if p.kind == Type::Ok => {
                 let (Some(g), Some(sid), Some(seq)) =
@@ -205,6 +212,9 @@ pub fn check(ps: &[Pair]) -> GroupsReport {
                 if let Some(g) = v["group"].as_str() {
                     let grp = groups.entry(g.to_string()).or_default();
                     grp.ends.push(p.invoke);
+                    if let Some(s) = u(v, "session") {
+                        grp.left.insert(s);
+                    }
                     let auto = u(v, "session").is_some_and(|s| grp.auto.contains(&s));
                     if auto && v["how"] != "ended" {
                         grp.auto_abandoned.push(p.invoke);
@@ -224,6 +234,16 @@ pub fn check(ps: &[Pair]) -> GroupsReport {
             indices,
         });
     };
+    // A session still open when the run stopped ended then, unrecorded (after every publish).
+    for g in groups.values_mut() {
+        let open: Vec<u64> = g.opened.difference(&g.left).copied().collect();
+        for sid in open {
+            g.ends.push(u64::MAX);
+            if g.auto.contains(&sid) {
+                g.auto_abandoned.push(u64::MAX);
+            }
+        }
+    }
     let mut unknown = false;
     for (name, g) in &groups {
         let limit = group_spec(name).map_or(0, |s| s.retry_limit);
@@ -571,6 +591,25 @@ mod tests {
         let r = h.check();
         assert_eq!(r.valid, Some(true), "{:?}", r.anomalies);
         assert_eq!(r.auto_dropped["auto"], 1);
+        // so does one still open when the clients stopped (no leave recorded)
+        let mut h = valid_history();
+        h.publish(3, 3);
+        h.join(10, "manual", 7, false);
+        h.deliver(10, "manual", 7, 3, false);
+        h.ack(10, "manual", 7, 3, Type::Ok);
+        h.join(20, "auto", 8, true);
+        let r = h.check();
+        assert_eq!(r.valid, Some(true), "{:?}", r.anomalies);
+        assert_eq!(r.auto_dropped["auto"], 1);
+        // but a manual session still open proves nothing
+        let mut h = valid_history();
+        h.publish(3, 3);
+        h.join(10, "manual", 7, false);
+        h.deliver(10, "manual", 7, 3, false);
+        h.join(20, "auto", 8, true);
+        h.deliver(20, "auto", 8, 3, true);
+        let r = h.check();
+        assert_eq!(kinds(&r), ["lost-redelivery"]);
         // an ack whose outcome is unknown may have been applied
         let mut h = valid_history();
         h.publish(3, 3);
