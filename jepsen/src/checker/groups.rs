@@ -341,7 +341,14 @@ pub fn check(ps: &[Pair]) -> GroupsReport {
             }
             // An auto-ack claim acks what it takes before the client reads it: an auto-ack
             // consumer that goes away loses what it was sent but did not read.
-            if g.auto_abandoned.iter().any(|t| t > invoked) {
+            // (it must have been claimable while that session lived: published, and released
+            // by whoever received it last, before the session ended)
+            let since = g
+                .deliveries
+                .get(seq)
+                .and_then(|ds| ds.iter().map(|d| d.1).max())
+                .map_or(*invoked, |t| t.max(*invoked));
+            if g.auto_abandoned.iter().any(|t| *t > since) {
                 *r.auto_dropped.entry(name.clone()).or_default() += 1;
                 continue;
             }
