@@ -108,6 +108,20 @@ fn error(id: &str, status: StatusCode, detail: impl AsRef<str>) -> Response {
     (status, axum::Json(micro_error(id, status, detail.as_ref()))).into_response()
 }
 
+/// An error answered before the request body was read (or while reading it failed): the
+/// connection cannot carry another request, so the answer says `Connection: close`. Without
+/// it the server closed the connection silently after answering, and a client that reused
+/// it from its pool (reqwest does) failed its next request with "connection closed before
+/// message completed" (found by the hostile-client test).
+fn error_closing(id: &str, status: StatusCode, detail: impl AsRef<str>) -> Response {
+    let mut r = error(id, status, detail);
+    r.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    r
+}
+
 async fn handle(
     State(gw): State<Arc<Gateway>>,
     method: Method,
@@ -118,14 +132,14 @@ async fn handle(
     if let Some(origin) = foreign_origin(&headers) {
         // There is no auth yet: without this, any web page open in a browser on this machine
         // could POST to the gateway (a cross-site request needs no preflight for text/plain).
-        return error(
+        return error_closing(
             "micro.gateway",
             StatusCode::FORBIDDEN,
             format!("cross-origin request from {origin} refused; call the gateway from the same origin or without a browser"),
         );
     }
     let Some((service, endpoint)) = resolve(uri.path()) else {
-        return error(
+        return error_closing(
             "micro.gateway",
             StatusCode::NOT_FOUND,
             "no service in the path; try /store/read",
@@ -134,7 +148,7 @@ async fn handle(
     let id = format!("micro.{service}");
     let body = match read_body(&headers, body).await {
         Ok(b) => b,
-        Err((status, detail)) => return error(&id, status, detail),
+        Err((status, detail)) => return error_closing(&id, status, detail),
     };
     let rpc = match find_method(&gw.pool, &service, &endpoint) {
         Ok(m) => m,

@@ -756,6 +756,9 @@ async fn a_nack_loop_on_one_stream_writes_at_a_bounded_rate() -> anyhow::Result<
     send.unbounded_send(first.encode_to_vec().into())?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await?;
+    // The window starts before the stream opens, so every claim the server's pace allowed
+    // since the stream's start falls in it.
+    let started = tokio::time::Instant::now();
     let mut incoming = grpc
         .streaming(
             tonic::Request::new(outgoing),
@@ -765,7 +768,6 @@ async fn a_nack_loop_on_one_stream_writes_at_a_bounded_rate() -> anyhow::Result<
         .await?
         .into_inner();
     let window = Duration::from_secs(3);
-    let started = tokio::time::Instant::now();
     let mut deliveries = 0u64;
     while started.elapsed() < window {
         let raw = tokio::time::timeout(LONG, incoming.message())

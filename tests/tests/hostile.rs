@@ -402,7 +402,19 @@ async fn http_request(
             "http timeout",
             Some(format!("no answer in {timeout:?}: {}", desc())),
         ),
-        Ok(Err(e)) => note(t, "http transport error", Some(format!("{e}: {}", desc()))),
+        Ok(Err(e)) => {
+            let mut chain = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                chain.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            note(
+                t,
+                "http transport error",
+                Some(format!("{chain}: {}", desc())),
+            )
+        }
         Ok(Ok(s)) => {
             let ok = match s {
                 200 | 400 | 404 | 405 | 409 | 412 | 413 | 429 => true,
