@@ -1,5 +1,6 @@
 //! Checkers over a recorded history, and the verdict that combines them.
 
+pub mod groups;
 pub mod register;
 pub mod set;
 pub mod streams;
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::history::{pairs, Op, Type, F, NEMESIS};
+use crate::history::{pairs, Op, Type, F, HARNESS, NEMESIS};
 
 /// States a single key's linearizability search may visit before giving up ("unknown").
 pub const DEFAULT_BUDGET: usize = 2_000_000;
@@ -51,13 +52,18 @@ pub struct Verdict {
     pub set: Option<set::SetReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub streams: Option<streams::StreamReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<groups::GroupsReport>,
 }
 
 /// Runs every checker that has operations to check.
 pub fn check(history: &[Op], budget: usize) -> Verdict {
     let ps = pairs(history);
     let mut counts: BTreeMap<&'static str, Counts> = BTreeMap::new();
-    for p in ps.iter().filter(|p| p.process != NEMESIS) {
+    for p in ps
+        .iter()
+        .filter(|p| p.process != NEMESIS && p.process != HARNESS)
+    {
         let c = counts.entry(p.f.name()).or_default();
         match p.kind {
             Type::Ok => c.ok += 1,
@@ -81,20 +87,32 @@ pub fn check(history: &[Op], budget: usize) -> Verdict {
         .iter()
         .any(|p| p.key.as_deref().is_some_and(|k| k.starts_with("r/")));
     let has_set = ps.iter().any(|p| p.key.as_deref() == Some(set::SET_KEY));
-    let has_streams = ps
+    let is_groups = |p: &crate::history::Pair| {
+        p.key.as_deref() == Some(crate::workload::GROUP_TOPIC) || p.process == HARNESS
+    };
+    let stream_ps: Vec<crate::history::Pair> =
+        ps.iter().filter(|p| !is_groups(p)).cloned().collect();
+    let has_streams = stream_ps
         .iter()
         .any(|p| matches!(p.f, F::Publish | F::Consume | F::Replay));
+    let has_groups = ps.iter().any(|p| {
+        p.key.as_deref() == Some(crate::workload::GROUP_TOPIC)
+            && matches!(p.f, F::Publish | F::Join)
+    });
+    let groups = has_groups.then(|| groups::check(&ps));
     let register = has_register.then(|| register::check(&ps, budget));
     let set = has_set.then(|| set::check(&ps));
-    let streams = has_streams.then(|| streams::check(&ps));
+    let streams = has_streams.then(|| streams::check(&stream_ps));
     let anomaly = register.as_ref().is_some_and(|r| !r.valid)
         || set.as_ref().is_some_and(|s| s.valid == Some(false))
-        || streams.as_ref().is_some_and(|s| s.valid == Some(false));
+        || streams.as_ref().is_some_and(|s| s.valid == Some(false))
+        || groups.as_ref().is_some_and(|g| g.valid == Some(false));
     let unknown = register
         .as_ref()
         .is_some_and(|r| !r.unknown_keys.is_empty())
         || set.as_ref().is_some_and(|s| s.valid.is_none())
-        || streams.as_ref().is_some_and(|s| s.valid.is_none());
+        || streams.as_ref().is_some_and(|s| s.valid.is_none())
+        || groups.as_ref().is_some_and(|g| g.valid.is_none());
     Verdict {
         valid: if anomaly {
             Validity::Anomaly
@@ -108,6 +126,7 @@ pub fn check(history: &[Op], budget: usize) -> Verdict {
         register,
         set,
         streams,
+        groups,
     }
 }
 
@@ -231,6 +250,37 @@ impl Verdict {
                 for e in &a.evidence {
                     s.push_str(&format!("      {e}\n"));
                 }
+            }
+        }
+        if let Some(r) = &self.groups {
+            let anomalies: Vec<String> = r
+                .anomaly_counts
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            s.push_str(&format!(
+                "  groups: {} published ({} acknowledged), {} sessions, {} deliveries, {} acks ok ({} unknown), redeliveries {:?}, most deliveries of one event {:?}, auto-ack dropped {:?}, log growth {} (allowed {}) for {} client ops; anomalies: {}{}\n",
+                r.published,
+                r.acknowledged,
+                r.sessions,
+                r.deliveries,
+                r.acks_ok,
+                r.acks_unknown,
+                r.redeliveries,
+                r.max_deliveries,
+                r.auto_dropped,
+                r.log_growth.map_or("?".to_string(), |g| g.to_string()),
+                r.log_allowed.map_or("?".to_string(), |g| g.to_string()),
+                r.client_ops,
+                if anomalies.is_empty() { "none".to_string() } else { anomalies.join(", ") },
+                if r.undrained.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (final drain unfinished for {:?}: unknown)", r.undrained)
+                }
+            ));
+            for a in &r.anomalies {
+                s.push_str(&format!("    {} [{}]: {}\n", a.kind, a.group, a.what));
             }
         }
         s

@@ -47,6 +47,8 @@ pub struct Cluster {
     joined: BTreeMap<u64, String>,
     /// More `micro server` arguments for every node (e.g. `--snapshot-every 500`).
     pub extra_args: Vec<String>,
+    /// `MICRO_PLANTED_BUG_GROUPS` for every node (debug builds of micro only).
+    pub planted_groups_bug: Option<String>,
 }
 
 impl Cluster {
@@ -82,6 +84,7 @@ impl Cluster {
             crashes: Vec::new(),
             joined: BTreeMap::new(),
             extra_args: Vec::new(),
+            planted_groups_bug: None,
         }
     }
 
@@ -134,6 +137,10 @@ impl Cluster {
         } else {
             cmd.env_remove("MICRO_PLANTED_BUG_STALE_READS");
         }
+        match &self.planted_groups_bug {
+            Some(kind) => cmd.env("MICRO_PLANTED_BUG_GROUPS", kind),
+            None => cmd.env_remove("MICRO_PLANTED_BUG_GROUPS"),
+        };
         let child = cmd
             .spawn()
             .with_context(|| format!("spawn {}", self.bin.display()))?;
@@ -363,7 +370,7 @@ pub async fn wait_leader(addrs: &[(u64, String)], timeout: Duration) -> anyhow::
 }
 
 /// Each node's own (last log index, applied index), `None` for a node that did not answer.
-async fn progress(addrs: &[(u64, String)]) -> Vec<Option<(u64, u64)>> {
+pub async fn progress(addrs: &[(u64, String)]) -> Vec<Option<(u64, u64)>> {
     let calls = addrs.iter().map(|(_, a)| async move {
         let f = async {
             let c = micro::Client::connect(a).await.ok()?;

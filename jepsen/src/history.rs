@@ -12,6 +12,8 @@ use serde_json::Value;
 
 /// The process id of the nemesis in the history.
 pub const NEMESIS: i64 = -1;
+/// The process id of the harness's own measurements ([`F::Progress`]).
+pub const HARNESS: i64 = -2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -40,6 +42,16 @@ pub enum F {
     /// The final replay of a whole topic from one node.
     Replay,
     Nemesis,
+    /// Groups workload: a group consumer's stream opening (a session).
+    Join,
+    /// Groups workload: one event delivered to a group consumer's session.
+    Deliver,
+    /// Groups workload: an `events.Stream/Ack` of one delivered event.
+    Ack,
+    /// Groups workload: a session ending (`how`: leave, kill, broken, ended, halt).
+    Leave,
+    /// The cluster's applied index, or a group's final drain being done (process -2).
+    Progress,
 }
 
 impl F {
@@ -53,6 +65,11 @@ impl F {
             F::Consume => "consume",
             F::Replay => "replay",
             F::Nemesis => "nemesis",
+            F::Join => "join",
+            F::Deliver => "deliver",
+            F::Ack => "ack",
+            F::Leave => "leave",
+            F::Progress => "progress",
         }
     }
 }

@@ -20,7 +20,7 @@ struct Args {
     /// Cluster size
     #[arg(long, default_value_t = 3)]
     nodes: u64,
-    /// Workloads, comma separated: register, set, streams
+    /// Workloads, comma separated: register, set, streams, groups
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults, comma separated: kill, pause, partition (all kinds), partition-one,
@@ -43,6 +43,13 @@ struct Args {
     /// Run the servers with MICRO_PLANTED_BUG_STALE_READS=1 (debug builds of micro only)
     #[arg(long)]
     planted_bug: bool,
+    /// Run the servers with MICRO_PLANTED_BUG_GROUPS=KIND (debug builds of micro only):
+    /// lose-redelivery or redeliver-after-ack
+    #[arg(long, value_name = "KIND")]
+    planted_groups_bug: Option<String>,
+    /// Consumers per consumer group (groups workload)
+    #[arg(long, default_value_t = 2)]
+    group_consumers: usize,
     /// The micro binary (default: `micro` next to this executable)
     #[arg(long)]
     bin: Option<PathBuf>,
@@ -132,6 +139,8 @@ fn real_main(args: Args) -> anyhow::Result<Validity> {
     cfg.rate = args.rate;
     cfg.seed = args.seed;
     cfg.planted_bug = args.planted_bug;
+    cfg.planted_groups_bug = args.planted_groups_bug;
+    cfg.group_consumers = args.group_consumers;
     cfg.concurrency = args.concurrency;
     cfg.op_timeout = args.op_timeout;
     cfg.keys = args.keys;

@@ -11,9 +11,10 @@ use serde::Serialize;
 use crate::checker::{self, Validity, Verdict};
 use crate::cluster::{wait_leader, Cluster};
 use crate::history::{self, Recorder};
+use crate::history::{Op, Type, F, HARNESS};
 use crate::nemesis::{Nemesis, Schedule};
 use crate::proxy::Net;
-use crate::workload::{Ctx, LiveConsumer, Process, Workload};
+use crate::workload::{Ctx, GroupConsumer, LiveConsumer, Process, Workload, GROUPS};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -45,6 +46,11 @@ pub struct Config {
     pub snapshot_every: Option<u64>,
     /// Topics of the streams workload.
     pub topics: u64,
+    /// `MICRO_PLANTED_BUG_GROUPS` for the servers (debug builds of micro only):
+    /// `lose-redelivery` or `redeliver-after-ack`.
+    pub planted_groups_bug: Option<String>,
+    /// Consumers per group (groups workload).
+    pub group_consumers: usize,
 }
 
 impl Config {
@@ -70,6 +76,8 @@ impl Config {
             verbose: true,
             snapshot_every: None,
             topics: 3,
+            planted_groups_bug: None,
+            group_consumers: 2,
         }
     }
 }
@@ -112,6 +120,33 @@ fn addrs(c: &Mutex<Cluster>) -> Vec<(u64, String)> {
 /// replays (base + node id), apart from the clients' 0..concurrency.
 pub const LIVE_CONSUMER_BASE: i64 = 1000;
 pub const REPLAY_BASE: i64 = 2000;
+/// Group consumers (3000 + group × 100 + consumer) and the groups' final drains (4000 +
+/// group).
+pub const GROUP_CONSUMER_BASE: i64 = 3000;
+pub const GROUP_DRAIN_BASE: i64 = 4000;
+
+/// Records the highest applied index any node reports (groups workload: the storm check).
+async fn record_applied(rec: &Recorder, all: &[(u64, String)], at: &str) {
+    let applied = crate::cluster::progress(all)
+        .await
+        .into_iter()
+        .flatten()
+        .map(|(_, a)| a)
+        .max();
+    let Some(applied) = applied else {
+        return;
+    };
+    let v = serde_json::json!({ "applied": applied, "at": at });
+    rec.record(Op::new(
+        HARNESS,
+        Type::Invoke,
+        F::Progress,
+        None,
+        v.clone(),
+        0,
+    ));
+    rec.record(Op::new(HARNESS, Type::Ok, F::Progress, None, v, 0));
+}
 
 pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     anyhow::ensure!(cfg.nodes >= 1, "--nodes must be at least 1");
@@ -130,6 +165,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     if let Some(n) = cfg.snapshot_every {
         cluster.extra_args = vec!["--snapshot-every".into(), n.to_string()];
     }
+    cluster.planted_groups_bug = cfg.planted_groups_bug.clone();
     let mut links = Vec::new();
     for i in cluster.ids() {
         for j in cluster.ids() {
@@ -193,6 +229,18 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
             consumers.push(tokio::spawn(consumer.run()));
         }
     }
+    let groups = cfg.workloads.contains(&Workload::Groups);
+    let mut group_consumers = Vec::new();
+    if groups {
+        record_applied(&rec, &all, "start").await;
+        for (g, spec) in GROUPS.iter().enumerate() {
+            for k in 0..cfg.group_consumers {
+                let id = GROUP_CONSUMER_BASE + g as i64 * 100 + k as i64;
+                let c = GroupConsumer::new(id, spec, all.clone(), cfg.seed, ctx.clone());
+                group_consumers.push(tokio::spawn(c.run()));
+            }
+        }
+    }
     let interval = Duration::from_secs_f64(cfg.concurrency as f64 / cfg.rate.max(0.1));
     let mut workers = Vec::new();
     for p in 0..cfg.concurrency {
@@ -223,6 +271,9 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         procs.push(w.await?);
     }
     for c in consumers {
+        c.await?;
+    }
+    for c in group_consumers {
         c.await?;
     }
     nemesis.await?;
@@ -314,6 +365,65 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
                 }
             }
         }
+    }
+
+    if groups {
+        // Every group gets every event it has not acked: after an ack wait (events held by
+        // sessions whose release was lost come due), drain each group on a rotating node
+        // until two passes an ack wait apart find nothing.
+        tokio::time::sleep(crate::workload::GROUP_ACK_WAIT + Duration::from_millis(500)).await;
+        for (g, spec) in GROUPS.iter().enumerate() {
+            let mut d = GroupConsumer::new(
+                GROUP_DRAIN_BASE + g as i64,
+                spec,
+                all.clone(),
+                cfg.seed,
+                ctx.clone(),
+            );
+            let auto = spec.mode != crate::workload::AckMode::Manual;
+            let mut quiet = 0;
+            let mut done = false;
+            for pass in 0..12 {
+                let (got, ended) = d.session(pass % all.len(), auto, None, true).await;
+                if ended && got == 0 {
+                    quiet += 1;
+                    if quiet == 2 {
+                        done = true;
+                        break;
+                    }
+                    tokio::time::sleep(
+                        crate::workload::GROUP_ACK_WAIT + Duration::from_millis(300),
+                    )
+                    .await;
+                } else {
+                    quiet = 0;
+                    if !ended {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+            if done {
+                let v = serde_json::json!({ "drained": spec.name });
+                rec.record(Op::new(
+                    HARNESS,
+                    Type::Invoke,
+                    F::Progress,
+                    None,
+                    v.clone(),
+                    0,
+                ));
+                rec.record(Op::new(HARNESS, Type::Ok, F::Progress, None, v, 0));
+            } else {
+                observations.push(format!(
+                    "the final drain of group {} did not finish",
+                    spec.name
+                ));
+            }
+        }
+        if let Err(e) = crate::cluster::wait_quiescent(&all, Duration::from_secs(30)).await {
+            observations.push(format!("after the drains: {e}"));
+        }
+        record_applied(&rec, &all, "end").await;
     }
 
     // Stop every process we started, then look for trouble in their logs.
@@ -413,6 +523,17 @@ pub fn write_outputs(out: &Path, ops: &[history::Op], report: &Report) -> anyhow
             history::write(&out.join(format!("anomaly-{t}.jsonl")), &sub)?;
         }
         flagged.extend(checker::streams::culprits(r));
+    }
+    if let Some(r) = &report.verdict.groups {
+        if !r.anomalies.is_empty() {
+            let sub: Vec<history::Op> = ops
+                .iter()
+                .filter(|o| o.key.as_deref() == Some(crate::workload::GROUP_TOPIC))
+                .cloned()
+                .collect();
+            history::write(&out.join("anomaly-groups.jsonl"), &sub)?;
+        }
+        flagged.extend(checker::groups::culprits(r));
     }
     if let Some(r) = &report.verdict.register {
         for a in &r.anomalies {

@@ -29,6 +29,10 @@ pub enum Workload {
     /// Publishes of unique payloads to a few topics, a live consumer per topic, a final replay
     /// of every topic on every node.
     Streams,
+    /// Publishes to one topic consumed by four consumer groups (manual ack, auto ack, mixed,
+    /// manual with a retry limit) whose consumers join, leave, get killed and reconnect to
+    /// other nodes; a final drain of every group.
+    Groups,
 }
 
 impl std::str::FromStr for Workload {
@@ -38,7 +42,10 @@ impl std::str::FromStr for Workload {
             "register" => Ok(Workload::Register),
             "set" => Ok(Workload::Set),
             "streams" => Ok(Workload::Streams),
-            o => Err(format!("unknown workload {o:?} (register, set, streams)")),
+            "groups" => Ok(Workload::Groups),
+            o => Err(format!(
+                "unknown workload {o:?} (register, set, streams, groups)"
+            )),
         }
     }
 }
@@ -63,6 +70,8 @@ pub struct Ctx {
     pub stop: AtomicBool,
     halt: tokio::sync::watch::Sender<bool>,
     next_value: AtomicI64,
+    /// Session ids of the groups workload.
+    next_session: AtomicU64,
     key_ops: AtomicU64,
     used_keys: Mutex<BTreeSet<String>>,
 }
@@ -82,6 +91,7 @@ impl Ctx {
             stop: AtomicBool::new(false),
             halt: tokio::sync::watch::channel(false).0,
             next_value: AtomicI64::new(1),
+            next_session: AtomicU64::new(1),
             key_ops: AtomicU64::new(0),
             used_keys: Mutex::new(BTreeSet::new()),
         }
@@ -473,6 +483,7 @@ impl Process {
                 let t = topic(self.rng.random_range(0..self.ctx.topics.max(1)));
                 self.publish(&t).await;
             }
+            Workload::Groups => self.publish(GROUP_TOPIC).await,
         }
     }
 
@@ -567,6 +578,268 @@ impl LiveConsumer {
                 _ = pause => {}
                 _ = &mut halted => return next.load(Ordering::SeqCst) - 1,
             }
+        }
+    }
+}
+
+/// The topic of the groups workload.
+pub const GROUP_TOPIC: &str = "g-0";
+/// The groups' ack wait: short, so that redeliveries happen within a run.
+pub const GROUP_ACK_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    Manual,
+    Auto,
+    /// Each session picks manual or auto at random.
+    Mixed,
+}
+
+/// One consumer group of the groups workload.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSpec {
+    pub name: &'static str,
+    pub mode: AckMode,
+    /// 0: no limit.
+    pub retry_limit: u32,
+    /// Percent of deliveries a manual session acks at once (the rest it acks when it leaves,
+    /// or never when it is killed).
+    pub ack_pct: u32,
+}
+
+pub const GROUPS: [GroupSpec; 4] = [
+    GroupSpec {
+        name: "manual",
+        mode: AckMode::Manual,
+        retry_limit: 0,
+        ack_pct: 90,
+    },
+    GroupSpec {
+        name: "auto",
+        mode: AckMode::Auto,
+        retry_limit: 0,
+        ack_pct: 0,
+    },
+    GroupSpec {
+        name: "mixed",
+        mode: AckMode::Mixed,
+        retry_limit: 0,
+        ack_pct: 90,
+    },
+    GroupSpec {
+        name: "limited",
+        mode: AckMode::Manual,
+        retry_limit: 3,
+        ack_pct: 40,
+    },
+];
+
+pub fn group_spec(name: &str) -> Option<&'static GroupSpec> {
+    GROUPS.iter().find(|g| g.name == name)
+}
+
+/// How a session ended.
+enum End {
+    /// Ran its time; acked what it still held, then closed the stream.
+    Leave,
+    /// Ran its time; closed the stream without acking what it held (a crashed consumer).
+    Kill,
+    /// The stream broke (its node died, a partition, ...), or did not open.
+    Broken(String),
+    /// The server ended the stream (a drain: nothing left).
+    Ended,
+    /// The run stopped.
+    Halt,
+}
+
+/// A consumer of one group: runs sessions (streams) one after the other, each on a random
+/// node, for a random time; records every join, delivery, ack and leave.
+pub struct GroupConsumer {
+    pub id: i64,
+    pub spec: &'static GroupSpec,
+    pub nodes: Vec<(u64, String)>,
+    pub ctx: Arc<Ctx>,
+    rng: StdRng,
+}
+
+impl GroupConsumer {
+    pub fn new(
+        id: i64,
+        spec: &'static GroupSpec,
+        nodes: Vec<(u64, String)>,
+        seed: u64,
+        ctx: Arc<Ctx>,
+    ) -> GroupConsumer {
+        GroupConsumer {
+            id,
+            spec,
+            nodes,
+            ctx,
+            rng: StdRng::seed_from_u64(seed ^ (id as u64 + 7).wrapping_mul(0xD6E8_FEB8_6659_FD93)),
+        }
+    }
+
+    fn record(&self, kind: Type, f: F, node: u64, value: Value, error: Option<String>, fin: bool) {
+        let mut op = Op::new(self.id, kind, f, Some(GROUP_TOPIC), value, 0);
+        op.node = Some(node);
+        op.error = error;
+        op.phase = fin.then(|| "final".to_string());
+        self.ctx.rec.record(op);
+    }
+
+    /// Runs sessions until the run stops.
+    pub async fn run(mut self) {
+        let ctx = self.ctx.clone();
+        let halted = ctx.halted();
+        tokio::pin!(halted);
+        while !self.ctx.stop.load(Ordering::SeqCst) {
+            let at = self.rng.random_range(0..self.nodes.len());
+            let auto = match self.spec.mode {
+                AckMode::Auto => true,
+                AckMode::Manual => false,
+                AckMode::Mixed => self.rng.random_bool(0.5),
+            };
+            let life = Duration::from_millis(self.rng.random_range(300..4000));
+            let leave = self.rng.random_bool(0.5);
+            let session = self.session(at, auto, Some((life, leave)), false);
+            tokio::select! {
+                _ = session => {}
+                _ = &mut halted => break,
+            }
+            let pause = Duration::from_millis(self.rng.random_range(20..300));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = &mut halted => break,
+            }
+        }
+    }
+
+    /// One session on `nodes[at]`: with `life`, for that long, then leaving (acking what it
+    /// holds) or being killed; without, until the server ends the stream (`stop_at_end`: the
+    /// final drain, which acks everything). Returns how many events it received and whether
+    /// the stream ended normally.
+    pub async fn session(
+        &mut self,
+        at: usize,
+        auto: bool,
+        life: Option<(Duration, bool)>,
+        drain: bool,
+    ) -> (u64, bool) {
+        let (node, addr) = self.nodes[at].clone();
+        let group = self.spec.name;
+        let sid = self.ctx.next_session.fetch_add(1, Ordering::SeqCst);
+        let who = json!({"group": group, "session": sid, "auto": auto});
+        self.record(Type::Invoke, F::Join, node, who.clone(), None, drain);
+        let req = micro::events::ConsumeRequest {
+            topic: GROUP_TOPIC.to_string(),
+            group: group.to_string(),
+            from_start: true,
+            auto_ack: auto,
+            ack_wait: GROUP_ACK_WAIT.as_nanos() as i64,
+            retry_limit: i64::from(self.spec.retry_limit),
+            stop_at_end: drain,
+            ..Default::default()
+        };
+        let opened = call(self.ctx.op_timeout, async {
+            let c = micro::Client::connect(&addr).await?;
+            let consumer = c.events().consume(req).await?;
+            Ok((c, consumer))
+        })
+        .await;
+        let (client, mut consumer) = match opened {
+            Outcome::Ok(v) => {
+                self.record(Type::Ok, F::Join, node, who.clone(), None, drain);
+                v
+            }
+            Outcome::Fail(e) => {
+                self.record(Type::Fail, F::Join, node, who, Some(e), drain);
+                return (0, false);
+            }
+            Outcome::Info(e) => {
+                self.record(Type::Info, F::Join, node, who, Some(e), drain);
+                return (0, false);
+            }
+        };
+        let deadline = life.map(|(d, _)| tokio::time::Instant::now() + d);
+        let mut held: Vec<(u64, String)> = Vec::new();
+        let mut got = 0u64;
+        let end = loop {
+            let next = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, consumer.next()).await.ok(),
+                    None => Some(consumer.next().await),
+                }
+            };
+            let ev = match next.await {
+                None => {
+                    break if life.is_some_and(|(_, leave)| leave) {
+                        End::Leave
+                    } else {
+                        End::Kill
+                    }
+                }
+                Some(Err(e)) => break End::Broken(describe(&e)),
+                Some(Ok(None)) => break End::Ended,
+                Some(Ok(Some(e))) => e,
+            };
+            if self.ctx.stop.load(Ordering::SeqCst) && !drain {
+                break End::Halt;
+            }
+            got += 1;
+            let payload = parse_value(&ev.payload);
+            let v = json!({"group": group, "session": sid, "seq": ev.sequence, "payload": payload, "auto": auto});
+            self.record(Type::Invoke, F::Deliver, node, Value::Null, None, drain);
+            self.record(Type::Ok, F::Deliver, node, v, None, drain);
+            if auto {
+                continue;
+            }
+            if drain || self.rng.random_range(0..100) < self.spec.ack_pct {
+                self.ack(&client, node, sid, ev.sequence, &ev.id, drain)
+                    .await;
+            } else {
+                held.push((ev.sequence, ev.id));
+            }
+        };
+        if matches!(end, End::Leave) {
+            for (seq, id) in std::mem::take(&mut held) {
+                self.ack(&client, node, sid, seq, &id, drain).await;
+            }
+        }
+        drop(consumer);
+        let (how, err) = match &end {
+            End::Leave => ("leave", None),
+            End::Kill => ("kill", None),
+            End::Broken(e) => ("broken", Some(e.clone())),
+            End::Ended => ("ended", None),
+            End::Halt => ("halt", None),
+        };
+        let v = json!({"group": group, "session": sid, "how": how});
+        self.record(Type::Invoke, F::Leave, node, v.clone(), None, drain);
+        self.record(Type::Ok, F::Leave, node, v, err, drain);
+        (got, matches!(end, End::Ended))
+    }
+
+    /// Acks one event; in the drain, retries until an ack is surely applied.
+    async fn ack(&self, c: &micro::Client, node: u64, sid: u64, seq: u64, id: &str, drain: bool) {
+        let group = self.spec.name;
+        for _ in 0..if drain { 10 } else { 1 } {
+            let v = json!({"group": group, "session": sid, "seq": seq});
+            self.record(Type::Invoke, F::Ack, node, v.clone(), None, drain);
+            let out = call(self.ctx.op_timeout, c.events().ack(group, id, true)).await;
+            let kind = match &out {
+                Outcome::Ok(()) => Type::Ok,
+                Outcome::Fail(_) => Type::Fail,
+                Outcome::Info(_) => Type::Info,
+            };
+            let err = match out {
+                Outcome::Fail(e) | Outcome::Info(e) => Some(e),
+                Outcome::Ok(()) => None,
+            };
+            self.record(kind, F::Ack, node, v, err, drain);
+            if kind == Type::Ok {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

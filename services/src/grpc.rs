@@ -7,6 +7,7 @@ pub mod config;
 pub mod events;
 pub mod front_errors;
 pub mod lease;
+pub mod pace;
 pub mod registry;
 pub mod store;
 pub mod sync;

@@ -234,6 +234,27 @@ impl TestCluster {
         std::fs::read_to_string(&self.spec(id).log).unwrap_or_default()
     }
 
+    /// The OS process id of node `id`, while the harness runs it.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.procs.get(&id).map(Child::id)
+    }
+
+    /// Whether node `id` has exited by itself (the status), without waiting.
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        self.procs
+            .get_mut(&id)
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Peak resident memory of node `id` so far (`VmHWM` of /proc/PID/status), in KiB.
+    pub fn peak_rss_kib(&self, id: u64) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(id)?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     pub fn running(&self) -> Vec<u64> {
         self.procs.keys().copied().collect()
     }

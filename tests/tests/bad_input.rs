@@ -263,3 +263,49 @@ async fn cross_site_browser_requests_are_refused() -> anyhow::Result<()> {
     assert_eq!(s, 200);
     Ok(())
 }
+
+/// An answer given before the request body was read (a refused cross-origin request, a path
+/// without a service, a body over the limit) says `Connection: close`: the server closes the
+/// connection after it, and a client that reused the connection from its pool failed its next
+/// request ("connection closed before message completed", found by the hostile-client test).
+/// The next request on the same client succeeds.
+#[tokio::test]
+async fn an_answer_before_the_body_is_read_closes_the_connection() -> anyhow::Result<()> {
+    let c = TestCluster::start(1).await?;
+    let http = c.spec(1).http.clone();
+    let client = reqwest::Client::new();
+    let body = "[".repeat(200_000);
+    for (path, origin, status) in [
+        ("/store/read", Some("https://evil.example"), 403),
+        ("/", None, 404),
+    ] {
+        for _ in 0..20 {
+            let mut req = client
+                .post(format!("http://{http}{path}"))
+                .body(body.clone());
+            if let Some(o) = origin {
+                req = req.header("Origin", o);
+            }
+            let resp = req.send().await?;
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(
+                resp.headers()
+                    .get("connection")
+                    .and_then(|v| v.to_str().ok()),
+                Some("close"),
+                "{path}"
+            );
+            let _ = resp.bytes().await;
+            // the pooled client's next request does not land on the closed connection
+            let (s, v) = post(&http, "/store/read", r#"{"key":"absent"}"#).await;
+            assert_eq!(s, 404, "{v}");
+            let next = client
+                .post(format!("http://{http}/store/read"))
+                .body(r#"{"key":"absent"}"#)
+                .send()
+                .await?;
+            assert_eq!(next.status().as_u16(), 404);
+        }
+    }
+    Ok(())
+}

@@ -726,3 +726,85 @@ fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// A client that nacks every event the moment it arrives, on the consume stream: each nack
+/// makes the event due again and each redelivery is a claim, so without a bound the server
+/// would write two log entries per round trip for as long as the stream stays open. Each
+/// stream may make the server write at most `Pace::RATE` claims (and as many ack entries) a
+/// second after a burst of `Pace::BURST` (services/src/grpc/pace.rs): the client still gets
+/// its redeliveries, at that pace, and the log grows by what the bound allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_loop_on_one_stream_writes_at_a_bounded_rate() -> anyhow::Result<()> {
+    use micro::proto::events::{AckRequest, Event};
+    use prost::Message;
+    // Mirrors micro_services::grpc::pace::Pace::{RATE, BURST}.
+    const RATE: f64 = 50.0;
+    const BURST: f64 = 20.0;
+    let c = TestCluster::start(1).await?;
+    publish_n(&c, 1, "nacks", 1).await?;
+    let before = c.applied(1).await?;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.spec(1).grpc))?
+        .connect()
+        .await?;
+    let (send, outgoing) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
+    let first = ConsumeRequest {
+        topic: "nacks".into(),
+        group: "g".into(),
+        from_sequence: 1,
+        ack_wait: Duration::from_secs(30).as_nanos() as i64,
+        ..Default::default()
+    };
+    send.unbounded_send(first.encode_to_vec().into())?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    // The window starts before the stream opens, so every claim the server's pace allowed
+    // since the stream's start falls in it.
+    let started = tokio::time::Instant::now();
+    let mut incoming = grpc
+        .streaming(
+            tonic::Request::new(outgoing),
+            "/events.Stream/Consume".parse()?,
+            RawCodec,
+        )
+        .await?
+        .into_inner();
+    let window = Duration::from_secs(3);
+    let mut deliveries = 0u64;
+    while started.elapsed() < window {
+        let raw = tokio::time::timeout(LONG, incoming.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("redeliveries stopped after {deliveries}"))??
+            .expect("stream open");
+        let e = Event::decode(raw)?;
+        assert_eq!(e.sequence, 1);
+        deliveries += 1;
+        let nack = AckRequest {
+            id: e.id,
+            success: false,
+            ..Default::default()
+        };
+        send.unbounded_send(nack.encode_to_vec().into())?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(send);
+    drop(incoming);
+    let allowed = BURST + RATE * elapsed + 1.0;
+    assert!(
+        deliveries as f64 <= allowed,
+        "{deliveries} claims in {elapsed:.2} s: more than the {allowed:.0} the pace allows"
+    );
+    // The loop is paced, not stopped: the client keeps getting its redeliveries.
+    assert!(
+        deliveries >= 20,
+        "only {deliveries} redeliveries in {elapsed:.2} s"
+    );
+    // Claims, nacks and the release at the end: two entries per round trip at most.
+    let grew = c.applied(1).await? - before;
+    assert!(
+        grew as f64 <= 2.0 * allowed + 5.0,
+        "the log grew by {grew} entries for {deliveries} deliveries in {elapsed:.2} s"
+    );
+    eprintln!("{deliveries} redeliveries, {grew} entries in {elapsed:.2} s");
+    Ok(())
+}

@@ -25,6 +25,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status};
 
 use crate::errors::{invalid, status};
+use crate::grpc::pace::Pace;
 
 const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 /// The shortest ack wait a consumer gets (a shorter one is raised to it): every redelivery
@@ -176,6 +177,9 @@ impl Decoder for ConsumeCodec {
 /// consumer's stream, or naming another topic or group, are ignored (a plain consumer has
 /// nothing pending). Ends with the client's side of the stream.
 async fn read_acks(node: Node, topic: String, group: String, incoming: tonic::Streaming<Bytes>) {
+    // Each run below is a log entry: at most Pace::RATE a second per stream (acks that arrive
+    // while this waits are written together in the next round).
+    let mut pace = Pace::new();
     let mut batches = incoming.ready_chunks(256);
     while let Some(batch) = batches.next().await {
         let mut runs: Vec<(bool, Vec<u64>)> = Vec::new();
@@ -214,6 +218,7 @@ async fn read_acks(node: Node, topic: String, group: String, incoming: tonic::St
             }
         }
         for (success, seqs) in runs {
+            pace.take().await;
             let cmd = Command::Events(view::Cmd::Ack(Ack {
                 topic: topic.clone(),
                 group: group.clone(),
@@ -576,6 +581,15 @@ async fn follow_group(
     // When only time can make a claim deliver: the pending deadline waited for, and the
     // instant (on this node's clock) to claim at.
     let mut timer: Option<(u64, Instant)> = None;
+    // Every claim is a log entry: at most Pace::RATE a second for this stream, whatever the
+    // client does (nacking every event as it arrives, say).
+    let mut pace = Pace::new();
+    #[cfg(debug_assertions)]
+    let planted = planted::Bug::from_env();
+    #[cfg(debug_assertions)]
+    if planted == Some(planted::Bug::RedeliverAfterAck) {
+        planted::replay_delivered(&node, &req, &tx).await;
+    }
     loop {
         if tx.is_closed() {
             break;
@@ -622,13 +636,25 @@ async fn follow_group(
         } else {
             64
         };
+        #[allow(unused_mut)]
+        let mut retry_limit = req.retry_limit as u32;
+        #[cfg(debug_assertions)]
+        if planted == Some(planted::Bug::LoseRedelivery) {
+            retry_limit = 1;
+        }
+        pace.take().await;
+        if tx.is_closed() {
+            // The client left while this waited: an auto-ack claim now would ack events
+            // nobody will read.
+            break;
+        }
         let cmd = Command::Events(view::Cmd::Claim(Claim {
             topic: req.topic.clone(),
             group: req.group.clone(),
             consumer: consumer.clone(),
             max,
             ack_wait_ms: ack_wait.as_millis() as u64,
-            retry_limit: req.retry_limit as u32,
+            retry_limit,
             auto_ack: req.auto_ack,
             start: if explicit_start {
                 Start::Sequence(start)
@@ -674,6 +700,10 @@ async fn follow_group(
             if tx.send(Ok(to_event(&req.topic, seq, ev))).await.is_err() {
                 break;
             }
+            #[cfg(debug_assertions)]
+            if planted == Some(planted::Bug::RedeliverAfterAck) {
+                planted::remember(&req, seq);
+            }
             sent += 1;
         }
         if (req.limit > 0 && sent >= req.limit) || (req.stop_at_end && end == 0) {
@@ -692,6 +722,72 @@ async fn follow_group(
         }));
         if let Err(e) = node.write(cmd).await {
             tracing::debug!("release after consumer left: {e}");
+        }
+    }
+}
+
+/// Planted bugs for the fault harness (`micro-jepsen --workload groups --planted-groups-bug`)
+/// to prove that its consumer-groups checker notices them. They exist only in debug builds;
+/// release binaries have no such switch. `MICRO_PLANTED_BUG_GROUPS`:
+/// - `lose-redelivery`: every claim gives up on an event after its first delivery, as if
+///   `retry_limit` were 1, so an event whose consumer left without acking is never delivered
+///   again;
+/// - `redeliver-after-ack`: each node remembers the last events it delivered to each group,
+///   and every new consumer of the group first gets them again, acked or not.
+#[cfg(debug_assertions)]
+mod planted {
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Bug {
+        LoseRedelivery,
+        RedeliverAfterAck,
+    }
+
+    impl Bug {
+        pub fn from_env() -> Option<Bug> {
+            match std::env::var("MICRO_PLANTED_BUG_GROUPS").ok()?.as_str() {
+                "lose-redelivery" => Some(Bug::LoseRedelivery),
+                "redeliver-after-ack" => Some(Bug::RedeliverAfterAck),
+                _ => None,
+            }
+        }
+    }
+
+    type Delivered = HashMap<(String, String), VecDeque<u64>>;
+    static DELIVERED: Mutex<Option<Delivered>> = Mutex::new(None);
+
+    pub fn remember(req: &pb::ConsumeRequest, seq: u64) {
+        let mut g = DELIVERED.lock().unwrap_or_else(|e| e.into_inner());
+        let q = g
+            .get_or_insert_with(HashMap::new)
+            .entry((req.topic.clone(), req.group.clone()))
+            .or_default();
+        q.push_back(seq);
+        if q.len() > 8 {
+            q.pop_front();
+        }
+    }
+
+    pub async fn replay_delivered(
+        node: &Node,
+        req: &pb::ConsumeRequest,
+        tx: &mpsc::Sender<Result<pb::Event, Status>>,
+    ) {
+        let seqs: Vec<u64> = {
+            let g = DELIVERED.lock().unwrap_or_else(|e| e.into_inner());
+            g.as_ref()
+                .and_then(|m| m.get(&(req.topic.clone(), req.group.clone())))
+                .map(|q| q.iter().copied().collect())
+                .unwrap_or_default()
+        };
+        for seq in seqs {
+            if let Ok(Some(ev)) = view::get(node.view(), &req.topic, seq) {
+                let _ = tx.send(Ok(to_event(&req.topic, seq, ev))).await;
+            }
         }
     }
 }
