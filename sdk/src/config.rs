@@ -23,26 +23,7 @@ pub struct Versioned<T> {
 }
 
 /// A running config watch: one [`pb::WatchResponse`] per changed leaf, in revision order.
-pub struct ConfigWatcher {
-    stream: tonic::Streaming<pb::WatchResponse>,
-    last_revision: u64,
-}
-
-impl ConfigWatcher {
-    /// The next changed leaf; `None` when the server ended the stream.
-    pub async fn next(&mut self) -> Result<Option<pb::WatchResponse>, Error> {
-        let r = self.stream.message().await?;
-        if let Some(r) = &r {
-            self.last_revision = self.last_revision.max(r.revision);
-        }
-        Ok(r)
-    }
-
-    /// The revision to pass as `from_revision` to continue where this watch stopped.
-    pub fn resume_from(&self) -> u64 {
-        self.last_revision + 1
-    }
-}
+pub type ConfigWatcher = crate::resumable::Resumable<pb::WatchResponse>;
 
 fn bad_json(e: serde_json::Error) -> Error {
     Error::Status(tonic::Status::invalid_argument(format!(
@@ -173,9 +154,6 @@ impl Config {
             from_revision,
         };
         let stream = self.client.clone().watch(req).await?.into_inner();
-        Ok(ConfigWatcher {
-            stream,
-            last_revision: from_revision.saturating_sub(1),
-        })
+        Ok(crate::resumable::Resumable::new(stream, from_revision))
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod events;
 pub mod lease;
 pub mod registry;
+pub mod resumable;
 pub mod store;
 pub mod sync;
 

@@ -14,26 +14,7 @@ pub struct Registry {
 }
 
 /// A running registry watch: one [`pb::Result`] per change, in revision order.
-pub struct RegistryWatcher {
-    stream: tonic::Streaming<pb::Result>,
-    last_revision: u64,
-}
-
-impl RegistryWatcher {
-    /// The next change; `None` when the server ended the stream.
-    pub async fn next(&mut self) -> Result<Option<pb::Result>, Error> {
-        let r = self.stream.message().await?;
-        if let Some(r) = &r {
-            self.last_revision = self.last_revision.max(r.revision);
-        }
-        Ok(r)
-    }
-
-    /// The revision to pass as `from_revision` to continue where this watch stopped.
-    pub fn resume_from(&self) -> u64 {
-        self.last_revision + 1
-    }
-}
+pub type RegistryWatcher = crate::resumable::Resumable<pb::Result>;
 
 impl Registry {
     pub(crate) fn new(channel: Channel) -> Self {
@@ -112,9 +93,6 @@ impl Registry {
             from_revision,
         };
         let stream = self.client.clone().watch(req).await?.into_inner();
-        Ok(RegistryWatcher {
-            stream,
-            last_revision: from_revision.saturating_sub(1),
-        })
+        Ok(crate::resumable::Resumable::new(stream, from_revision))
     }
 }

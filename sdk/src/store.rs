@@ -53,32 +53,9 @@ pub struct WatchOptions {
     pub progress_every: Option<Duration>,
 }
 
-/// A running watch: one [`pb::WatchResponse`] per revision (all its changes together), or a
-/// progress notification. Remembers the last revision seen, so a watch that lost its node can
-/// resume on another from [`Watcher::resume_from`].
-pub struct Watcher {
-    stream: tonic::Streaming<pb::WatchResponse>,
-    last_revision: u64,
-}
-
-impl Watcher {
-    /// The next revision's changes (or a progress notification); `None` when the server ended
-    /// the stream.
-    pub async fn next(&mut self) -> Result<Option<pb::WatchResponse>, Error> {
-        match self.stream.message().await? {
-            Some(r) => {
-                self.last_revision = self.last_revision.max(r.revision);
-                Ok(Some(r))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// The revision to pass as `from_revision` to continue where this watch stopped.
-    pub fn resume_from(&self) -> u64 {
-        self.last_revision + 1
-    }
-}
+/// A running store watch: one [`pb::WatchResponse`] per revision (all its changes together),
+/// or a progress notification.
+pub type Watcher = crate::resumable::Resumable<pb::WatchResponse>;
 
 /// Options of [`Store::list_with`].
 #[derive(Debug, Clone, Default)]
@@ -174,10 +151,7 @@ impl Store {
             table: self.table.clone(),
         };
         let stream = self.client.clone().watch(req).await?.into_inner();
-        Ok(Watcher {
-            stream,
-            last_revision: opts.from_revision.saturating_sub(1),
-        })
+        Ok(crate::resumable::Resumable::new(stream, opts.from_revision))
     }
 
     /// Drops the change history below `revision`; returns the first revision still kept.

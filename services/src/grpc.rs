@@ -5,6 +5,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod events;
+pub mod feed;
 pub mod front_errors;
 pub mod lease;
 pub mod pace;

@@ -420,3 +420,41 @@ pub async fn raw_unary(
         .await?
         .into_inner())
 }
+
+/// A client's view of a .proto file it was given as text: compiled at run time (protox), so a
+/// test can speak a stranger's protocol (e.g. Micro v3's own protos) with no generated code of
+/// this project.
+pub struct ForeignProto {
+    pool: prost_reflect::DescriptorPool,
+}
+
+impl ForeignProto {
+    /// Compiles `text` as a file named `file`.
+    pub fn compile(file: &str, text: &str) -> anyhow::Result<ForeignProto> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join(file), text)?;
+        let fds = protox::compile([file], [dir.path()])?;
+        Ok(ForeignProto {
+            pool: prost_reflect::DescriptorPool::from_file_descriptor_set(fds)?,
+        })
+    }
+
+    fn desc(&self, name: &str) -> anyhow::Result<prost_reflect::MessageDescriptor> {
+        self.pool
+            .get_message_by_name(name)
+            .ok_or_else(|| anyhow::anyhow!("no message {name}"))
+    }
+
+    /// Message `name` from its JSON (proto3 mapping), encoded.
+    pub fn encode(&self, name: &str, json: serde_json::Value) -> anyhow::Result<Vec<u8>> {
+        use prost::Message;
+        Ok(prost_reflect::DynamicMessage::deserialize(self.desc(name)?, json)?.encode_to_vec())
+    }
+
+    /// Message `name` decoded from `bytes`, as JSON.
+    pub fn decode(&self, name: &str, bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::to_value(
+            prost_reflect::DynamicMessage::decode(self.desc(name)?, bytes)?,
+        )?)
+    }
+}

@@ -7,7 +7,6 @@ use std::time::Duration;
 use micro::config::ConfigWatcher;
 use micro::proto::config::WatchResponse;
 use micro_tests::{raw_unary, TestCluster};
-use prost::Message;
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -195,24 +194,9 @@ message ChangeSet { string data = 1; string checksum = 2; string format = 3; str
 async fn a_client_built_from_micro_v3_config_proto_works_unchanged() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let c = TestCluster::start(1).await?;
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("config.proto"), V3_CONFIG)?;
-    let fds = protox::compile(["config.proto"], [dir.path()])?;
-    let pool = prost_reflect::DescriptorPool::from_file_descriptor_set(fds)?;
-    let msg = |name: &str, json: Value| -> anyhow::Result<Vec<u8>> {
-        let desc = pool
-            .get_message_by_name(name)
-            .ok_or_else(|| anyhow::anyhow!("no {name}"))?;
-        Ok(prost_reflect::DynamicMessage::deserialize(desc, json)?.encode_to_vec())
-    };
-    let decode = |name: &str, bytes: &[u8]| -> anyhow::Result<Value> {
-        let desc = pool
-            .get_message_by_name(name)
-            .ok_or_else(|| anyhow::anyhow!("no {name}"))?;
-        Ok(serde_json::to_value(
-            prost_reflect::DynamicMessage::decode(desc, bytes)?,
-        )?)
-    };
+    let v3 = micro_tests::ForeignProto::compile("config.proto", V3_CONFIG)?;
+    let msg = |name: &str, json: Value| v3.encode(name, json);
+    let decode = |name: &str, bytes: &[u8]| v3.decode(name, bytes);
     let addr = &c.spec(1).grpc;
     let set = |path: &str, data: &str, secret: bool| {
         msg(

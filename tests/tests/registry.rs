@@ -254,25 +254,9 @@ message WatchRequest { string service = 1; Options options = 2; }
 async fn a_client_built_from_micro_v3_registry_proto_works_unchanged() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let c = TestCluster::start(1).await?;
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("registry.proto"), V3_REGISTRY)?;
-    let fds = protox::compile(["registry.proto"], [dir.path()])?;
-    let pool = prost_reflect::DescriptorPool::from_file_descriptor_set(fds)?;
-    let msg = |name: &str, json: &str| -> anyhow::Result<Vec<u8>> {
-        let desc = pool
-            .get_message_by_name(name)
-            .ok_or_else(|| anyhow::anyhow!("no {name}"))?;
-        let mut de = serde_json::Deserializer::from_str(json);
-        Ok(prost_reflect::DynamicMessage::deserialize(desc, &mut de)?.encode_to_vec())
-    };
-    let decode = |name: &str, bytes: &[u8]| -> anyhow::Result<serde_json::Value> {
-        let desc = pool
-            .get_message_by_name(name)
-            .ok_or_else(|| anyhow::anyhow!("no {name}"))?;
-        Ok(serde_json::to_value(
-            prost_reflect::DynamicMessage::decode(desc, bytes)?,
-        )?)
-    };
+    let v3 = micro_tests::ForeignProto::compile("registry.proto", V3_REGISTRY)?;
+    let msg = |name: &str, json: &str| v3.encode(name, serde_json::from_str(json)?);
+    let decode = |name: &str, bytes: &[u8]| v3.decode(name, bytes);
     let addr = &c.spec(1).grpc;
     let svc = r#"{"name":"greeter","version":"1.0","nodes":[{"id":"greeter-1","address":"10.0.0.1:8080"}],
         "endpoints":[{"name":"Say.Hello","request":{"name":"Request","type":"Request","values":[{"name":"name","type":"string"}]}}],

@@ -6,13 +6,10 @@
 //! so the log, the views and snapshots only ever hold ciphertext. A `Get` reassembles the
 //! document from the leaves under the path.
 
-use std::pin::Pin;
-
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine;
-use futures::{Stream, StreamExt};
-use micro_cluster::{now_ms, Node, WatchEvent, WatchSpec};
+use micro_cluster::{now_ms, Node, WatchSpec};
 use micro_proto::config as pb;
 use micro_state::views::config::{self as view, Config, NewLeaf};
 use serde_json::Value as Json;
@@ -207,7 +204,7 @@ impl ConfigService {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+type WatchStream = super::feed::ResponseStream<pb::WatchResponse>;
 
 #[tonic::async_trait]
 impl pb::config_server::Config for ConfigService {
@@ -335,43 +332,32 @@ impl pb::config_server::Config for ConfigService {
             progress_every: None,
         };
         let rx = self.node.watch(spec).await.map_err(status)?;
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
-            .map(|item| -> Vec<Result<pb::WatchResponse, Status>> {
-                match item {
-                    Err(e) => vec![Err(status(e))],
-                    Ok(WatchEvent::Progress { .. }) => Vec::new(),
-                    Ok(WatchEvent::Changes { revision, changes }) => changes
-                        .into_iter()
-                        .filter_map(|c| {
-                            let (_, p) = view::parse_key(&c.key)?;
-                            let value = match &c.value {
-                                None => Ok(None),
-                                Some(v) => micro_state::codec::decode::<view::Leaf>(v)
-                                    .map(|l| {
-                                        Some(pb::Value {
-                                            data: if l.secret {
-                                                Json::String(HIDDEN.into()).to_string()
-                                            } else {
-                                                l.json
-                                            },
-                                            format: "json".into(),
-                                            revision,
-                                        })
-                                    })
-                                    .map_err(|e| Status::internal(format!("corrupt history: {e}"))),
-                            };
-                            Some(value.map(|value| pb::WatchResponse {
-                                revision,
-                                path: p.join("."),
-                                deleted: value.is_none(),
-                                value,
-                            }))
+        let stream = super::feed::per_change(rx, |revision, c| {
+            let (_, p) = view::parse_key(&c.key)?;
+            let value = match &c.value {
+                None => Ok(None),
+                Some(v) => micro_state::codec::decode::<view::Leaf>(v)
+                    .map(|l| {
+                        Some(pb::Value {
+                            data: if l.secret {
+                                Json::String(HIDDEN.into()).to_string()
+                            } else {
+                                l.json
+                            },
+                            format: "json".into(),
+                            revision,
                         })
-                        .collect(),
-                }
-            })
-            .flat_map(futures::stream::iter);
-        Ok(Response::new(Box::pin(stream)))
+                    })
+                    .map_err(super::feed::corrupt),
+            };
+            Some(value.map(|value| pb::WatchResponse {
+                revision,
+                path: p.join("."),
+                deleted: value.is_none(),
+                value,
+            }))
+        });
+        Ok(Response::new(stream))
     }
 }
 

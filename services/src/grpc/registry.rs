@@ -1,15 +1,12 @@
 //! `registry.Registry`, Micro v3 compatible, replicated: every node answers the same, and
 //! `Watch` can start at any retained revision.
 
-use std::collections::BTreeMap;
-use std::pin::Pin;
-
-use futures::{Stream, StreamExt};
-use micro_cluster::{Node, WatchEvent, WatchSpec};
+use micro_cluster::{Node, WatchSpec};
 use micro_proto::registry as pb;
 use micro_state::keys;
 use micro_state::views::registry::{self as view, Registry, DEFAULT_DOMAIN, WILDCARD_DOMAIN};
 use prost::Message;
+use std::collections::BTreeMap;
 use tonic::{Request, Response, Status};
 
 use crate::errors::{invalid, status};
@@ -98,7 +95,7 @@ fn register_cmd(s: pb::Service) -> Result<view::Register, Status> {
     })
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Result, Status>> + Send>>;
+type WatchStream = super::feed::ResponseStream<pb::Result>;
 
 #[tonic::async_trait]
 impl pb::registry_server::Registry for RegistryService {
@@ -191,53 +188,40 @@ impl pb::registry_server::Registry for RegistryService {
         let rx = self.node.watch(spec).await.map_err(status)?;
         // With every domain watched, a name filter cannot be a key prefix: filter here.
         let only = (domain == WILDCARD_DOMAIN).then(|| req.service.clone());
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
-            .map(move |item| -> Vec<Result<pb::Result, Status>> {
-                match item {
-                    Err(e) => vec![Err(status(e))],
-                    Ok(WatchEvent::Progress { .. }) => Vec::new(),
-                    Ok(WatchEvent::Changes { revision, changes }) => changes
-                        .into_iter()
-                        .filter_map(|c| {
-                            let (d, name, version) = keys::parse_registry_key(&c.key)?;
-                            if only.as_ref().is_some_and(|o| !o.is_empty() && *o != name) {
-                                return None;
-                            }
-                            let timestamp = (c.time_ms / 1000) as i64;
-                            let (action, service) = match &c.value {
-                                None => (
-                                    "delete",
-                                    Ok(pb::Service {
-                                        name,
-                                        version,
-                                        options: Some(pb::Options { ttl: 0, domain: d }),
-                                        ..Default::default()
-                                    }),
-                                ),
-                                Some(v) => (
-                                    if c.prev_revision == 0 {
-                                        "create"
-                                    } else {
-                                        "update"
-                                    },
-                                    micro_state::codec::decode::<view::Service>(v)
-                                        .map_err(|e| {
-                                            Status::internal(format!("corrupt history: {e}"))
-                                        })
-                                        .and_then(|s| to_pb(&d, s)),
-                                ),
-                            };
-                            Some(service.map(|service| pb::Result {
-                                action: action.into(),
-                                service: Some(service),
-                                timestamp,
-                                revision,
-                            }))
-                        })
-                        .collect(),
-                }
-            })
-            .flat_map(futures::stream::iter);
-        Ok(Response::new(Box::pin(stream)))
+        let stream = super::feed::per_change(rx, move |revision, c| {
+            let (d, name, version) = keys::parse_registry_key(&c.key)?;
+            if only.as_ref().is_some_and(|o| !o.is_empty() && *o != name) {
+                return None;
+            }
+            let timestamp = (c.time_ms / 1000) as i64;
+            let (action, service) = match &c.value {
+                None => (
+                    "delete",
+                    Ok(pb::Service {
+                        name,
+                        version,
+                        options: Some(pb::Options { ttl: 0, domain: d }),
+                        ..Default::default()
+                    }),
+                ),
+                Some(v) => (
+                    if c.prev_revision == 0 {
+                        "create"
+                    } else {
+                        "update"
+                    },
+                    micro_state::codec::decode::<view::Service>(v)
+                        .map_err(super::feed::corrupt)
+                        .and_then(|s| to_pb(&d, s)),
+                ),
+            };
+            Some(service.map(|service| pb::Result {
+                action: action.into(),
+                service: Some(service),
+                timestamp,
+                revision,
+            }))
+        });
+        Ok(Response::new(stream))
     }
 }

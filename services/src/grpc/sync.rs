@@ -1,10 +1,9 @@
 //! `sync.Sync`: locks and elections with fencing tokens (see `micro_state::views::lock`).
 //! Waiting for a lock or for leadership is a watch on the lock's state, not polling.
 
-use std::pin::Pin;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use micro_cluster::{Node, WatchEvent, WatchSpec};
 use micro_proto::sync as pb;
 use micro_state::views::lease::{self as lease_view, Leases};
@@ -172,6 +171,31 @@ impl SyncService {
         }
     }
 
+    /// Lock and Campaign: queue under a lease (given, or granted for `ttl`) and wait to hold.
+    async fn hold(
+        &self,
+        name: &str,
+        lease: u64,
+        ttl: i64,
+        value: Vec<u8>,
+        wait_ms: u64,
+    ) -> Result<(u64, u64), Status> {
+        check_name(name)?;
+        let lease = self.lease(lease, ttl).await?;
+        let token = self
+            .acquire(name.to_string(), lease, value, wait_ms)
+            .await?;
+        Ok((token, lease))
+    }
+
+    /// Unlock and Resign: leave the queue (promoting the next waiter if this one held it).
+    async fn release(&self, name: String, token: u64) -> Result<(), Status> {
+        check_name(&name)?;
+        let cmd = view::Cmd::Release { name, token };
+        self.node.run::<Locks>(cmd).await.map_err(status)?;
+        Ok(())
+    }
+
     fn leader(&self, name: &str) -> Result<pb::LeaderResponse, Status> {
         let m = view::meta(self.node.view(), name).map_err(|e| status(e.into()))?;
         Ok(pb::LeaderResponse {
@@ -190,7 +214,7 @@ fn check_name(name: &str) -> Result<(), Status> {
     Ok(())
 }
 
-type ObserveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaderResponse, Status>> + Send>>;
+type ObserveStream = super::feed::ResponseStream<pb::LeaderResponse>;
 
 #[tonic::async_trait]
 impl pb::sync_server::Sync for SyncService {
@@ -199,10 +223,8 @@ impl pb::sync_server::Sync for SyncService {
         req: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
         let req = req.into_inner();
-        check_name(&req.name)?;
-        let lease = self.lease(req.lease, req.ttl).await?;
-        let token = self
-            .acquire(req.name.clone(), lease, Vec::new(), req.wait_ms)
+        let (token, lease) = self
+            .hold(&req.name, req.lease, req.ttl, Vec::new(), req.wait_ms)
             .await?;
         Ok(Response::new(pb::LockResponse {
             name: req.name,
@@ -216,12 +238,7 @@ impl pb::sync_server::Sync for SyncService {
         req: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
         let req = req.into_inner();
-        check_name(&req.name)?;
-        let cmd = view::Cmd::Release {
-            name: req.name,
-            token: req.token,
-        };
-        self.node.run::<Locks>(cmd).await.map_err(status)?;
+        self.release(req.name, req.token).await?;
         Ok(Response::new(pb::UnlockResponse {}))
     }
 
@@ -252,10 +269,8 @@ impl pb::sync_server::Sync for SyncService {
         req: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
         let req = req.into_inner();
-        check_name(&req.name)?;
-        let lease = self.lease(req.lease, req.ttl).await?;
-        let token = self
-            .acquire(req.name.clone(), lease, req.value, req.wait_ms)
+        let (token, lease) = self
+            .hold(&req.name, req.lease, req.ttl, req.value, req.wait_ms)
             .await?;
         Ok(Response::new(pb::CampaignResponse {
             name: req.name,
@@ -314,28 +329,19 @@ impl pb::sync_server::Sync for SyncService {
         };
         let rx = self.node.watch(spec).await.map_err(status)?;
         let name = req.name.clone();
-        let changes = tokio_stream::wrappers::ReceiverStream::new(rx)
-            .map(move |item| -> Vec<Result<pb::LeaderResponse, Status>> {
-                match item {
-                    Err(e) => vec![Err(status(e))],
-                    Ok(WatchEvent::Progress { .. }) => Vec::new(),
-                    Ok(WatchEvent::Changes { revision, changes }) => changes
-                        .into_iter()
-                        .filter_map(|c| c.value)
-                        .map(|v| {
-                            micro_state::codec::decode::<view::Meta>(&v)
-                                .map(|m| pb::LeaderResponse {
-                                    name: name.clone(),
-                                    token: m.holder,
-                                    value: m.value,
-                                    revision,
-                                })
-                                .map_err(|e| Status::internal(e.to_string()))
-                        })
-                        .collect(),
-                }
-            })
-            .flat_map(futures::stream::iter);
+        let changes = super::feed::per_change(rx, move |revision, c| {
+            let v = c.value?;
+            Some(
+                micro_state::codec::decode::<view::Meta>(&v)
+                    .map(|m| pb::LeaderResponse {
+                        name: name.clone(),
+                        token: m.holder,
+                        value: m.value,
+                        revision,
+                    })
+                    .map_err(super::feed::corrupt),
+            )
+        });
         let stream = futures::stream::iter(first.map(Ok)).chain(changes);
         Ok(Response::new(Box::pin(stream)))
     }
@@ -345,12 +351,7 @@ impl pb::sync_server::Sync for SyncService {
         req: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
         let req = req.into_inner();
-        check_name(&req.name)?;
-        let cmd = view::Cmd::Release {
-            name: req.name,
-            token: req.token,
-        };
-        self.node.run::<Locks>(cmd).await.map_err(status)?;
+        self.release(req.name, req.token).await?;
         Ok(Response::new(pb::ResignResponse {}))
     }
 }
