@@ -3,9 +3,11 @@
 //! need `protoc` at build time, which neither the developers' machines nor CI have.)
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let file = "proto/etcd/kv.proto";
-    println!("cargo:rerun-if-changed={file}");
-    let fds = protox::compile([file], ["proto"])?;
+    let files = ["etcd/kv.proto", "etcd/v3lock.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed=proto/{f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         .build_server(false)
         .compile_fds(fds)?;

@@ -194,6 +194,11 @@ pub enum Workload {
     /// registry.GetService; on etcd, a range read of the service's key prefix (one key per
     /// node, the way etcd-based registries keep them)
     RegistryGet,
+    /// Lock, then unlock, a lock of this client's own (uncontended): Micro's sync.Sync, etcd's
+    /// v3lock service; each client holds one lease for its locks
+    Lock,
+    /// Lock, then unlock, one lock every client wants (contended)
+    LockContended,
 }
 
 impl Workload {
@@ -205,6 +210,8 @@ impl Workload {
             Workload::Mixed => "mixed",
             Workload::PutWatched => "put-watched",
             Workload::RegistryGet => "registry-get",
+            Workload::Lock => "lock",
+            Workload::LockContended => "lock-contended",
         }
     }
 

@@ -354,8 +354,8 @@ async fn channel(addr: &str) -> anyhow::Result<Channel> {
 // One Conn per worker, made once: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
 pub enum Conn {
-    Micro(micro::Store, micro::Registry),
-    Etcd(pb::kv_client::KvClient<Channel>),
+    Micro(micro::Store, micro::Registry, micro::Client),
+    Etcd(pb::kv_client::KvClient<Channel>, Channel),
 }
 
 /// The etcd key of node `n` of service `s` (a registry kept the way etcd-based ones do).
@@ -378,22 +378,23 @@ impl Conn {
                 let c = micro::Client::connect(&addr)
                     .await
                     .with_context(|| format!("connect to Micro at {addr}"))?;
-                Conn::Micro(c.store(), c.registry())
+                Conn::Micro(c.store(), c.registry(), c)
             }
-            Target::Etcd => Conn::Etcd(pb::kv_client::KvClient::new(
-                channel(&addr)
+            Target::Etcd => {
+                let ch = channel(&addr)
                     .await
-                    .with_context(|| format!("connect to etcd at {addr}"))?,
-            )),
+                    .with_context(|| format!("connect to etcd at {addr}"))?;
+                Conn::Etcd(pb::kv_client::KvClient::new(ch.clone()), ch)
+            }
         })
     }
 
     pub async fn put(&mut self, key: &str, value: &[u8]) -> anyhow::Result<()> {
         match self {
-            Conn::Micro(s, _) => {
+            Conn::Micro(s, _, _) => {
                 s.write(key, value.to_vec()).await?;
             }
-            Conn::Etcd(kv) => {
+            Conn::Etcd(kv, _) => {
                 kv.put(pb::PutRequest {
                     key: key.as_bytes().to_vec(),
                     value: value.to_vec(),
@@ -408,14 +409,14 @@ impl Conn {
     /// Reads `key`, which must exist.
     pub async fn get(&mut self, key: &str, serializable: bool) -> anyhow::Result<()> {
         let found = match self {
-            Conn::Micro(s, _) => {
+            Conn::Micro(s, _, _) => {
                 let q = micro::store::Query {
                     serializable,
                     ..Default::default()
                 };
                 !s.query(key, q).await?.is_empty()
             }
-            Conn::Etcd(kv) => {
+            Conn::Etcd(kv, _) => {
                 let r = kv
                     .range(pb::RangeRequest {
                         key: key.as_bytes().to_vec(),
@@ -437,7 +438,7 @@ impl Conn {
         use crate::args::{REGISTRY_NODES, REGISTRY_SERVICES};
         for s in 0..REGISTRY_SERVICES {
             match self {
-                Conn::Micro(_, reg) => {
+                Conn::Micro(_, reg, _) => {
                     use micro::proto::registry as rpb;
                     let nodes = (0..REGISTRY_NODES)
                         .map(|n| {
@@ -458,7 +459,7 @@ impl Conn {
                     };
                     reg.register(svc, 0).await?;
                 }
-                Conn::Etcd(kv) => {
+                Conn::Etcd(kv, _) => {
                     for n in 0..REGISTRY_NODES {
                         let (id, address) = registry_node(s, n);
                         let value = serde_json::json!({"name": format!("svc{s:03}"), "version": "latest",
@@ -480,13 +481,13 @@ impl Conn {
     pub async fn registry_get(&mut self, s: u64) -> anyhow::Result<()> {
         use crate::args::REGISTRY_NODES;
         let nodes = match self {
-            Conn::Micro(_, reg) => reg
+            Conn::Micro(_, reg, _) => reg
                 .get(&format!("svc{s:03}"))
                 .await?
                 .iter()
                 .map(|svc| svc.nodes.len() as u64)
                 .sum(),
-            Conn::Etcd(kv) => {
+            Conn::Etcd(kv, _) => {
                 let prefix = format!("/micro/registry/svc{s:03}/").into_bytes();
                 let mut end = prefix.clone();
                 if let Some(last) = end.last_mut() {
@@ -507,10 +508,60 @@ impl Conn {
         Ok(())
     }
 
+    /// Takes lock `name` and releases it again; `lease` is this connection's lease (granted
+    /// on first use, 60 s: longer than any cell).
+    pub async fn lock_cycle(&mut self, lease: &mut i64, name: &str) -> anyhow::Result<()> {
+        match self {
+            Conn::Micro(_, _, client) => {
+                use micro::proto::sync as spb;
+                if *lease == 0 {
+                    *lease = client.leases().grant(Duration::from_secs(60)).await? as i64;
+                }
+                let mut sync = spb::sync_client::SyncClient::new(client.channel());
+                let token = sync
+                    .lock(spb::LockRequest {
+                        name: name.to_string(),
+                        lease: *lease as u64,
+                        ttl: 0,
+                        wait_ms: 0,
+                    })
+                    .await?
+                    .into_inner()
+                    .token;
+                sync.unlock(spb::UnlockRequest {
+                    name: name.to_string(),
+                    token,
+                })
+                .await?;
+            }
+            Conn::Etcd(_, ch) => {
+                use crate::etcd::lockpb;
+                if *lease == 0 {
+                    *lease = pb::lease_client::LeaseClient::new(ch.clone())
+                        .lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 0 })
+                        .await?
+                        .into_inner()
+                        .id;
+                }
+                let mut lock = lockpb::lock_client::LockClient::new(ch.clone());
+                let key = lock
+                    .lock(lockpb::LockRequest {
+                        name: name.as_bytes().to_vec(),
+                        lease: *lease,
+                    })
+                    .await?
+                    .into_inner()
+                    .key;
+                lock.unlock(lockpb::UnlockRequest { key }).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes all `pairs` in one transaction (one log entry on either system).
     pub async fn put_batch(&mut self, pairs: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
         match self {
-            Conn::Micro(s, _) => {
+            Conn::Micro(s, _, _) => {
                 use micro::proto::store as spb;
                 let success = pairs
                     .iter()
@@ -536,7 +587,7 @@ impl Conn {
                     .await?;
                 anyhow::ensure!(r.succeeded, "Micro txn without guards did not succeed");
             }
-            Conn::Etcd(kv) => {
+            Conn::Etcd(kv, _) => {
                 let success = pairs
                     .iter()
                     .map(|(k, v)| pb::RequestOp {

@@ -6,3 +6,11 @@
 pub mod pb {
     tonic::include_proto!("etcdserverpb");
 }
+
+// The generated lock service names etcd's messages by their package.
+use pb as etcdserverpb;
+
+/// etcd's lock service (`v3lockpb.Lock`), which etcd's server embeds.
+pub mod lockpb {
+    tonic::include_proto!("v3lockpb");
+}

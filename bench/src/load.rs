@@ -231,6 +231,8 @@ async fn worker(
         error_samples: BTreeMap::new(),
         hist: new_histogram(),
     };
+    let mut lease = 0i64;
+    let own_lock = format!("bench-lock-{seed}");
     while Instant::now() < end {
         let k = key(rng.u64(0..cell.keys), cell.key_size);
         let t0 = Instant::now();
@@ -240,6 +242,8 @@ async fn worker(
             Workload::GetSerializable => conn.get(&k, true).await,
             Workload::Mixed if rng.u8(0..10) == 0 => conn.put(&k, &value).await,
             Workload::Mixed => conn.get(&k, false).await,
+            Workload::Lock => conn.lock_cycle(&mut lease, &own_lock).await,
+            Workload::LockContended => conn.lock_cycle(&mut lease, "bench-hot-lock").await,
             Workload::RegistryGet => {
                 conn.registry_get(rng.u64(0..crate::args::REGISTRY_SERVICES))
                     .await
