@@ -68,6 +68,8 @@ pub struct TestCluster {
     dir: Option<tempfile::TempDir>,
     pub specs: BTreeMap<u64, NodeSpec>,
     procs: BTreeMap<u64, Child>,
+    /// How many times each node was spawned (each start logs "is up" once).
+    spawns: BTreeMap<u64, usize>,
     pub token: String,
     initial_cluster: String,
     extra_args: Vec<String>,
@@ -110,6 +112,7 @@ impl TestCluster {
             dir: Some(dir),
             specs,
             procs: BTreeMap::new(),
+            spawns: BTreeMap::new(),
             token: "test-cluster-token".into(),
             initial_cluster,
             extra_args: Vec::new(),
@@ -199,6 +202,7 @@ impl TestCluster {
             .spawn()
             .context("spawn micro server")?;
         self.procs.insert(id, child);
+        *self.spawns.entry(id).or_default() += 1;
         Ok(())
     }
 
@@ -282,7 +286,14 @@ impl TestCluster {
                     }
                 }
             }
-            let agreed = leaders.len() == self.running().len()
+            // Each running node's own process must be up (its log says so once per start):
+            // else an answer on its port could come from some other process's node.
+            let own = self.running().iter().all(|id| {
+                self.log(*id).matches(" is up: grpc ").count()
+                    >= self.spawns.get(id).copied().unwrap_or(0)
+            });
+            let agreed = own
+                && leaders.len() == self.running().len()
                 && leaders
                     .first()
                     .is_some_and(|l| *l != 0 && self.procs.contains_key(l))

@@ -106,6 +106,8 @@ fn resolve_token(args: &ServerArgs, multi: bool) -> anyhow::Result<String> {
 }
 
 pub(super) async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    // First of all, so that no signal can arrive before the handlers are in place.
+    let shutdown = shutdown_signal();
     init_logging();
     let initial = NodeConfig::parse_initial_cluster(&args.initial_cluster)
         .map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?;
@@ -126,31 +128,40 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         grpc: args.grpc,
         http: args.http,
     };
-    crate::server::run(cfg, shutdown_signal()).await?;
+    crate::server::run(cfg, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled: a node can answer requests before its main task gets back to
+/// awaiting shutdown, and a SIGTERM in between must still stop it gracefully (it used to kill
+/// it outright on a loaded machine).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        let signals = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut i), Ok(mut t)) => {
-                tokio::select! {
-                    _ = i.recv() => {}
-                    _ = t.recv() => {}
+        );
+        async move {
+            match signals {
+                (Ok(mut i), Ok(mut t)) => {
+                    tokio::select! {
+                        _ = i.recv() => {}
+                        _ = t.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
