@@ -156,10 +156,8 @@ impl SyncService {
                 }
                 _ = check.tick() => {
                     // Our lease ended while we waited: the place in the queue is gone.
-                    let queued = view::waiters(self.node.view(), &name)
-                        .map_err(|e| status(e.into()))?
-                        .iter()
-                        .any(|(t, _)| *t == token);
+                    let queued = view::is_queued(self.node.view(), &name, token)
+                        .map_err(|e| status(e.into()))?;
                     if !queued && view::meta(self.node.view(), &name).map_err(|e| status(e.into()))?.holder != token {
                         guard.armed = false;
                         return Err(Status::aborted(format!(

@@ -156,6 +156,34 @@ pub fn waiters<S: Read + ?Sized>(s: &S, name: &str) -> Result<Vec<(u64, Waiter)>
     err.map_or(Ok(out), Err)
 }
 
+/// The first waiter queued after `token` (a seek past everything released before: the keys
+/// below the holder are all deleted, and a scan from the prefix would walk their tombstones).
+fn next_after<S: Read + ?Sized>(
+    s: &S,
+    name: &str,
+    token: u64,
+) -> Result<Option<(u64, Waiter)>, StorageError> {
+    let from = keys::lock_key(name, Some(token.saturating_add(1)));
+    let prefix = keys::lock_key(name, None);
+    let mut out = None;
+    let mut err = None;
+    s.scan(&from, prefix_end(&prefix).as_deref(), false, &mut |k, v| {
+        let rev = k[prefix.len()..].try_into().ok().map(u64::from_be_bytes);
+        match (rev, codec::decode::<Waiter>(v)) {
+            (Some(r), Ok(w)) => out = Some((r, w)),
+            (None, _) => err = Some(StorageError("corrupt lock key".into())),
+            (_, Err(e)) => err = Some(corrupt(e)),
+        }
+        false
+    })?;
+    err.map_or(Ok(out), Err)
+}
+
+/// Whether the waiter with `token` is still queued (or holding).
+pub fn is_queued<S: Read + ?Sized>(s: &S, name: &str, token: u64) -> Result<bool, StorageError> {
+    Ok(s.get(&keys::lock_key(name, Some(token)))?.is_some())
+}
+
 /// Every lock with a holder or a waiter, with its state and queue length.
 pub fn list<S: Read + ?Sized>(s: &S) -> Result<Vec<(String, Meta)>, StorageError> {
     let mut out = Vec::new();
@@ -238,7 +266,7 @@ fn remove<S: Read + ?Sized>(
     let mut m = meta(ov, name)?;
     if m.holder == token {
         let prev = m.token;
-        match waiters(ov, name)?.into_iter().next() {
+        match next_after(ov, name, token)? {
             Some((next, nw)) => {
                 m.holder = next;
                 m.token = next;
