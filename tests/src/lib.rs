@@ -54,6 +54,28 @@ where
     }
 }
 
+/// Waits until the node `client` talks to knows a leader (after an election, say): what a
+/// client whose write failed waits for before it tries again.
+pub async fn leader_known(client: &micro::Client, timeout: Duration) -> anyhow::Result<()> {
+    eventually("a known leader", timeout, || async {
+        Ok(client
+            .cluster_status()
+            .await
+            .ok()
+            .filter(|s| s.leader != 0)
+            .map(|_| ()))
+    })
+    .await
+}
+
+/// A steady beat for a workload that must act at a rate (heartbeats, keepalives, a slow
+/// sender): the pace is part of what a test exercises, not a wait for a condition.
+pub fn beat(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
     pub id: u64,

@@ -550,9 +550,10 @@ async fn tcp_abuse(rng: &mut fastrand::Rng, addrs: &[String], t: &Shared, seed: 
             let _ = s
                 .write_all(b"POST /store/write HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
                 .await;
+            let mut trickle = micro_tests::beat(Duration::from_millis(15));
             for b in b"{\"record\"" {
+                trickle.tick().await;
                 let _ = s.write_all(&[*b]).await;
-                tokio::time::sleep(Duration::from_millis(15)).await;
             }
             "slow sender"
         }

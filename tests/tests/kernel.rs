@@ -162,7 +162,8 @@ async fn a_watcher_resumes_on_another_node_after_its_node_is_killed() -> anyhow:
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
 
     // A writer on a follower keeps writing through the leader's death.
-    let writer_store = c.client(others[0]).await?.store();
+    let writer_client = c.client(others[0]).await?;
+    let writer_store = writer_client.store();
     let writer = tokio::spawn(async move {
         let mut acked = BTreeMap::new();
         for i in 0..300u32 {
@@ -176,9 +177,8 @@ async fn a_watcher_resumes_on_another_node_after_its_node_is_killed() -> anyhow:
                         acked.insert(key.clone(), rev);
                         break;
                     }
-                    Err(e) if Instant::now() < deadline => {
-                        let _ = e;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(_) if Instant::now() < deadline => {
+                        micro_tests::leader_known(&writer_client, LONG).await?;
                     }
                     Err(e) => return Err(anyhow::anyhow!("write {key}: {e}")),
                 }
@@ -368,9 +368,10 @@ async fn a_lease_takes_its_keys_everywhere_at_once_and_lives_while_kept_alive() 
         )
         .await?;
     let start = Instant::now();
+    let mut every_second = micro_tests::beat(Duration::from_secs(1));
     while start.elapsed() < Duration::from_secs(20) {
+        every_second.tick().await;
         leases.keep_alive(id).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert_eq!(store.read("l/kept").await?.value, b"k");
     let ttl = leases.time_to_live(id, true).await?;
@@ -401,9 +402,10 @@ async fn a_lease_takes_its_keys_everywhere_at_once_and_lives_while_kept_alive() 
     let start = Instant::now();
     // Keep it alive every second (failures during the election are retried next second) for
     // twice its TTL.
+    let mut every_second = micro_tests::beat(Duration::from_secs(1));
     while start.elapsed() < Duration::from_secs(10) {
+        every_second.tick().await;
         let _ = sclient.leases().keep_alive(id5).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let read = eventually("the lease after the election", LONG, || async {
         match sclient.store().read("l/five").await {

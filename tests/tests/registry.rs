@@ -78,9 +78,10 @@ async fn nodes_register_expire_everywhere_and_watchers_see_every_change_in_order
     let keeper = {
         let reg = reg1.clone();
         tokio::spawn(async move {
+            let mut every_second = micro_tests::beat(Duration::from_secs(1));
             loop {
+                every_second.tick().await;
                 let _ = reg.register(greeter(&["b"]), 3).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
     };
@@ -182,9 +183,10 @@ async fn heartbeating_nodes_survive_a_leader_kill_and_a_whole_cluster_restart() 
     let beating = {
         let reg = reg.clone();
         tokio::spawn(async move {
+            let mut every_second = micro_tests::beat(Duration::from_secs(1));
             loop {
+                every_second.tick().await;
                 let _ = reg.register(greeter(&["a", "b"]), 5).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
     };
