@@ -9,6 +9,9 @@ pub enum Error {
     /// A command was invalid; nothing was applied.
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// A well-formed command the state refused as it stands (a stale fence); nothing applied.
+    #[error("{field} {reason}")]
+    Refused { field: String, reason: String },
     /// The asked-for revision is no longer in the change feed.
     #[error("revision {requested} has been compacted; the oldest revision still available is compact_revision {compact_revision}")]
     Compacted {

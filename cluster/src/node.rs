@@ -262,6 +262,7 @@ impl Node {
         let (index, mut out) = crate::batch::submit(&self.proposer, vec![cmd]).await?;
         match out.pop() {
             Some(Outcome::Rejected { field, reason }) => Err(Error::Invalid { field, reason }),
+            Some(Outcome::Refused { field, reason }) => Err(Error::Refused { field, reason }),
             Some(o) => Ok((index, o)),
             None => Err(Error::Internal("a write produced no outcome".into())),
         }

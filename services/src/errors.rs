@@ -8,11 +8,11 @@ use tonic::{Code, Status};
 /// A node error as a gRPC status.
 pub fn status(e: Error) -> Status {
     match e {
-        // A stale fencing token is not a malformed request: the caller lost its lock.
-        Error::Invalid { field, reason } if field == "fence" => {
+        Error::Invalid { field, reason } => Status::invalid_argument(format!("{field} {reason}")),
+        // Well-formed, but the state says no (a stale fencing token: the caller lost its lock).
+        Error::Refused { field, reason } => {
             Status::failed_precondition(format!("{field} {reason}"))
         }
-        Error::Invalid { field, reason } => Status::invalid_argument(format!("{field} {reason}")),
         Error::Unavailable(m) => Status::unavailable(m),
         e @ Error::Compacted { .. } => Status::out_of_range(e.to_string()),
         Error::NotFound(m) => Status::not_found(m),

@@ -68,6 +68,12 @@ pub enum Outcome {
     Registry(registry::Out),
     Config(config::Out),
     Lock(lock::Out),
+    /// The command was well-formed but the state refuses it now (a fence whose token is no
+    /// longer the lock's newest); nothing of it was applied.
+    Refused {
+        field: String,
+        reason: String,
+    },
 }
 
 /// A view as the edges see it: the commands it takes and the outcome type they return, so a

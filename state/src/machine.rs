@@ -97,7 +97,7 @@ pub fn apply<S: Read + ?Sized>(
             continue;
         }
         match apply_one(ov, rev + 1, now, cmd)? {
-            rejected @ Outcome::Rejected { .. } => out.push(rejected),
+            refused @ (Outcome::Rejected { .. } | Outcome::Refused { .. }) => out.push(refused),
             o => {
                 rev += 1;
                 out.push(o);
@@ -136,7 +136,7 @@ fn purge_due<S: Read + ?Sized>(
 }
 
 /// Applies one validated command at `revision`. A command whose state-dependent check fails
-/// returns `Rejected` having changed nothing (and takes no revision).
+/// returns `Rejected` or `Refused` having changed nothing (and takes no revision).
 fn apply_one<S: Read + ?Sized>(
     ov: &mut Overlay<'_, S>,
     revision: u64,

@@ -1392,7 +1392,7 @@ mod lock_view {
         assert_eq!((m.holder, m.token), (tb, tb));
         // A wakes up and writes with its old token: refused, naming both tokens.
         match &step(&mut s, 6, 3100, vec![fenced(ta)])[0] {
-            Outcome::Rejected { field, reason } => {
+            Outcome::Refused { field, reason } => {
                 assert_eq!(field, "fence");
                 assert!(
                     reason.contains(&ta.to_string()) && reason.contains(&tb.to_string()),

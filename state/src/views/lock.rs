@@ -215,7 +215,7 @@ pub fn check_fence<S: Read + ?Sized>(
     Ok(if fence.token == m.token {
         Ok(())
     } else if fence.token < m.token {
-        Err(reject(
+        Err(refuse(
             "fence",
             format!(
                 "token {} is older than lock {:?}'s current token {}: this holder lost the lock",
@@ -223,7 +223,7 @@ pub fn check_fence<S: Read + ?Sized>(
             ),
         ))
     } else {
-        Err(reject(
+        Err(refuse(
             "fence",
             format!(
                 "token {} was never granted for lock {:?} (its newest token is {})",
@@ -231,6 +231,13 @@ pub fn check_fence<S: Read + ?Sized>(
             ),
         ))
     })
+}
+
+fn refuse(field: &str, reason: String) -> Outcome {
+    Outcome::Refused {
+        field: field.to_string(),
+        reason,
+    }
 }
 
 fn save_meta<S: Read + ?Sized>(
