@@ -325,7 +325,7 @@ pub async fn agreed_leader(addrs: &[(u64, String)]) -> Option<u64> {
 pub async fn leader_views(addrs: &[(u64, String)]) -> Vec<u64> {
     let calls = addrs.iter().map(|(_, a)| async move {
         let f = async {
-            let c = micro::Client::connect(a).await.ok()?;
+            let c = crate::connect(a).await.ok()?;
             c.cluster_status().await.ok().map(|s| s.leader)
         };
         tokio::time::timeout(Duration::from_secs(2), f)
@@ -373,7 +373,7 @@ pub async fn wait_leader(addrs: &[(u64, String)], timeout: Duration) -> anyhow::
 pub async fn progress(addrs: &[(u64, String)]) -> Vec<Option<(u64, u64)>> {
     let calls = addrs.iter().map(|(_, a)| async move {
         let f = async {
-            let c = micro::Client::connect(a).await.ok()?;
+            let c = crate::connect(a).await.ok()?;
             let s = c.cluster_status().await.ok()?;
             s.members
                 .iter()

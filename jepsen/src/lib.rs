@@ -23,6 +23,13 @@ pub use run::{run, Config, Report};
 
 pub use micro_testkit::parse_duration;
 
+/// Connects an SDK client to a node's gRPC address. Every client the harness uses (workload
+/// processes, consumers, the nemesis's membership calls, status polls) is built here, so
+/// that connection settings and credentials are one change.
+pub async fn connect(addr: &str) -> Result<micro::Client, micro::Error> {
+    micro::Client::connect(addr).await
+}
+
 /// The `micro` binary next to the running executable (`target/<profile>/`), or one level up
 /// (test executables live in `target/<profile>/deps/`).
 pub fn default_bin() -> std::path::PathBuf {

@@ -32,7 +32,7 @@ fn running_except(c: &Mutex<Cluster>, except: Option<u64>) -> Vec<(u64, String)>
 }
 
 async fn client(addr: &str) -> Result<micro::Client, String> {
-    match tokio::time::timeout(CALL, micro::Client::connect(addr)).await {
+    match tokio::time::timeout(CALL, crate::connect(addr)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("connect timed out".into()),

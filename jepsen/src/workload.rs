@@ -257,7 +257,7 @@ impl Process {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let c = micro::Client::connect(&self.addr).await?;
+        let c = crate::connect(&self.addr).await?;
         self.client = Some(c.clone());
         Ok(c)
     }
@@ -538,7 +538,7 @@ impl LiveConsumer {
                 ..Default::default()
             };
             let follow = async {
-                let c = micro::Client::connect(&addr).await?;
+                let c = crate::connect(&addr).await?;
                 let mut consumer =
                     tokio::time::timeout(self.ctx.op_timeout, c.events().consume(req))
                         .await
@@ -741,7 +741,7 @@ impl GroupConsumer {
             ..Default::default()
         };
         let opened = call(self.ctx.op_timeout, async {
-            let c = micro::Client::connect(&addr).await?;
+            let c = crate::connect(&addr).await?;
             let consumer = c.events().consume(req).await?;
             Ok((c, consumer))
         })
