@@ -74,6 +74,15 @@ impl Guard {
         *self.lost.borrow()
     }
 
+    /// Stops renewing the lease, as a paused process would: the lock is lost once the TTL
+    /// runs out, and fenced writes are refused once another holder takes it. For fault
+    /// injection (the jepsen `lock` workload's pause-the-holder); applications have no use
+    /// for it.
+    #[doc(hidden)]
+    pub fn stop_keep_alive(&self) {
+        self.keepalive.abort();
+    }
+
     /// Releases the lock (and ends its lease).
     pub async fn unlock(mut self) -> Result<(), Error> {
         self.released = true;
@@ -101,6 +110,17 @@ impl Drop for Guard {
                 });
             }
         }
+    }
+}
+
+/// Aborts a task when dropped. The keepalive of a queued lock call is one: if the call is
+/// cancelled (a client timeout) its lease must run out rather than be kept alive forever,
+/// holding a lock the server may have granted after all.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -179,7 +199,7 @@ impl Sync {
     ) -> Result<Guard, Error> {
         let lease = self.leases.grant(ttl).await?;
         // Keep the lease alive while queued, too.
-        let (_, waiting) = keep_alive(self.leases.clone(), lease, ttl);
+        let waiting = AbortOnDrop(keep_alive(self.leases.clone(), lease, ttl).1);
         let req = pb::LockRequest {
             name: name.to_string(),
             lease,
@@ -187,7 +207,7 @@ impl Sync {
             wait_ms: wait.map_or(0, |w| w.as_millis().max(1) as u64),
         };
         let res = self.client.clone().lock(req).await;
-        waiting.abort();
+        drop(waiting);
         match res {
             Ok(r) => Ok(self.guard(name, r.into_inner().token, lease, ttl).await),
             Err(e) => {
@@ -205,7 +225,7 @@ impl Sync {
         ttl: Duration,
     ) -> Result<Guard, Error> {
         let lease = self.leases.grant(ttl).await?;
-        let (_, waiting) = keep_alive(self.leases.clone(), lease, ttl);
+        let waiting = AbortOnDrop(keep_alive(self.leases.clone(), lease, ttl).1);
         let req = pb::CampaignRequest {
             name: name.to_string(),
             value,
@@ -214,7 +234,7 @@ impl Sync {
             wait_ms: 0,
         };
         let res = self.client.clone().campaign(req).await;
-        waiting.abort();
+        drop(waiting);
         match res {
             Ok(r) => Ok(self.guard(name, r.into_inner().token, lease, ttl).await),
             Err(e) => {

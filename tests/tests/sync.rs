@@ -141,6 +141,34 @@ async fn a_paused_holder_loses_the_lock_and_its_fenced_write_is_refused() -> any
     Ok(())
 }
 
+/// A lock call cancelled while queued (a client timeout) must not leave its lease kept alive:
+/// had the server granted the lock meanwhile, nobody would ever release it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_lock_call_lets_its_lease_run_out() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start(3).await?;
+    let client = c.client(1).await?;
+    let sync = client.sync();
+    let holder = sync.lock("X", Duration::from_secs(5)).await?;
+    let s = sync.clone();
+    let waiter = tokio::spawn(async move { s.lock("X", Duration::from_secs(1)).await });
+    eventually("the waiter to queue", LONG, || async {
+        let l = sync.list().await?;
+        Ok((l.iter().map(|x| x.waiting).sum::<u64>() == 1).then_some(()))
+    })
+    .await?;
+    waiter.abort();
+    // Only the holder's lease is left once the waiter's 1 s TTL has run out.
+    let leases = client.leases();
+    eventually("the cancelled waiter's lease to expire", LONG, || async {
+        let l = leases.list().await?;
+        Ok((l.len() == 1 && l[0].id == holder.lease()).then_some(()))
+    })
+    .await?;
+    holder.unlock().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_lock_and_its_queue_survive_a_leader_kill() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
