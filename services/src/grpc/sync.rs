@@ -15,6 +15,13 @@ use crate::errors::{invalid, status};
 
 /// Wraps `cmd` in its fence, if the request carries one.
 pub fn fenced(cmd: Command, fence: Option<pb::Fence>, field: &str) -> Result<Command, Status> {
+    // A planted bug for the fault harness (`micro-jepsen --planted-fence-bug`) to prove that
+    // its lock checker notices stale writes: the fence is dropped, so a holder that lost its
+    // lock writes anyway. It exists only in debug builds; release binaries have no such switch.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("MICRO_PLANTED_BUG_FENCE").is_some() {
+        return Ok(cmd);
+    }
     match fence {
         None => Ok(cmd),
         Some(f) => {
