@@ -1,6 +1,7 @@
 //! Checkers over a recorded history, and the verdict that combines them.
 
 pub mod groups;
+pub mod lock;
 pub mod register;
 pub mod set;
 pub mod streams;
@@ -54,6 +55,8 @@ pub struct Verdict {
     pub streams: Option<streams::StreamReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub groups: Option<groups::GroupsReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<lock::LockReport>,
 }
 
 /// Runs every checker that has operations to check.
@@ -62,7 +65,7 @@ pub fn check(history: &[Op], budget: usize) -> Verdict {
     let mut counts: BTreeMap<&'static str, Counts> = BTreeMap::new();
     for p in ps
         .iter()
-        .filter(|p| p.process != NEMESIS && p.process != HARNESS)
+        .filter(|p| p.process != NEMESIS && p.process != HARNESS && p.f != F::Nemesis)
     {
         let c = counts.entry(p.f.name()).or_default();
         match p.kind {
@@ -100,19 +103,25 @@ pub fn check(history: &[Op], budget: usize) -> Verdict {
             && matches!(p.f, F::Publish | F::Join)
     });
     let groups = has_groups.then(|| groups::check(&ps));
+    let has_lock = ps
+        .iter()
+        .any(|p| p.key.as_deref() == Some(crate::workload::LOCK_KEY) && matches!(p.f, F::Acquire));
+    let lock = has_lock.then(|| lock::check(&ps));
     let register = has_register.then(|| register::check(&ps, budget));
     let set = has_set.then(|| set::check(&ps));
     let streams = has_streams.then(|| streams::check(&stream_ps));
     let anomaly = register.as_ref().is_some_and(|r| !r.valid)
         || set.as_ref().is_some_and(|s| s.valid == Some(false))
         || streams.as_ref().is_some_and(|s| s.valid == Some(false))
-        || groups.as_ref().is_some_and(|g| g.valid == Some(false));
+        || groups.as_ref().is_some_and(|g| g.valid == Some(false))
+        || lock.as_ref().is_some_and(|l| l.valid == Some(false));
     let unknown = register
         .as_ref()
         .is_some_and(|r| !r.unknown_keys.is_empty())
         || set.as_ref().is_some_and(|s| s.valid.is_none())
         || streams.as_ref().is_some_and(|s| s.valid.is_none())
-        || groups.as_ref().is_some_and(|g| g.valid.is_none());
+        || groups.as_ref().is_some_and(|g| g.valid.is_none())
+        || lock.as_ref().is_some_and(|l| l.valid.is_none());
     Verdict {
         valid: if anomaly {
             Validity::Anomaly
@@ -127,6 +136,7 @@ pub fn check(history: &[Op], budget: usize) -> Verdict {
         set,
         streams,
         groups,
+        lock,
     }
 }
 
@@ -142,7 +152,7 @@ impl Verdict {
         s.push_str(&format!("verdict: {v}\n"));
         for (f, c) in &self.counts {
             s.push_str(&format!(
-                "  {f:<6} ok {:>6}  fail {:>5}  info {:>5}\n",
+                "  {f:<12} ok {:>6}  fail {:>5}  info {:>5}\n",
                 c.ok, c.fail, c.info
             ));
         }
@@ -281,6 +291,36 @@ impl Verdict {
             ));
             for a in &r.anomalies {
                 s.push_str(&format!("    {} [{}]: {}\n", a.kind, a.group, a.what));
+            }
+        }
+        if let Some(r) = &self.lock {
+            let anomalies: Vec<String> = r
+                .anomaly_counts
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            s.push_str(&format!(
+                "  lock: {} acquired ({} failed, {} unknown), {} fenced writes ({} acknowledged, {} refused, {} failed, {} indeterminate ({} recovered)), {} stale ({} refused), {} paused holders ({} refused, {} accepted), {} committed; anomalies: {}{}\n",
+                r.acquired,
+                r.acquire_failed,
+                r.acquire_unknown,
+                r.writes,
+                r.acknowledged,
+                r.refused,
+                r.failed,
+                r.indeterminate,
+                r.recovered,
+                r.stale,
+                r.stale_refused,
+                r.paused,
+                r.paused_refused,
+                r.paused_accepted,
+                r.committed,
+                if anomalies.is_empty() { "none".to_string() } else { anomalies.join(", ") },
+                if r.valid.is_none() { " (no final feed: unknown)" } else { "" }
+            ));
+            for a in &r.anomalies {
+                s.push_str(&format!("    {}: {}\n", a.kind, a.what));
             }
         }
         s

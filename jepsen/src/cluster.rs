@@ -49,6 +49,8 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
     /// `MICRO_PLANTED_BUG_GROUPS` for every node (debug builds of micro only).
     pub planted_groups_bug: Option<String>,
+    /// `MICRO_PLANTED_BUG_FENCE=1` for every node (debug builds of micro only).
+    pub planted_fence_bug: bool,
 }
 
 impl Cluster {
@@ -85,6 +87,7 @@ impl Cluster {
             joined: BTreeMap::new(),
             extra_args: Vec::new(),
             planted_groups_bug: None,
+            planted_fence_bug: false,
         }
     }
 
@@ -141,6 +144,11 @@ impl Cluster {
             Some(kind) => cmd.env("MICRO_PLANTED_BUG_GROUPS", kind),
             None => cmd.env_remove("MICRO_PLANTED_BUG_GROUPS"),
         };
+        if self.planted_fence_bug {
+            cmd.env("MICRO_PLANTED_BUG_FENCE", "1");
+        } else {
+            cmd.env_remove("MICRO_PLANTED_BUG_FENCE");
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("spawn {}", self.bin.display()))?;

@@ -14,6 +14,8 @@ use serde_json::Value;
 pub const NEMESIS: i64 = -1;
 /// The process id of the harness's own measurements ([`F::Progress`]).
 pub const HARNESS: i64 = -2;
+/// The process id of the pause-the-holder nemesis, which runs beside the node nemesis.
+pub const HOLDER_NEMESIS: i64 = -3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -52,6 +54,15 @@ pub enum F {
     Leave,
     /// The cluster's applied index, or a group's final drain being done (process -2).
     Progress,
+    /// Lock workload: taking the lock (ok: `{"token", "lease"}`).
+    Acquire,
+    /// Lock workload: the fenced write of the shared register made under the lock.
+    #[serde(rename = "fenced-write")]
+    FencedWrite,
+    /// Lock workload: releasing the lock.
+    Release,
+    /// Lock workload: the register's whole change feed, read after healing.
+    Feed,
 }
 
 impl F {
@@ -70,6 +81,10 @@ impl F {
             F::Ack => "ack",
             F::Leave => "leave",
             F::Progress => "progress",
+            F::Acquire => "acquire",
+            F::FencedWrite => "fenced-write",
+            F::Release => "release",
+            F::Feed => "feed",
         }
     }
 }

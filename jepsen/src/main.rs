@@ -20,12 +20,12 @@ struct Args {
     /// Cluster size
     #[arg(long, default_value_t = 3)]
     nodes: u64,
-    /// Workloads, comma separated: register, set, streams, groups
+    /// Workloads, comma separated: register, set, streams, groups, lock
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults, comma separated: kill, pause, partition (all kinds), partition-one,
     /// partition-leader, partition-split, partition-bridge, partition-oneway, membership,
-    /// corrupt, all (everything but corrupt), none
+    /// corrupt, pause-holder (lock workload), all (everything but corrupt), none
     #[arg(long, default_value = "kill,pause,partition")]
     nemesis: String,
     /// How long clients run (60s, 2m, ...)
@@ -47,6 +47,13 @@ struct Args {
     /// lose-redelivery or redeliver-after-ack
     #[arg(long, value_name = "KIND")]
     planted_groups_bug: Option<String>,
+    /// Run the servers with MICRO_PLANTED_BUG_FENCE=1 (debug builds of micro only): fences
+    /// are dropped, so a lock holder that lost its lock still writes
+    #[arg(long)]
+    planted_fence_bug: bool,
+    /// TTL of a lock holder's lease (lock workload; whole seconds, at least 1s)
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    lock_ttl: Duration,
     /// Consumers per consumer group (groups workload)
     #[arg(long, default_value_t = 2)]
     group_consumers: usize,
@@ -141,6 +148,8 @@ fn real_main(args: Args) -> anyhow::Result<Validity> {
     cfg.planted_bug = args.planted_bug;
     cfg.planted_groups_bug = args.planted_groups_bug;
     cfg.group_consumers = args.group_consumers;
+    cfg.planted_fence_bug = args.planted_fence_bug;
+    cfg.lock_ttl = args.lock_ttl;
     cfg.concurrency = args.concurrency;
     cfg.op_timeout = args.op_timeout;
     cfg.keys = args.keys;

@@ -13,9 +13,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::cluster::{probable_leader, Cluster};
-use crate::history::{Op, Recorder, Type, F, NEMESIS};
+use crate::history::{Op, Recorder, Type, F, HOLDER_NEMESIS, NEMESIS};
 use crate::proxy::{Mode, Net};
-use crate::workload::Ctx;
+use crate::workload::{Ctx, PauseRequest};
 use crate::{corrupt, membership};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,10 @@ pub enum Fault {
     /// snapshot byte) and restart it; it must refuse to start naming the damage, or start and
     /// catch up. Heal: the membership route if it refused, else wait until it caught up.
     Corrupt,
+    /// Lock workload: the next lock holder stops renewing its lease between its read and its
+    /// fenced write, as a SIGSTOPped client would, until the heal (at least twice the lock's
+    /// TTL). Runs on its own schedule beside the node faults ([`HolderPauser`]).
+    PauseHolder,
 }
 
 impl Fault {
@@ -55,13 +59,14 @@ impl Fault {
             Fault::OneWay => "partition-oneway",
             Fault::Membership => "membership",
             Fault::Corrupt => "corrupt",
+            Fault::PauseHolder => "pause-holder",
         }
     }
 
     /// Parses a comma-separated nemesis list: `kill`, `pause`, `partition` (every partition
     /// kind) or one kind (`partition-one`, `partition-leader`, ...), `membership`, `corrupt`,
-    /// `all` (everything but `corrupt`, which must be asked for by name); `none` or empty for
-    /// none.
+    /// `pause-holder`, `all` (everything but `corrupt`, which must be asked for by name);
+    /// `none` or empty for none.
     pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -76,8 +81,10 @@ impl Fault {
                     Fault::Bridge,
                     Fault::OneWay,
                     Fault::Membership,
+                    Fault::PauseHolder,
                 ],
                 "membership" => &[Fault::Membership],
+                "pause-holder" => &[Fault::PauseHolder],
                 "corrupt" => &[Fault::Corrupt],
                 "kill" => &[Fault::Kill],
                 "pause" => &[Fault::Pause],
@@ -94,7 +101,7 @@ impl Fault {
                 "partition-bridge" => &[Fault::Bridge],
                 "partition-oneway" => &[Fault::OneWay],
                 o => return Err(format!(
-                    "unknown nemesis {o:?} (kill, pause, partition, partition-one, partition-leader, partition-split, partition-bridge, partition-oneway, membership, corrupt, all, none)"
+                    "unknown nemesis {o:?} (kill, pause, partition, partition-one, partition-leader, partition-split, partition-bridge, partition-oneway, membership, corrupt, pause-holder, all, none)"
                 )),
             };
             for f in add {
@@ -196,15 +203,7 @@ impl Nemesis {
 
     /// Sleeps up to `d`; false when the run stopped meanwhile.
     async fn wait(&self, d: Duration) -> bool {
-        let until = tokio::time::Instant::now() + d;
-        while tokio::time::Instant::now() < until {
-            if self.ctx.stop.load(Ordering::SeqCst) {
-                return false;
-            }
-            let left = until - tokio::time::Instant::now();
-            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
-        }
-        !self.ctx.stop.load(Ordering::SeqCst)
+        wait_unless_stopped(&self.ctx, d).await
     }
 
     async fn leader(&self) -> Option<u64> {
@@ -253,6 +252,8 @@ impl Nemesis {
                 )
             }
             Fault::Membership => self.apply_membership().await,
+            // Never picked here: `run` leaves it to the HolderPauser.
+            Fault::PauseHolder => (json!({"fault": fault.name(), "effect": false}), None),
             Fault::Corrupt => self.apply_corrupt().await,
             _ => {
                 let mode = self.mode();
@@ -493,14 +494,22 @@ impl Nemesis {
 
     /// Injects faults until the run stops, then heals whatever is broken.
     pub async fn run(mut self) {
-        if self.schedule.faults.is_empty() {
+        // Pausing a holder is the HolderPauser's, on its own schedule.
+        let faults: Vec<Fault> = self
+            .schedule
+            .faults
+            .iter()
+            .copied()
+            .filter(|f| *f != Fault::PauseHolder)
+            .collect();
+        if faults.is_empty() {
             return;
         }
         if !self.wait(self.schedule.warmup).await {
             return;
         }
         loop {
-            let fault = self.schedule.faults[self.rng.random_range(0..self.schedule.faults.len())];
+            let fault = faults[self.rng.random_range(0..faults.len())];
             let active = self.apply(fault).await;
             let hold = between(&mut self.rng, self.schedule.hold);
             let go_on = self.wait(hold).await;
@@ -525,6 +534,100 @@ impl Nemesis {
             }
             let quiet = between(&mut self.rng, self.schedule.quiet);
             if !self.wait(quiet).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Sleeps up to `d`; false when the run stopped meanwhile.
+async fn wait_unless_stopped(ctx: &Ctx, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = ctx.halted() => {}
+    }
+    !ctx.stop.load(Ordering::SeqCst)
+}
+
+/// How long an offered pause waits for a lock holder to take it.
+const PAUSE_OFFER: Duration = Duration::from_secs(5);
+
+/// Pause-the-holder (lock workload): the clients are tasks of this process, so a holder
+/// cannot be SIGSTOPped; instead the next holder after an offer stops renewing its lease
+/// between its read and its fenced write and waits for the heal, which comes after the
+/// schedule's hold but at least twice the lock's TTL, so its lease has run out. One pause at
+/// a time, beside the node faults and on its own schedule (process -3 in the history), so
+/// holders are also paused while nodes are down or cut off.
+pub struct HolderPauser {
+    pub rec: Arc<Recorder>,
+    pub ctx: Arc<Ctx>,
+    pub schedule: Schedule,
+    pub rng: StdRng,
+}
+
+impl HolderPauser {
+    pub fn new(rec: Arc<Recorder>, ctx: Arc<Ctx>, schedule: Schedule, seed: u64) -> Self {
+        HolderPauser {
+            rec,
+            ctx,
+            schedule,
+            rng: StdRng::seed_from_u64(seed.wrapping_add(0x7061_7573)),
+        }
+    }
+
+    fn record(&self, kind: Type, value: Value) {
+        self.rec
+            .record(Op::new(HOLDER_NEMESIS, kind, F::Nemesis, None, value, 0));
+    }
+
+    pub async fn run(mut self) {
+        let f = Fault::PauseHolder.name();
+        if !wait_unless_stopped(&self.ctx, self.schedule.warmup).await {
+            return;
+        }
+        loop {
+            self.record(Type::Invoke, json!({ "fault": f }));
+            let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
+            let (resume_tx, resume_rx) = tokio::sync::oneshot::channel();
+            self.ctx.offer_pause(PauseRequest {
+                taken: taken_tx,
+                resume: resume_rx,
+            });
+            let taken = tokio::select! {
+                r = taken_rx => r.ok(),
+                _ = tokio::time::sleep(PAUSE_OFFER) => None,
+                _ = self.ctx.halted() => None,
+            };
+            let go_on = match taken {
+                None => {
+                    self.ctx.withdraw_pause();
+                    self.record(
+                        Type::Ok,
+                        json!({"fault": f, "effect": false, "error": "no lock holder took the pause"}),
+                    );
+                    !self.ctx.stop.load(Ordering::SeqCst)
+                }
+                Some((process, token)) => {
+                    let hold =
+                        between(&mut self.rng, self.schedule.hold).max(self.ctx.lock_ttl * 2);
+                    let v = json!({"fault": f, "effect": true, "process": process, "token": token,
+                        "hold_ms": hold.as_millis() as u64});
+                    self.record(Type::Ok, v);
+                    let go_on = wait_unless_stopped(&self.ctx, hold).await;
+                    let v = json!({"fault": "heal", "of": f, "process": process, "token": token});
+                    self.record(Type::Invoke, v.clone());
+                    let _ = resume_tx.send(());
+                    let mut v = v;
+                    v["effect"] = json!(true);
+                    self.record(Type::Ok, v);
+                    go_on
+                }
+            };
+            if !go_on {
+                return;
+            }
+            let quiet = between(&mut self.rng, self.schedule.quiet);
+            if !wait_unless_stopped(&self.ctx, quiet).await {
                 return;
             }
         }
@@ -562,8 +665,9 @@ mod tests {
             !all.contains(&Fault::Corrupt),
             "corrupt must be asked for by name"
         );
-        assert_eq!(all.len(), 8);
-        assert_eq!(Fault::parse_list("all,corrupt").unwrap().len(), 9);
+        assert!(all.contains(&Fault::PauseHolder));
+        assert_eq!(all.len(), 9);
+        assert_eq!(Fault::parse_list("all,corrupt").unwrap().len(), 10);
         assert!(Fault::parse_list("bogus")
             .unwrap_err()
             .contains("membership"));

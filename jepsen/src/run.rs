@@ -12,7 +12,7 @@ use crate::checker::{self, Validity, Verdict};
 use crate::cluster::{wait_leader, Cluster};
 use crate::history::{self, Recorder};
 use crate::history::{Op, Type, F, HARNESS};
-use crate::nemesis::{Nemesis, Schedule};
+use crate::nemesis::{Fault, HolderPauser, Nemesis, Schedule};
 use crate::proxy::Net;
 use crate::workload::{Ctx, GroupConsumer, LiveConsumer, Process, Workload, GROUPS};
 
@@ -51,6 +51,11 @@ pub struct Config {
     pub planted_groups_bug: Option<String>,
     /// Consumers per group (groups workload).
     pub group_consumers: usize,
+    /// Lock workload: the TTL of a holder's lease.
+    pub lock_ttl: Duration,
+    /// `MICRO_PLANTED_BUG_FENCE=1` for the servers (debug builds of micro only): fences are
+    /// dropped, so stale writes are accepted.
+    pub planted_fence_bug: bool,
 }
 
 impl Config {
@@ -78,6 +83,8 @@ impl Config {
             topics: 3,
             planted_groups_bug: None,
             group_consumers: 2,
+            lock_ttl: Duration::from_secs(2),
+            planted_fence_bug: false,
         }
     }
 }
@@ -166,6 +173,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         cluster.extra_args = vec!["--snapshot-every".into(), n.to_string()];
     }
     cluster.planted_groups_bug = cfg.planted_groups_bug.clone();
+    cluster.planted_fence_bug = cfg.planted_fence_bug;
     let mut links = Vec::new();
     for i in cluster.ids() {
         for j in cluster.ids() {
@@ -214,6 +222,9 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     ctx.read_pct = cfg.read_pct;
     ctx.write_pct = cfg.write_pct;
     ctx.topics = cfg.topics.max(1);
+    ctx.lock_ttl = cfg.lock_ttl.max(Duration::from_secs(1));
+    // Waiters must outlast a holder whose lease runs out, plus an election.
+    ctx.lock_wait = ctx.lock_ttl * 2 + Duration::from_secs(1);
     let ctx = Arc::new(ctx);
     let streams = cfg.workloads.contains(&Workload::Streams);
     let mut consumers = Vec::new();
@@ -263,6 +274,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         cfg.seed,
     );
     let nemesis = tokio::spawn(nemesis.run());
+    let locks = cfg.workloads.contains(&Workload::Lock);
+    let pauser = (locks && cfg.schedule.faults.contains(&Fault::PauseHolder)).then(|| {
+        let p = HolderPauser::new(rec.clone(), ctx.clone(), cfg.schedule.clone(), cfg.seed);
+        tokio::spawn(p.run())
+    });
 
     tokio::time::sleep(cfg.time).await;
     ctx.halt();
@@ -277,6 +293,9 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         c.await?;
     }
     nemesis.await?;
+    if let Some(p) = pauser {
+        p.await?;
+    }
 
     // Heal everything (the nemesis did; this is the safety net), then wait for recovery.
     let mut observations = Vec::new();
@@ -332,6 +351,25 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
             if !ok {
                 observations.push(format!("final set read on node {} failed 10 times", p.node));
             }
+        }
+    }
+
+    if locks {
+        // The register's whole committed history, from any node.
+        let mut ok = false;
+        for attempt in 0..10 {
+            let n = procs.len();
+            if procs[attempt % n].lock_feed().await {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        if !ok {
+            observations.push(format!(
+                "the final read of {} and its change feed failed 10 times",
+                crate::workload::LOCK_KEY
+            ));
         }
     }
 
@@ -534,6 +572,17 @@ pub fn write_outputs(out: &Path, ops: &[history::Op], report: &Report) -> anyhow
             history::write(&out.join("anomaly-groups.jsonl"), &sub)?;
         }
         flagged.extend(checker::groups::culprits(r));
+    }
+    if let Some(r) = &report.verdict.lock {
+        if !r.anomalies.is_empty() {
+            let sub: Vec<history::Op> = ops
+                .iter()
+                .filter(|o| o.key.as_deref() == Some(crate::workload::LOCK_KEY))
+                .cloned()
+                .collect();
+            history::write(&out.join("anomaly-lock.jsonl"), &sub)?;
+        }
+        flagged.extend(checker::lock::culprits(r));
     }
     if let Some(r) = &report.verdict.register {
         for a in &r.anomalies {

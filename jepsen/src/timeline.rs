@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write;
 
 use crate::checker::Verdict;
-use crate::history::{pairs, Op, Type, F, NEMESIS};
+use crate::history::{pairs, Op, Type, F};
 
 const PX_PER_S: f64 = 40.0;
 const ROW: f64 = 16.0;
@@ -30,6 +30,7 @@ fn band_color(fault: &str) -> &'static str {
         "pause" => "#36c",
         "membership" => "#2a9",
         "corrupt" => "#a60",
+        "pause-holder" => "#0aa",
         _ => "#939",
     }
 }
@@ -39,7 +40,7 @@ pub fn render(history: &[Op], verdict: &Verdict, flagged: &HashSet<usize>) -> St
     let end = history.iter().map(|o| o.time).max().unwrap_or(0);
     let procs: BTreeSet<i64> = ps
         .iter()
-        .filter(|p| p.process != NEMESIS)
+        .filter(|p| p.f != F::Nemesis)
         .map(|p| p.process)
         .collect();
     let row: BTreeMap<i64, usize> = procs.iter().enumerate().map(|(i, p)| (*p, i)).collect();
@@ -50,8 +51,8 @@ pub fn render(history: &[Op], verdict: &Verdict, flagged: &HashSet<usize>) -> St
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="monospace" font-size="11">"#
     );
-    // fault bands
-    let mut open: Option<(u64, String, String)> = None;
+    // fault bands (per nemesis process: pause-the-holder runs beside the node faults)
+    let mut open: BTreeMap<i64, (u64, String, String)> = BTreeMap::new();
     let mut bands = Vec::new();
     for p in ps
         .iter()
@@ -59,14 +60,14 @@ pub fn render(history: &[Op], verdict: &Verdict, flagged: &HashSet<usize>) -> St
     {
         let fault = p.value["fault"].as_str().unwrap_or("?").to_string();
         if fault == "heal" {
-            if let Some((t0, f, d)) = open.take() {
+            if let Some((t0, f, d)) = open.remove(&p.process) {
                 bands.push((t0, p.complete, f, d));
             }
         } else if p.value["effect"].as_bool() == Some(true) {
-            open = Some((p.complete, fault, p.value.to_string()));
+            open.insert(p.process, (p.complete, fault, p.value.to_string()));
         }
     }
-    if let Some((t0, f, d)) = open {
+    for (t0, f, d) in open.into_values() {
         bands.push((t0, end, f, d));
     }
     for (t0, t1, f, d) in &bands {
@@ -112,11 +113,11 @@ pub fn render(history: &[Op], verdict: &Verdict, flagged: &HashSet<usize>) -> St
         );
     }
     // operations
-    for p in ps.iter().filter(|p| p.process != NEMESIS) {
+    for p in ps.iter().filter(|p| p.f != F::Nemesis) {
         let r = row[&p.process];
         let t1 = p.complete.min(end);
         let color = match p.kind {
-            Type::Ok if matches!(p.f, F::Read | F::Consume | F::Replay) => "#7ab8f5",
+            Type::Ok if matches!(p.f, F::Read | F::Consume | F::Replay | F::Feed) => "#7ab8f5",
             Type::Ok => "#5cb85c",
             Type::Fail => "#e06060",
             _ => "#f0ad4e",
@@ -166,8 +167,8 @@ pub fn render(history: &[Op], verdict: &Verdict, flagged: &HashSet<usize>) -> St
 <style>body{{font-family:sans-serif;margin:1em}} pre{{background:#f6f6f6;padding:.5em}} .k span{{display:inline-block;width:1em;height:.8em;margin:0 .3em 0 1em}}</style>
 </head><body>
 <h2>micro-jepsen timeline</h2>
-<div class="k">ops:<span style="background:#7ab8f5"></span>ok read/consume/replay<span style="background:#5cb85c"></span>ok write/cas/add/publish<span style="background:#e06060"></span>fail<span style="background:#f0ad4e"></span>info (indeterminate)
- &nbsp; faults:<span style="background:#d33;opacity:.3"></span>kill<span style="background:#36c;opacity:.3"></span>pause<span style="background:#939;opacity:.3"></span>partition<span style="background:#2a9;opacity:.3"></span>membership<span style="background:#a60;opacity:.3"></span>corrupt
+<div class="k">ops:<span style="background:#7ab8f5"></span>ok read/consume/replay/feed<span style="background:#5cb85c"></span>ok write/cas/add/publish/acquire/fenced-write/release<span style="background:#e06060"></span>fail<span style="background:#f0ad4e"></span>info (indeterminate)
+ &nbsp; faults:<span style="background:#d33;opacity:.3"></span>kill<span style="background:#36c;opacity:.3"></span>pause<span style="background:#939;opacity:.3"></span>partition<span style="background:#2a9;opacity:.3"></span>membership<span style="background:#a60;opacity:.3"></span>corrupt<span style="background:#0aa;opacity:.3"></span>pause-holder
  &nbsp; black outline: op an anomaly is blamed on</div>
 <pre>{summary}</pre>
 <div style="overflow-x:auto;border:1px solid #ccc">{svg}</div>

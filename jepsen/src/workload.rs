@@ -33,6 +33,9 @@ pub enum Workload {
     /// manual with a retry limit) whose consumers join, leave, get killed and reconnect to
     /// other nodes; a final drain of every group.
     Groups,
+    /// Critical sections under one lock: acquire, read the shared register, write it with the
+    /// lock's fence, release; a final read of the register's whole change feed.
+    Lock,
 }
 
 impl std::str::FromStr for Workload {
@@ -43,11 +46,24 @@ impl std::str::FromStr for Workload {
             "set" => Ok(Workload::Set),
             "streams" => Ok(Workload::Streams),
             "groups" => Ok(Workload::Groups),
+            "lock" => Ok(Workload::Lock),
             o => Err(format!(
-                "unknown workload {o:?} (register, set, streams, groups)"
+                "unknown workload {o:?} (register, set, streams, groups, lock)"
             )),
         }
     }
+}
+
+/// The lock of the lock workload, and the register its holders read-modify-write.
+pub const LOCK_NAME: &str = "jepsen-lock";
+pub const LOCK_KEY: &str = "lock/register";
+
+/// A pause-the-holder fault offered to the next lock holder (see `nemesis::HolderPauser`).
+pub struct PauseRequest {
+    /// The holder that takes the pause says who it is: (process, token).
+    pub taken: tokio::sync::oneshot::Sender<(i64, u64)>,
+    /// The pause lasts until this resolves (or its sender is dropped).
+    pub resume: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// State shared by the client processes.
@@ -67,6 +83,12 @@ pub struct Ctx {
     pub set_read_pct: u32,
     /// Topics of the streams workload: `ev-0`, `ev-1`, ...
     pub topics: u64,
+    /// Lock workload: the TTL of a holder's lease, and how long a lock call may wait in the
+    /// queue (the server gives up the place after that).
+    pub lock_ttl: Duration,
+    pub lock_wait: Duration,
+    /// A pause-the-holder fault waiting for the next holder to take it.
+    pause: Mutex<Option<PauseRequest>>,
     pub stop: AtomicBool,
     halt: tokio::sync::watch::Sender<bool>,
     next_value: AtomicI64,
@@ -88,6 +110,9 @@ impl Ctx {
             write_pct: 30,
             set_read_pct: 4,
             topics: 3,
+            lock_ttl: Duration::from_secs(2),
+            lock_wait: Duration::from_secs(5),
+            pause: Mutex::new(None),
             stop: AtomicBool::new(false),
             halt: tokio::sync::watch::channel(false).0,
             next_value: AtomicI64::new(1),
@@ -107,6 +132,20 @@ impl Ctx {
     pub async fn halted(&self) {
         let mut rx = self.halt.subscribe();
         let _ = rx.wait_for(|h| *h).await;
+    }
+
+    /// Offers a pause to the next lock holder (replacing an offer nobody took).
+    pub fn offer_pause(&self, req: PauseRequest) {
+        *self.pause.lock().unwrap_or_else(|e| e.into_inner()) = Some(req);
+    }
+
+    /// Withdraws an offer nobody took.
+    pub fn withdraw_pause(&self) {
+        self.pause.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn take_pause(&self) -> Option<PauseRequest> {
+        self.pause.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The topics of the streams workload.
@@ -202,6 +241,19 @@ fn parse_value(v: &[u8]) -> Value {
         .map_or_else(|| json!(String::from_utf8_lossy(v)), |n| json!(n))
 }
 
+/// A lock-workload value: the JSON the holders write (a string if it is not JSON).
+fn parse_json(v: &[u8]) -> Value {
+    serde_json::from_slice(v).unwrap_or_else(|_| json!(String::from_utf8_lossy(v)))
+}
+
+/// The current token a refused fence names: `fence token A is older than lock "L"'s current
+/// token B: ...`.
+fn refused_by(msg: &str) -> Option<u64> {
+    let rest = &msg[msg.find("current token ")? + "current token ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// One client process.
 pub struct Process {
     pub id: i64,
@@ -266,7 +318,17 @@ impl Process {
     where
         Fut: Future<Output = Result<T, micro::Error>>,
     {
-        let timeout = self.ctx.op_timeout;
+        self.run_op_within(self.ctx.op_timeout, f).await
+    }
+
+    async fn run_op_within<T, Fut>(
+        &mut self,
+        timeout: Duration,
+        f: impl FnOnce(micro::Client) -> Fut,
+    ) -> Outcome<T>
+    where
+        Fut: Future<Output = Result<T, micro::Error>>,
+    {
         let start = tokio::time::Instant::now();
         let client = match tokio::time::timeout(timeout, self.connect()).await {
             Err(_) => return Outcome::Fail("connect timed out (nothing sent)".into()),
@@ -457,6 +519,179 @@ impl Process {
         kind == Type::Ok
     }
 
+    fn record_lock(&self, kind: Type, f: F, value: Value, error: Option<String>, fin: bool) {
+        let mut op = Op::new(self.id, kind, f, Some(LOCK_KEY), value, 0);
+        op.node = Some(self.node);
+        op.error = error;
+        op.phase = fin.then(|| "final".to_string());
+        self.ctx.rec.record(op);
+    }
+
+    fn record_outcome<T>(&self, f: F, out: &Outcome<T>, value: Value, fin: bool) -> Type {
+        let (kind, err) = match out {
+            Outcome::Ok(_) => (Type::Ok, None),
+            Outcome::Fail(e) => (Type::Fail, Some(e.clone())),
+            Outcome::Info(e) => (Type::Info, Some(e.clone())),
+        };
+        self.record_lock(kind, f, value, err, fin);
+        kind
+    }
+
+    /// Reads the shared register: `(value, mod_revision)`, `(null, 0)` when there is none.
+    async fn read_lock_register(&mut self, fin: bool) -> Outcome<(Value, u64)> {
+        self.record_lock(Type::Invoke, F::Read, Value::Null, None, fin);
+        let out = self
+            .run_op(|c| async move {
+                match c.store().read(LOCK_KEY).await {
+                    Ok(r) => Ok((parse_json(&r.value), r.mod_revision)),
+                    Err(e) if e.is_not_found() => Ok((Value::Null, 0)),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+        let value = match &out {
+            Outcome::Ok((v, rev)) => json!({"value": v, "revision": rev}),
+            _ => Value::Null,
+        };
+        self.record_outcome(F::Read, &out, value, fin);
+        out
+    }
+
+    /// One critical section: take the lock, read the register, write a value naming the one
+    /// read (so the committed sequence can be rebuilt and checked) with the lock's fence,
+    /// release. A pause-the-holder fault, when one is offered, stops the lease's renewal
+    /// between the read and the write, as a SIGSTOPped client would, until the nemesis ends
+    /// it: the write then carries a token that is stale if anyone took the lock meanwhile.
+    async fn critical_section(&mut self) {
+        let (ttl, wait) = (self.ctx.lock_ttl, self.ctx.lock_wait);
+        self.record_lock(Type::Invoke, F::Acquire, Value::Null, None, false);
+        let out = self
+            .run_op_within(wait + self.ctx.op_timeout, |c| async move {
+                c.sync().lock_within(LOCK_NAME, ttl, Some(wait)).await
+            })
+            .await;
+        let out = match out {
+            // The server gave up our place in the queue: we never held it.
+            Outcome::Info(e) if e.contains("gave up the place in the queue") => Outcome::Fail(e),
+            o => o,
+        };
+        let guard = match out {
+            Outcome::Ok(g) => {
+                let v = json!({"token": g.token(), "lease": g.lease()});
+                self.record_lock(Type::Ok, F::Acquire, v, None, false);
+                g
+            }
+            o => {
+                self.record_outcome(F::Acquire, &o, Value::Null, false);
+                return;
+            }
+        };
+        let token = guard.token();
+        if let Outcome::Ok((read, _)) = self.read_lock_register(false).await {
+            let mut paused = false;
+            if let Some(req) = self.ctx.take_pause() {
+                if req.taken.send((self.id, token)).is_ok() {
+                    paused = true;
+                    guard.stop_keep_alive();
+                    tokio::select! {
+                        _ = req.resume => {}
+                        _ = self.ctx.halted() => {}
+                    }
+                }
+            }
+            let id = self.ctx.value();
+            let mut value = json!({
+                "id": id,
+                "token": token,
+                "prev": read.get("id").cloned().unwrap_or(Value::Null),
+                "process": self.id,
+            });
+            if paused {
+                value["paused"] = json!(true);
+            }
+            self.record_lock(Type::Invoke, F::FencedWrite, value.clone(), None, false);
+            let body = value.to_string().into_bytes();
+            let fence = guard.fence();
+            let out = self
+                .run_op(|c| async move {
+                    let put = micro::store::Put {
+                        fence: Some(fence),
+                        ..Default::default()
+                    };
+                    c.store().put(LOCK_KEY, body, put).await
+                })
+                .await;
+            // A stale fence is refused by apply: surely not written.
+            let out = match out {
+                Outcome::Info(e) if e.starts_with("FailedPrecondition") => {
+                    if let Some(current) = refused_by(&e) {
+                        value["refused_by"] = json!(current);
+                    }
+                    Outcome::Fail(e)
+                }
+                o => o,
+            };
+            if let Outcome::Ok(rev) = &out {
+                value["revision"] = json!(rev);
+            }
+            self.record_outcome(F::FencedWrite, &out, value, false);
+        }
+        self.record_lock(
+            Type::Invoke,
+            F::Release,
+            json!({ "token": token }),
+            None,
+            false,
+        );
+        let out = self.run_op(|_| guard.unlock()).await;
+        self.record_outcome(F::Release, &out, json!({ "token": token }), false);
+    }
+
+    /// After healing: the register's final value, then its whole change feed from revision 1
+    /// up to that value's revision, recorded as a final `feed` of `[revision, value]` pairs
+    /// (`null` for a delete). False when either failed.
+    pub async fn lock_feed(&mut self) -> bool {
+        let Outcome::Ok((_, last)) = self.read_lock_register(true).await else {
+            return false;
+        };
+        self.record_lock(Type::Invoke, F::Feed, json!({ "to": last }), None, true);
+        // The whole feed may take a while to stream: allow more than one operation's time.
+        let timeout = self.ctx.op_timeout * 10;
+        let out = self
+            .run_op_within(timeout, |c| async move {
+                let mut got = Vec::new();
+                if last == 0 {
+                    return Ok(got);
+                }
+                let opts = micro::store::WatchOptions {
+                    from_revision: 1,
+                    ..Default::default()
+                };
+                let mut w = c.store().watch(LOCK_KEY, opts).await?;
+                while let Some(resp) = w.next().await? {
+                    for e in &resp.events {
+                        let rec = e.record.clone().unwrap_or_default();
+                        let v = if e.r#type == "delete" {
+                            Value::Null
+                        } else {
+                            parse_json(&rec.value)
+                        };
+                        got.push(json!([resp.revision, v]));
+                    }
+                    if resp.revision >= last {
+                        break;
+                    }
+                }
+                Ok(got)
+            })
+            .await;
+        let value = match &out {
+            Outcome::Ok(v) => Value::Array(v.clone()),
+            _ => Value::Null,
+        };
+        self.record_outcome(F::Feed, &out, value, true) == Type::Ok
+    }
+
     /// One randomly chosen operation.
     pub async fn step(&mut self) {
         let w = self.ctx.workloads[self.rng.random_range(0..self.ctx.workloads.len())];
@@ -484,6 +719,7 @@ impl Process {
                 self.publish(&t).await;
             }
             Workload::Groups => self.publish(GROUP_TOPIC).await,
+            Workload::Lock => self.critical_section().await,
         }
     }
 
