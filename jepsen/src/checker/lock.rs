@@ -361,3 +361,219 @@ pub fn check(pairs: &[Pair]) -> LockReport {
     rep.valid = Some(rep.anomaly_counts.is_empty());
     rep
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::history::{pairs, Op};
+
+    /// A history built from operations with explicit times, put in time order.
+    #[derive(Default)]
+    struct H(Vec<Op>);
+
+    impl H {
+        fn op(mut self, p: i64, f: F, v: Value, kind: Type, out: Value, t: (u64, u64)) -> H {
+            self.0
+                .push(Op::new(p, Type::Invoke, f, Some(LOCK_KEY), v, t.0));
+            self.0.push(Op::new(p, kind, f, Some(LOCK_KEY), out, t.1));
+            self
+        }
+
+        fn acquire(self, p: i64, token: u64, t: (u64, u64)) -> H {
+            self.op(
+                p,
+                F::Acquire,
+                Value::Null,
+                Type::Ok,
+                json!({ "token": token }),
+                t,
+            )
+        }
+
+        /// A fenced write of value `id` with `token`, having read `prev`.
+        fn write(
+            self,
+            p: i64,
+            id: i64,
+            token: u64,
+            prev: Option<i64>,
+            out: Out,
+            t: (u64, u64),
+        ) -> H {
+            let v = json!({"id": id, "token": token, "prev": prev, "process": p});
+            let (kind, done) = match out {
+                Out::Ok(rev) => {
+                    let mut d = v.clone();
+                    d["revision"] = json!(rev);
+                    (Type::Ok, d)
+                }
+                Out::Refused(by) => {
+                    let mut d = v.clone();
+                    d["refused_by"] = json!(by);
+                    (Type::Fail, d)
+                }
+                Out::Info => (Type::Info, v.clone()),
+            };
+            self.op(p, F::FencedWrite, v, kind, done, t)
+        }
+
+        /// The final feed: (revision, id, token, prev) per committed value.
+        fn feed(self, entries: &[(u64, i64, u64, Option<i64>)], t: u64) -> H {
+            let v: Vec<Value> = entries
+                .iter()
+                .map(|(rev, id, token, prev)| {
+                    json!([rev, {"id": id, "token": token, "prev": prev, "process": 0}])
+                })
+                .collect();
+            self.op(9, F::Feed, Value::Null, Type::Ok, json!(v), (t, t + 1))
+        }
+
+        fn check(mut self) -> LockReport {
+            self.0.sort_by_key(|o| o.time);
+            check(&pairs(&self.0))
+        }
+    }
+
+    enum Out {
+        Ok(u64),
+        Refused(u64),
+        Info,
+    }
+
+    /// p0 writes under token 10; p1 takes token 20, reads, is paused past its lease; p2 takes
+    /// token 30 and writes; p1 wakes and writes with token 20.
+    fn paused_holder(stale_write: Out) -> H {
+        H::default()
+            .acquire(0, 10, (0, 10))
+            .write(0, 1, 10, None, Out::Ok(11), (20, 30))
+            .acquire(1, 20, (40, 50))
+            .acquire(2, 30, (45, 80))
+            .write(2, 3, 30, Some(1), Out::Ok(31), (90, 100))
+            .write(1, 2, 20, Some(1), stale_write, (110, 120))
+    }
+
+    #[test]
+    fn a_refused_stale_write_is_valid() {
+        let r = paused_holder(Out::Refused(30))
+            .feed(&[(11, 1, 10, None), (31, 3, 30, Some(1))], 200)
+            .check();
+        assert_eq!(r.valid, Some(true), "{r:?}");
+        assert_eq!((r.stale, r.stale_refused, r.refused), (1, 1, 1));
+        assert_eq!((r.acknowledged, r.committed), (2, 2));
+    }
+
+    #[test]
+    fn an_accepted_stale_write_is_caught() {
+        let r = paused_holder(Out::Ok(32))
+            .feed(
+                &[
+                    (11, 1, 10, None),
+                    (31, 3, 30, Some(1)),
+                    (32, 2, 20, Some(1)),
+                ],
+                200,
+            )
+            .check();
+        assert_eq!(r.valid, Some(false));
+        for kind in ["stale-accepted", "token-order", "overlap"] {
+            assert_eq!(r.anomaly_counts.get(kind), Some(&1), "{kind}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn an_indeterminate_stale_write_must_not_commit() {
+        let ok = paused_holder(Out::Info)
+            .feed(&[(11, 1, 10, None), (31, 3, 30, Some(1))], 200)
+            .check();
+        assert_eq!(ok.valid, Some(true), "{ok:?}");
+        let bad = paused_holder(Out::Info)
+            .feed(
+                &[
+                    (11, 1, 10, None),
+                    (31, 3, 30, Some(1)),
+                    (32, 2, 20, Some(1)),
+                ],
+                200,
+            )
+            .check();
+        assert_eq!(
+            bad.anomaly_counts.get("stale-accepted"),
+            Some(&1),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_write_in_the_feed_is_unexpected() {
+        let r = paused_holder(Out::Refused(30))
+            .feed(
+                &[
+                    (11, 1, 10, None),
+                    (31, 3, 30, Some(1)),
+                    (32, 2, 20, Some(1)),
+                ],
+                200,
+            )
+            .check();
+        assert!(r.anomaly_counts.contains_key("unexpected"), "{r:?}");
+    }
+
+    #[test]
+    fn a_lost_acknowledged_write_and_a_wrong_revision_are_caught() {
+        let r = H::default()
+            .acquire(0, 10, (0, 10))
+            .write(0, 1, 10, None, Out::Ok(11), (20, 30))
+            .acquire(1, 20, (40, 50))
+            .write(1, 2, 20, Some(1), Out::Ok(21), (60, 70))
+            .feed(&[(12, 1, 10, None)], 200)
+            .check();
+        assert_eq!(r.anomaly_counts.get("lost"), Some(&1), "{r:?}");
+        assert_eq!(r.anomaly_counts.get("wrong-revision"), Some(&1), "{r:?}");
+    }
+
+    #[test]
+    fn overlapping_critical_sections_are_caught_even_with_increasing_tokens() {
+        // Both read the empty register; the later token's write commits second.
+        let r = H::default()
+            .acquire(0, 10, (0, 10))
+            .acquire(1, 20, (5, 40))
+            .write(0, 1, 10, None, Out::Ok(11), (20, 50))
+            .write(1, 2, 20, None, Out::Ok(21), (45, 60))
+            .feed(&[(11, 1, 10, None), (21, 2, 20, None)], 200)
+            .check();
+        assert_eq!(r.anomaly_counts.get("overlap"), Some(&1), "{r:?}");
+        assert_eq!(r.anomaly_counts.len(), 1, "{r:?}");
+    }
+
+    #[test]
+    fn tokens_must_increase_in_real_time_and_be_unique() {
+        let r = H::default()
+            .acquire(0, 10, (0, 10))
+            .acquire(1, 5, (20, 30))
+            .acquire(2, 10, (40, 50))
+            .feed(&[], 200)
+            .check();
+        assert_eq!(r.anomaly_counts.get("tokens"), Some(&3), "{r:?}");
+    }
+
+    #[test]
+    fn a_refusal_must_name_a_newer_token() {
+        let r = H::default()
+            .acquire(0, 10, (0, 10))
+            .write(0, 1, 10, None, Out::Refused(10), (20, 30))
+            .feed(&[], 200)
+            .check();
+        assert_eq!(r.anomaly_counts.get("refusal"), Some(&1), "{r:?}");
+    }
+
+    #[test]
+    fn without_a_feed_the_verdict_is_unknown() {
+        let r = H::default()
+            .acquire(0, 10, (0, 10))
+            .write(0, 1, 10, None, Out::Ok(11), (20, 30))
+            .check();
+        assert_eq!(r.valid, None);
+    }
+}
