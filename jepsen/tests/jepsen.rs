@@ -265,7 +265,7 @@ async fn planted_group_bugs_are_caught() {
 }
 
 /// The lock workload with holders paused past their lease (pause-the-holder) while nodes are
-/// paused and killed: the committed fenced writes form one chain of increasing tokens, and the
+/// SIGSTOPped: the committed fenced writes form one chain of increasing tokens, and the
 /// stale holders' writes were refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_lock_with_paused_holders_is_valid() {
@@ -280,7 +280,9 @@ async fn smoke_lock_with_paused_holders_is_valid() {
     cfg.workloads = vec![Workload::Lock];
     cfg.lock_ttl = Duration::from_secs(1);
     cfg.schedule = Schedule {
-        faults: vec![Fault::PauseHolder, Fault::Pause, Fault::Kill],
+        // Not kill: in a debug build on two cores, clients bound to a killed node leave too
+        // few critical sections in 12 s for a pause to be taken over reliably.
+        faults: vec![Fault::PauseHolder, Fault::Pause],
         quiet: (Duration::from_secs(1), Duration::from_secs(2)),
         hold: (Duration::from_secs(2), Duration::from_secs(3)),
         warmup: Duration::from_secs(1),
