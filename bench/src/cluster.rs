@@ -96,7 +96,9 @@ impl Cluster {
                 initial.clone(),
             ];
             let log = dir.path().join(format!("node{id}.log"));
-            let proc = Proc::spawn(&format!("micro node {id}"), bin, &args, &[], &log)?;
+            let config_dir = dir.path().join("config").display().to_string();
+            let env = [("MICRO_CONFIG_DIR", config_dir.as_str())];
+            let proc = Proc::spawn(&format!("micro node {id}"), bin, &args, &env, &log)?;
             nodes.push(Node {
                 addr,
                 data_dir,
@@ -108,6 +110,8 @@ impl Cluster {
             nodes,
             _dir: dir,
         };
+        let addrs: Vec<(u64, String)> = (1..).zip(c.nodes.iter().map(|n| n.addr.clone())).collect();
+        micro_testkit::auth::login(&c._dir.path().join("config"), &addrs, READY_TIMEOUT).await?;
         c.wait_micro_leader().await?;
         Ok(c)
     }
@@ -118,7 +122,7 @@ impl Cluster {
             let mut leaders = Vec::new();
             for n in &mut self.nodes {
                 n.proc.check_running()?;
-                if let Ok(c) = micro::Client::connect(&n.addr).await {
+                if let Ok(c) = micro_testkit::auth::connect(&n.addr).await {
                     if let Ok(s) = c.cluster_status().await {
                         leaders.push(s.leader);
                     }
@@ -276,7 +280,7 @@ impl Cluster {
                     prefix: true,
                     ..Default::default()
                 };
-                let w = micro::Client::connect(&addr)
+                let w = micro_testkit::auth::connect(&addr)
                     .await?
                     .store()
                     .watch(prefix, opts)
@@ -375,7 +379,7 @@ impl Conn {
     pub async fn open(target: Target, addr: String) -> anyhow::Result<Conn> {
         Ok(match target {
             Target::Micro => {
-                let c = micro::Client::connect(&addr)
+                let c = micro_testkit::auth::connect(&addr)
                     .await
                     .with_context(|| format!("connect to Micro at {addr}"))?;
                 Conn::Micro(c.store(), c.registry(), c)

@@ -233,7 +233,7 @@ impl Publisher {
                 let c = sys.micro.as_ref().context("no Micro cluster")?;
                 let addr = c.addr_for_worker(i);
                 Publisher::Micro(
-                    micro::Client::connect(addr)
+                    micro_testkit::auth::connect(addr)
                         .await
                         .with_context(|| format!("connect to Micro at {addr}"))?
                         .events(),
@@ -369,14 +369,16 @@ async fn load_replay(
         StreamTarget::Micro => {
             let c = sys.micro.as_ref().context("no Micro cluster")?;
             // Unlimited retention: the default (1,000,000 events) must not trim the replay.
-            micro::Client::connect(c.addr_for_worker(0))
+            micro_testkit::auth::connect(c.addr_for_worker(0))
                 .await?
                 .events()
                 .set_retention(REPLAY_TOPIC, 0, 0)
                 .await
                 .context("set retention")?;
             for i in 0..LOADERS {
-                let store = micro::Client::connect(c.addr_for_worker(i)).await?.store();
+                let store = micro_testkit::auth::connect(c.addr_for_worker(i))
+                    .await?
+                    .store();
                 let (next, pb, payload) = (next.clone(), pb.clone(), payload.clone());
                 tasks.push(tokio::spawn(async move {
                     use micro::proto::events::PublishRequest;
@@ -448,7 +450,7 @@ async fn load_replay(
     let stored = match t {
         StreamTarget::Micro => {
             let c = sys.micro.as_ref().context("no Micro cluster")?;
-            let topics = micro::Client::connect(c.addr_for_worker(0))
+            let topics = micro_testkit::auth::connect(c.addr_for_worker(0))
                 .await?
                 .events()
                 .topics()
@@ -485,7 +487,7 @@ async fn replay_from_start(
     let mut next = 1u64;
     match t {
         StreamTarget::Micro => {
-            let events = micro::Client::connect(&addr).await?.events();
+            let events = micro_testkit::auth::connect(&addr).await?.events();
             let mut consumer = events
                 .consume(micro::events::ConsumeRequest {
                     topic: REPLAY_TOPIC.into(),

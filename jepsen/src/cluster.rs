@@ -51,6 +51,8 @@ pub struct Cluster {
     pub planted_groups_bug: Option<String>,
     /// `MICRO_PLANTED_BUG_FENCE=1` for every node (debug builds of micro only).
     pub planted_fence_bug: bool,
+    /// The CLI config dir of the servers: where the first admin's credentials land.
+    pub config_dir: PathBuf,
 }
 
 impl Cluster {
@@ -88,6 +90,7 @@ impl Cluster {
             extra_args: Vec::new(),
             planted_groups_bug: None,
             planted_fence_bug: false,
+            config_dir: data.join("config"),
         }
     }
 
@@ -125,6 +128,7 @@ impl Cluster {
             .args(["--cluster-token", TOKEN])
             .args(&self.extra_args)
             .env("MICRO_LOG", "info")
+            .env("MICRO_CONFIG_DIR", &self.config_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));

@@ -25,9 +25,10 @@ pub use micro_testkit::parse_duration;
 
 /// Connects an SDK client to a node's gRPC address. Every client the harness uses (workload
 /// processes, consumers, the nemesis's membership calls, status polls) is built here, so
-/// that connection settings and credentials are one change.
+/// that connection settings and credentials are one change. It acts as the cluster's admin
+/// once `run` logged in ([`micro_testkit::auth::login`]).
 pub async fn connect(addr: &str) -> Result<micro::Client, micro::Error> {
-    micro::Client::connect(addr).await
+    micro_testkit::auth::connect(addr).await
 }
 
 /// The `micro` binary next to the running executable (`target/<profile>/`), or one level up

@@ -201,6 +201,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         out.display()
     );
     let all = addrs(&cluster);
+    let config_dir = lock(&cluster).config_dir.clone();
+    micro_testkit::auth::login(&config_dir, &all, Duration::from_secs(60)).await?;
     let leader = match wait_leader(&all, Duration::from_secs(30)).await {
         Ok(l) => l,
         Err(e) => {

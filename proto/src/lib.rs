@@ -39,6 +39,10 @@ pub mod sync {
     tonic::include_proto!("sync");
 }
 
+pub mod auth {
+    tonic::include_proto!("auth");
+}
+
 pub mod raft {
     tonic::include_proto!("raft");
 }
@@ -46,7 +50,7 @@ pub mod raft {
 /// The packages clients may call (over gRPC and through the HTTP gateway); `raft` is the
 /// internal peer protocol and is not among them.
 pub const PUBLIC_PACKAGES: &[&str] = &[
-    "store", "events", "broker", "cluster", "lease", "registry", "config", "sync",
+    "store", "events", "broker", "cluster", "lease", "registry", "config", "sync", "auth",
 ];
 
 /// The encoded `FileDescriptorSet` of every service above.

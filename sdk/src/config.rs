@@ -1,10 +1,10 @@
 //! Dynamic config (Micro v3's `config.Config`): typed gets, sets, compare-and-set, watch.
 
+use crate::Transport as Channel;
 use micro_proto::config as pb;
 use pb::config_client::ConfigClient;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::Error;
 

@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 
+use crate::Transport as Channel;
 use micro_proto::events as pb;
 use pb::stream_client::StreamClient;
-use tonic::transport::Channel;
 
 use crate::Error;
 

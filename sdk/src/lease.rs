@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use crate::Transport as Channel;
 use micro_proto::lease as pb;
 use pb::lease_client::LeaseClient;
-use tonic::transport::Channel;
 
 use crate::Error;
 

@@ -5,6 +5,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), micro::Error> {
+//! // Credentials from MICRO_AUTH_TOKEN or MICRO_AUTH_ID + MICRO_AUTH_SECRET; or use
+//! // `Client::builder(addr).credentials(..)`.
 //! let client = micro::Client::connect("127.0.0.1:8081").await?;
 //! client.store().write("greeting", b"hello".to_vec()).await?;
 //! let rec = client.store().read("greeting").await?;
@@ -12,7 +14,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod config;
+pub mod env;
 pub mod events;
 pub mod lease;
 pub mod registry;
@@ -20,6 +24,7 @@ pub mod resumable;
 pub mod store;
 pub mod sync;
 
+pub use auth::{Credentials, Token, Transport};
 pub use config::Config;
 pub use events::Events;
 pub use lease::Leases;
@@ -30,7 +35,7 @@ pub use sync::Sync;
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// A client error: the gRPC status the server returned, or a transport failure.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +71,40 @@ impl Error {
 /// A connection to one Micro node. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
+    channel: Transport,
+    auth: auth::Authorizer,
 }
 
-impl Client {
-    /// Connects to a node's gRPC address (`host:port` or `http://host:port`).
-    pub async fn connect(addr: &str) -> Result<Client, Error> {
+/// Options for [`Client::builder`].
+pub struct ClientBuilder {
+    addr: String,
+    credentials: Credentials,
+    namespace: Option<String>,
+    lifetime: Option<Duration>,
+}
+
+impl ClientBuilder {
+    /// Who to be (default: [`Credentials::from_env`]).
+    pub fn credentials(mut self, c: Credentials) -> Self {
+        self.credentials = c;
+        self
+    }
+
+    /// The namespace every call acts in (default: the account's own).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = Some(ns.into());
+        self
+    }
+
+    /// How long each access token should live (the server caps it).
+    pub fn token_lifetime(mut self, d: Duration) -> Self {
+        self.lifetime = Some(d);
+        self
+    }
+
+    /// Connects and logs in.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let addr = self.addr.as_str();
         let url = if addr.contains("://") {
             addr.to_string()
         } else {
@@ -88,16 +121,58 @@ impl Client {
             .connect()
             .await
             .map_err(|e| err(e.to_string()))?;
-        Ok(Client { channel })
+        let auth = auth::Authorizer::new(self.namespace.as_deref())?;
+        auth.login(&channel, &self.credentials, self.lifetime)
+            .await?;
+        Ok(Client {
+            channel: tonic::service::interceptor::InterceptedService::new(channel, auth.clone()),
+            auth,
+        })
+    }
+}
+
+impl Client {
+    /// Connects to a node's gRPC address (`host:port` or `http://host:port`) with the
+    /// credentials in the environment ([`Credentials::from_env`]).
+    pub async fn connect(addr: &str) -> Result<Client, Error> {
+        Client::builder(addr).connect().await
     }
 
-    /// The underlying channel, for the generated clients of other services.
-    pub fn channel(&self) -> Channel {
+    /// A client with chosen credentials, namespace or token lifetime.
+    pub fn builder(addr: &str) -> ClientBuilder {
+        ClientBuilder {
+            addr: addr.to_string(),
+            credentials: Credentials::from_env(),
+            namespace: None,
+            lifetime: None,
+        }
+    }
+
+    /// The channel, authenticating every call, for the generated clients of other services.
+    pub fn channel(&self) -> Transport {
         self.channel.clone()
     }
 
+    /// The token this client currently sends (empty access token: anonymous).
+    pub fn token(&self) -> Token {
+        self.auth.token()
+    }
+
+    /// Accounts, tokens and rules.
+    pub fn auth(&self) -> proto::auth::auth_client::AuthClient<Transport> {
+        proto::auth::auth_client::AuthClient::new(self.channel.clone())
+    }
+
+    pub fn accounts(&self) -> proto::auth::accounts_client::AccountsClient<Transport> {
+        proto::auth::accounts_client::AccountsClient::new(self.channel.clone())
+    }
+
+    pub fn rules(&self) -> proto::auth::rules_client::RulesClient<Transport> {
+        proto::auth::rules_client::RulesClient::new(self.channel.clone())
+    }
+
     /// The broker: ephemeral pub/sub.
-    pub fn broker(&self) -> proto::broker::broker_client::BrokerClient<Channel> {
+    pub fn broker(&self) -> proto::broker::broker_client::BrokerClient<Transport> {
         proto::broker::broker_client::BrokerClient::new(self.channel.clone())
     }
 
@@ -131,7 +206,7 @@ impl Client {
         Store::new(self.channel.clone())
     }
 
-    fn cluster(&self) -> proto::cluster::cluster_client::ClusterClient<Channel> {
+    fn cluster(&self) -> proto::cluster::cluster_client::ClusterClient<Transport> {
         proto::cluster::cluster_client::ClusterClient::new(self.channel.clone())
             .max_decoding_message_size(64 * 1024 * 1024)
     }

@@ -1,8 +1,8 @@
 //! The service registry client (Micro v3's `registry.Registry`).
 
+use crate::Transport as Channel;
 use micro_proto::registry as pb;
 use pb::registry_client::RegistryClient;
-use tonic::transport::Channel;
 
 use crate::Error;
 

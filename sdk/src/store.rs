@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use crate::Transport as Channel;
 use futures::StreamExt;
 use micro_proto::store as pb;
 use pb::store_client::StoreClient;
-use tonic::transport::Channel;
 
 use crate::Error;
 

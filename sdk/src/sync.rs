@@ -12,10 +12,10 @@
 
 use std::time::Duration;
 
+use crate::Transport as Channel;
 use micro_proto::sync as pb;
 use pb::sync_client::SyncClient;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use crate::{Error, Leases};
 

@@ -2,6 +2,7 @@
 //! One module per building block (`cli/<block>.rs`); this file holds the top-level parser and
 //! the output helpers they share.
 
+mod auth;
 mod broker;
 mod cluster;
 mod config;
@@ -13,6 +14,7 @@ mod server;
 mod snapshot;
 mod store;
 
+use auth::{AuthCmd, EnvCmd, LoginArgs, Target};
 use broker::{broker, BrokerCmd};
 use cluster::{cluster, ClusterCmd};
 use config::{config, ConfigCmd, Namespace};
@@ -43,14 +45,12 @@ use serde_json::{json, Value};
     about = "Micro: a platform for microservices in one binary"
 )]
 struct Cli {
-    /// gRPC address of the node to talk to
-    #[arg(
-        long,
-        global = true,
-        env = "MICRO_SERVER",
-        default_value = "127.0.0.1:8081"
-    )]
-    server: String,
+    /// gRPC address of the node to talk to (default: the env's, else 127.0.0.1:8081)
+    #[arg(long, global = true, env = "MICRO_SERVER")]
+    server: Option<String>,
+    /// The env (named server + credentials) to use; default: the current one (`micro env`)
+    #[arg(long, short = 'e', global = true, env = "MICRO_ENV")]
+    env: Option<String>,
     /// Output format
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -124,6 +124,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SnapshotCmd,
     },
+    /// Log in: keeps a refresh token for the current env
+    Login(LoginArgs),
+    /// Forget the current env's credentials
+    Logout,
+    /// Who the CLI is logged in as
+    User,
+    /// Named servers and their credentials: list, set, add, del
+    Env {
+        #[command(subcommand)]
+        cmd: Option<EnvCmd>,
+    },
+    /// Accounts, rules and tokens
+    Auth {
+        #[command(subcommand)]
+        cmd: AuthCmd,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -143,19 +159,26 @@ pub fn main() -> ExitCode {
         }
     };
     let res = rt.block_on(async move {
+        let target = Target::new(cli.server, cli.env)?;
+        let t = &target;
         match cli.cmd {
             Cmd::Server(args) => server(args).await,
-            Cmd::Store { cmd } => store(&cli.server, cli.output, cmd).await,
-            Cmd::Cluster { cmd } => cluster(&cli.server, cli.output, cmd).await,
-            Cmd::Snapshot { cmd } => snapshot(&cli.server, cli.output, cmd).await,
-            Cmd::Events { cmd } => events(&cli.server, cli.output, cmd).await,
-            Cmd::Broker { cmd } => broker(&cli.server, cli.output, cmd).await,
-            Cmd::Lease { cmd } => lease(&cli.server, cli.output, cmd).await,
-            Cmd::Lock(args) => lock(&cli.server, cli.output, args).await,
-            Cmd::Election { cmd } => election(&cli.server, cli.output, cmd).await,
-            Cmd::Config { namespace, cmd } => config(&cli.server, cli.output, namespace, cmd).await,
-            Cmd::Services { domain } => services(&cli.server, cli.output, domain).await,
-            Cmd::Registry { domain, cmd } => registry(&cli.server, cli.output, domain, cmd).await,
+            Cmd::Store { cmd } => store(t, cli.output, cmd).await,
+            Cmd::Cluster { cmd } => cluster(t, cli.output, cmd).await,
+            Cmd::Snapshot { cmd } => snapshot(t, cli.output, cmd).await,
+            Cmd::Events { cmd } => events(t, cli.output, cmd).await,
+            Cmd::Broker { cmd } => broker(t, cli.output, cmd).await,
+            Cmd::Lease { cmd } => lease(t, cli.output, cmd).await,
+            Cmd::Lock(args) => lock(t, cli.output, args).await,
+            Cmd::Election { cmd } => election(t, cli.output, cmd).await,
+            Cmd::Config { namespace, cmd } => config(t, cli.output, namespace, cmd).await,
+            Cmd::Services { domain } => services(t, cli.output, domain).await,
+            Cmd::Registry { domain, cmd } => registry(t, cli.output, domain, cmd).await,
+            Cmd::Login(args) => auth::login(t, cli.output, args).await,
+            Cmd::Logout => auth::logout(t),
+            Cmd::User => auth::user(t, cli.output).await,
+            Cmd::Env { cmd } => auth::env(t, cli.output, cmd),
+            Cmd::Auth { cmd } => auth::auth(t, cli.output, cmd).await,
         }
     });
     match res {

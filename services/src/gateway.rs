@@ -174,7 +174,13 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if rpc.is_server_streaming() && wants_sse {
-        return match sse(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
+        return match sse(
+            &gw.channel,
+            &rpc,
+            grpc_request(&headers, msg.encode_to_vec().into()),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(status) => error(&id, http_status(status.code()), status.message()),
         };
@@ -186,7 +192,13 @@ async fn handle(
             .map_err(|e| e.to_string())
     };
     let answer = if rpc.is_server_streaming() {
-        match call_streaming(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
+        match call_streaming(
+            &gw.channel,
+            &rpc,
+            grpc_request(&headers, msg.encode_to_vec().into()),
+        )
+        .await
+        {
             // Pages of repeated fields (store List's `keys`) merge into one message, as
             // concatenated protobuf does: Micro v3 answers List with one object.
             Ok(parts) if is_page(&rpc.output()) => to_json(parts.concat().into()),
@@ -196,7 +208,13 @@ async fn handle(
             Err(status) => return error(&id, http_status(status.code()), status.message()),
         }
     } else {
-        match call(&gw.channel, &rpc, msg.encode_to_vec().into()).await {
+        match call(
+            &gw.channel,
+            &rpc,
+            grpc_request(&headers, msg.encode_to_vec().into()),
+        )
+        .await
+        {
             Ok(bytes) => to_json(bytes),
             Err(status) => return error(&id, http_status(status.code()), status.message()),
         }
@@ -537,12 +555,12 @@ fn grpc_path(rpc: &MethodDescriptor) -> Result<http::uri::PathAndQuery, tonic::S
 async fn sse(
     channel: &Channel,
     rpc: &MethodDescriptor,
-    body: Bytes,
+    body: tonic::Request<Bytes>,
 ) -> Result<Response, tonic::Status> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let mut grpc = ready(channel).await?;
     let stream = grpc
-        .server_streaming(tonic::Request::new(body), grpc_path(rpc)?, RawCodec)
+        .server_streaming(body, grpc_path(rpc)?, RawCodec)
         .await?
         .into_inner();
     let output = rpc.output();
@@ -572,6 +590,43 @@ async fn sse(
         .into_response())
 }
 
+/// The gRPC request for an HTTP request: the body, and who is asking (the `Authorization`
+/// header, else Micro's `micro-token` cookie, and `Micro-Namespace`), so the gRPC front end's
+/// auth layer decides for HTTP callers exactly as for gRPC ones.
+fn grpc_request(headers: &axum::http::HeaderMap, body: Bytes) -> tonic::Request<Bytes> {
+    let mut req = tonic::Request::new(body);
+    let md = req.metadata_mut();
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .cloned()
+        .or_else(|| {
+            cookie(headers, "micro-token").and_then(|t| format!("Bearer {t}").parse().ok())
+        });
+    if let Some(v) = token.and_then(|v| v.to_str().ok().and_then(|s| s.parse().ok())) {
+        md.insert("authorization", v);
+    }
+    if let Some(v) = headers
+        .get(crate::auth::NAMESPACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok())
+    {
+        md.insert(crate::auth::NAMESPACE_HEADER, v);
+    }
+    req
+}
+
+/// The value of cookie `name`, if the request carries it.
+fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 async fn ready(channel: &Channel) -> Result<tonic::client::Grpc<Channel>, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready()
@@ -584,26 +639,23 @@ async fn ready(channel: &Channel) -> Result<tonic::client::Grpc<Channel>, tonic:
 async fn call(
     channel: &Channel,
     rpc: &MethodDescriptor,
-    body: Bytes,
+    body: tonic::Request<Bytes>,
 ) -> Result<Bytes, tonic::Status> {
     let mut grpc = ready(channel).await?;
     let path = grpc_path(rpc)?;
-    Ok(grpc
-        .unary(tonic::Request::new(body), path, RawCodec)
-        .await?
-        .into_inner())
+    Ok(grpc.unary(body, path, RawCodec).await?.into_inner())
 }
 
 /// Calls the server-streaming `rpc` and gathers its messages until the stream ends.
 async fn call_streaming(
     channel: &Channel,
     rpc: &MethodDescriptor,
-    body: Bytes,
+    body: tonic::Request<Bytes>,
 ) -> Result<Vec<Bytes>, tonic::Status> {
     let mut grpc = ready(channel).await?;
     let path = grpc_path(rpc)?;
     let mut stream = grpc
-        .server_streaming(tonic::Request::new(body), path, RawCodec)
+        .server_streaming(body, path, RawCodec)
         .await?
         .into_inner();
     let mut all = Vec::new();

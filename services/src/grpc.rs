@@ -1,6 +1,7 @@
 //! The gRPC services: thin adapters between protobuf and [`micro_cluster::Node`], one module
 //! per building block.
 
+pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;

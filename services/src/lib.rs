@@ -11,6 +11,7 @@
 //! What it must never do: hold business logic of a view (`micro-state`) or touch Raft directly
 //! (`micro-cluster`).
 
+pub mod auth;
 pub mod cli;
 pub mod errors;
 pub mod gateway;

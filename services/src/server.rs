@@ -14,6 +14,10 @@ pub struct ServerConfig {
     pub node: NodeConfig,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// Serve every request without credentials (loopback listeners only).
+    pub auth_disabled: bool,
+    /// The CLI config directory the first admin's credentials are written to.
+    pub config_dir: std::path::PathBuf,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -37,7 +41,32 @@ pub async fn run(
     let mut node_cfg = cfg.node;
     node_cfg.grpc_addr = grpc_addr.to_string();
     node_cfg.http_addr = http_addr.to_string();
+    if cfg.auth_disabled {
+        for (what, addr) in [("grpc", grpc_addr), ("http", http_addr)] {
+            if !addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "--auth-disabled needs loopback listeners, but --{what} is {addr}: anyone who can reach it would own the cluster"
+                );
+            }
+        }
+        tracing::warn!(
+            "AUTH IS DISABLED (--auth-disabled): every request on {grpc_addr} and {http_addr} acts as an admin"
+        );
+        eprintln!("micro: WARNING: auth is disabled; every local request acts as an admin");
+    }
     let node = Node::start(node_cfg.clone()).await?;
+    let authn = crate::auth::Authenticator::new(node.clone(), cfg.auth_disabled);
+    let mut cli_addr = grpc_addr;
+    if cli_addr.ip().is_unspecified() {
+        cli_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    tokio::spawn(crate::auth::bootstrap::run(
+        node.clone(),
+        crate::auth::bootstrap::Local {
+            config_dir: cfg.config_dir.clone(),
+            server: cli_addr.to_string(),
+        },
+    ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -58,12 +87,16 @@ pub async fn run(
         let svc_registry = crate::grpc::registry::RegistryService::server(node.clone());
         let svc_config = crate::grpc::config::ConfigService::server(node.clone());
         let svc_sync = crate::grpc::sync::SyncService::server(node.clone());
+        let (svc_auth, svc_accounts, svc_rules) =
+            crate::grpc::auth::AuthService::servers(node.clone(), authn.clone());
         let front_errors = crate::grpc::front_errors::FrontErrors::new();
+        let auth_layer = crate::auth::AuthLayer::new(authn.clone());
         let stop = wait(stop_rx.clone());
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .layer(front_errors)
+                .layer(auth_layer)
                 .add_service(svc_store)
                 .add_service(svc_cluster)
                 .add_service(svc_broker)
@@ -73,6 +106,9 @@ pub async fn run(
                 .add_service(svc_registry)
                 .add_service(svc_config)
                 .add_service(svc_sync)
+                .add_service(svc_auth)
+                .add_service(svc_accounts)
+                .add_service(svc_rules)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await
                 .map_err(anyhow::Error::from)

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::views::{config, events, lease, lock, meta, registry, store};
+use crate::views::{auth, config, events, lease, lock, meta, registry, store};
 
 /// The format version of log entries this release writes (release 1 wrote 1; see [`v1`]).
 pub const ENTRY_VERSION: u8 = 2;
@@ -45,6 +45,7 @@ pub enum Command {
     Lock(lock::Cmd),
     /// A write that applies only while `Fence` holds its lock's newest token.
     Fenced(lock::Fence, Box<Command>),
+    Auth(auth::Cmd),
 }
 
 /// The result of one command, by view.
@@ -74,6 +75,7 @@ pub enum Outcome {
         field: String,
         reason: String,
     },
+    Auth(auth::Out),
 }
 
 /// A view as the edges see it: the commands it takes and the outcome type they return, so a
@@ -110,6 +112,7 @@ view!(meta::Meta, meta, Meta);
 view!(registry::Registry, registry, Registry);
 view!(config::Config, config, Config);
 view!(lock::Locks, lock, Lock);
+view!(auth::Auth, auth, Auth);
 
 impl Command {
     /// Roughly how many bytes the command adds to a log entry (for batch limits).
@@ -121,6 +124,7 @@ impl Command {
             Command::Registry(c) => c.size_hint(),
             Command::Config(c) => c.size_hint(),
             Command::Lock(c) => c.size_hint(),
+            Command::Auth(c) => c.size_hint(),
             Command::Fenced(f, c) => FIXED_SIZE + f.lock.len() + c.size_hint(),
             Command::Txn(t) => {
                 FIXED_SIZE
@@ -145,6 +149,7 @@ impl Command {
             Command::Registry(c) => c.validate(),
             Command::Config(c) => c.validate(),
             Command::Lock(c) => c.validate(),
+            Command::Auth(c) => c.validate(),
             Command::Fenced(f, c) => {
                 f.validate()?;
                 let fenceable = match c.as_ref() {
@@ -155,6 +160,7 @@ impl Command {
                     | Command::Registry(_)
                     | Command::Config(_)
                     | Command::Lock(_)
+                    | Command::Auth(_)
                     | Command::Fenced(..) => false,
                 };
                 if !fenceable {
@@ -179,6 +185,7 @@ impl Command {
                         | Command::Registry(_)
                         | Command::Config(_)
                         | Command::Lock(_)
+                        | Command::Auth(_)
                         | Command::Fenced(..) => false,
                     };
                     if !allowed {

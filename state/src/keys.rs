@@ -40,6 +40,10 @@ pub const LOCK: u8 = 0x0D;
 /// Lock state: `LOCK_META name`.
 pub const LOCK_META: u8 = 0x0E;
 
+/// Auth (accounts, names, rules, refresh tokens): `AUTH kind ns(len-prefixed) ...`, see
+/// `views::auth`.
+pub const AUTH: u8 = 0x0F;
+
 /// The keyspace schema (u64; absent = 1). Apply migrates older schemas at the first entry.
 pub const META_SCHEMA: &[u8] = &[META, b'v'];
 /// The first revision still in the change feed (u64; absent = 1).
@@ -49,6 +53,11 @@ pub const META_TERM: &[u8] = &[META, b't'];
 
 /// The cluster's key for config secrets (32 bytes), set once.
 pub const META_CONFIG_KEY: &[u8] = &[META, b'x'];
+
+/// The cluster's token-signing keys (`views::auth::Keys`).
+pub const META_AUTH_KEYS: &[u8] = &[META, b'j'];
+/// The revision of the last auth change (u64): front ends drop cached rules when it moves.
+pub const META_AUTH_EPOCH: &[u8] = &[META, b'e'];
 
 /// The state machine clock (u64 ms, big-endian).
 pub const META_CLOCK: &[u8] = &[META, b'c'];
@@ -64,7 +73,7 @@ pub const META_APPLIED: &[u8] = &[META, b'a'];
 /// The membership in force (written by micro-cluster).
 pub const META_MEMBERSHIP: &[u8] = &[META, b'm'];
 
-fn push_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
     // Names are validated to fit MAX_KEY_BYTES (< u16::MAX) before they get here.
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s.as_bytes());

@@ -3,6 +3,7 @@
 //! any [`crate::Read`]). `machine` dispatches to them; `history` is the change feed they all
 //! write to.
 
+pub mod auth;
 pub mod config;
 pub mod events;
 pub mod history;

@@ -1,11 +1,13 @@
 //! `micro-testkit`: shared by the harnesses that start real `micro` processes on 127.0.0.1
-//! (`tests/`, `jepsen/`, `bench/`): free ports and the duration flags' parser. No dependencies,
-//! so it costs nothing to build.
+//! (`tests/`, `jepsen/`, `bench/`): free ports, the duration flags' parser, and logging in as
+//! the cluster's admin ([`auth`]).
 //!
 //! Ports come from below the kernel's ephemeral range (32768+). A port found by binding port 0
 //! and releasing it can be taken by any outgoing connection before the server binds it; ports
 //! in 20000..32000 are only ever taken by listeners. A per-process counter from a pid-derived
 //! start keeps harnesses running at the same time apart, and a bind check skips ports in use.
+
+pub mod auth;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -3,6 +3,10 @@
 //! [`TestCluster`] starts nodes with ports it found free, waits on conditions (a leader, an
 //! applied index) instead of sleeping, and can kill -9, stop and restart members. Set
 //! `MICRO_TEST_KEEP_DIR=1` to keep the data dirs and logs of a run for a post-mortem.
+//!
+//! Auth is on, as in production: each cluster gets its own CLI config dir (where its first
+//! node writes the admin's credentials), and [`TestCluster::client`], [`TestCluster::cli`],
+//! [`TestCluster::http`] and [`raw_unary`] act as that admin.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,6 +101,25 @@ pub struct TestCluster {
     extra_args: Vec<String>,
     /// Per-node extra flags (e.g. `--join`), appended after the common ones.
     node_args: BTreeMap<u64, Vec<String>>,
+    /// The CLI config dir of this cluster (MICRO_CONFIG_DIR of its servers and CLI runs).
+    config_dir: PathBuf,
+    /// The admin's access token, once fetched.
+    admin: tokio::sync::OnceCell<String>,
+}
+
+pub use micro_testkit::auth::token_for;
+
+/// An HTTP client sending the admin token of the cluster `addr` belongs to (anonymous if
+/// none was fetched yet).
+pub fn http_for(addr: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(v) = token_for(addr).and_then(|t| format!("Bearer {t}").parse().ok()) {
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
 }
 
 impl TestCluster {
@@ -131,7 +154,6 @@ impl TestCluster {
             String::new()
         };
         TestCluster {
-            dir: Some(dir),
             specs,
             procs: BTreeMap::new(),
             spawns: BTreeMap::new(),
@@ -139,7 +161,96 @@ impl TestCluster {
             initial_cluster,
             extra_args: Vec::new(),
             node_args: BTreeMap::new(),
+            config_dir: dir.path().join("config"),
+            admin: tokio::sync::OnceCell::new(),
+            dir: Some(dir),
         }
+    }
+
+    /// The CLI config dir this cluster's servers write the admin's credentials to.
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
+    /// Uses `other`'s config dir (a cluster restored from `other`'s snapshot has `other`'s
+    /// accounts, and writes no credentials of its own).
+    pub fn share_credentials(&mut self, other: &TestCluster) {
+        self.config_dir = other.config_dir.clone();
+    }
+
+    /// The admin's credentials, once a node has written them.
+    pub async fn admin_credentials(&self) -> anyhow::Result<micro::Credentials> {
+        let dir = self.config_dir.clone();
+        eventually("the admin's credentials", Duration::from_secs(30), || {
+            let dir = dir.clone();
+            async move {
+                let envs = micro::env::Envs::load(&dir)?;
+                Ok(envs.current().and_then(|e| match (&e.id, &e.secret) {
+                    (Some(id), Some(secret)) => Some(micro::Credentials::Account {
+                        id: id.clone(),
+                        secret: secret.clone(),
+                    }),
+                    _ => None,
+                }))
+            }
+        })
+        .await
+    }
+
+    /// An access token of the cluster's admin (fetched once, valid for a day).
+    pub async fn admin_token(&self) -> anyhow::Result<String> {
+        self.admin
+            .get_or_try_init(|| async {
+                let creds = self.admin_credentials().await?;
+                let addrs: Vec<(String, String)> = self
+                    .specs
+                    .values()
+                    .map(|s| (s.grpc.clone(), s.http.clone()))
+                    .collect();
+                let got = eventually("an admin token", Duration::from_secs(30), || {
+                    let creds = creds.clone();
+                    let addrs = addrs.clone();
+                    async move {
+                        for (grpc, _) in &addrs {
+                            if let Ok(c) = micro::Client::builder(grpc)
+                                .credentials(creds.clone())
+                                .token_lifetime(Duration::from_secs(24 * 3600))
+                                .connect()
+                                .await
+                            {
+                                return Ok(Some(c.token()));
+                            }
+                        }
+                        Ok(None)
+                    }
+                })
+                .await?;
+                // The CLI runs of the tests reuse it instead of each logging in again.
+                let mut envs = micro::env::Envs::load(&self.config_dir)?;
+                if let Some(e) = envs.envs.get_mut(envs.current_name().to_string().as_str()) {
+                    e.access_token = Some(got.access_token.clone());
+                    e.expiry = got.expiry;
+                    e.refresh_token = Some(got.refresh_token.clone());
+                    envs.save(&self.config_dir)?;
+                }
+                let token = got.access_token;
+                micro_testkit::auth::remember(addrs.into_iter().flat_map(|(g, h)| [g, h]), &token);
+                Ok::<_, anyhow::Error>(token)
+            })
+            .await
+            .cloned()
+    }
+
+    /// An HTTP client sending the admin's token.
+    pub async fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.admin_token().await?).parse()?,
+        );
+        Ok(reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?)
     }
 
     /// Lays out `n` nodes where node 1 bootstraps alone and the others join it later
@@ -183,6 +294,7 @@ impl TestCluster {
             c.spawn(id)?;
         }
         c.wait_leader(Duration::from_secs(10)).await?;
+        c.admin_token().await?;
         Ok(c)
     }
 
@@ -201,7 +313,8 @@ impl TestCluster {
             .args(["--grpc", &s.grpc, "--http", &s.http, "--peer", &s.peer])
             .args(["--cluster-token", &self.token])
             .args(&self.extra_args)
-            .env("MICRO_LOG", "info,openraft=info");
+            .env("MICRO_LOG", "info,openraft=info")
+            .env("MICRO_CONFIG_DIR", &self.config_dir);
         if let Some(extra) = self.node_args.get(&id) {
             cmd.args(extra);
         } else if !self.initial_cluster.is_empty() {
@@ -285,13 +398,29 @@ impl TestCluster {
         self.procs.keys().copied().collect()
     }
 
-    /// A client of node `id`, retrying while the node starts up.
+    /// A client of node `id` acting as the admin, retrying while the node starts up.
     pub async fn client(&self, id: u64) -> anyhow::Result<micro::Client> {
+        let token = self.admin_token().await?;
+        self.client_as(id, micro::Credentials::Token(token)).await
+    }
+
+    /// A client of node `id` with other credentials (anonymous: `Credentials::None`).
+    pub async fn client_as(
+        &self,
+        id: u64,
+        creds: micro::Credentials,
+    ) -> anyhow::Result<micro::Client> {
         let addr = self.spec(id).grpc.clone();
         eventually(
             &format!("node {id} to accept connections"),
             Duration::from_secs(15),
-            || async { Ok(micro::Client::connect(&addr).await.ok()) },
+            || async {
+                Ok(micro::Client::builder(&addr)
+                    .credentials(creds.clone())
+                    .connect()
+                    .await
+                    .ok())
+            },
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.log(id)))
@@ -299,10 +428,15 @@ impl TestCluster {
 
     /// Polls cluster status until every running node names the same leader.
     pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let token = micro::Credentials::Token(self.admin_token().await?);
         let res = eventually("an agreed leader", timeout, || async {
             let mut leaders = Vec::new();
             for id in self.running() {
-                if let Ok(c) = micro::Client::connect(&self.spec(id).grpc).await {
+                let c = micro::Client::builder(&self.spec(id).grpc)
+                    .credentials(token.clone())
+                    .connect()
+                    .await;
+                if let Ok(c) = c {
                     if let Ok(s) = c.cluster_status().await {
                         leaders.push(s.leader);
                     }
@@ -354,9 +488,21 @@ impl TestCluster {
         Ok(())
     }
 
+    /// A `micro` command acting as this cluster's admin (its CLI config dir, no credentials
+    /// from the test's environment).
+    pub fn micro(&self) -> Command {
+        let mut cmd = Command::new(micro_bin());
+        cmd.env("MICRO_CONFIG_DIR", &self.config_dir)
+            .env_remove("MICRO_AUTH_TOKEN")
+            .env_remove("MICRO_AUTH_ID")
+            .env_remove("MICRO_AUTH_SECRET");
+        cmd
+    }
+
     /// Runs a `micro` client command against node `id`; returns (success, stdout, stderr).
     pub fn cli(&self, id: u64, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(micro_bin())
+        let out = self
+            .micro()
             .args(["--server", &self.spec(id).grpc])
             .args(args)
             .output()
@@ -430,11 +576,22 @@ impl tonic::codec::Decoder for RawCodec {
     }
 }
 
-/// A unary call of `path` (`/package.Service/Method`) on node `addr` with raw request bytes.
+/// A unary call of `path` (`/package.Service/Method`) on node `addr` with raw request bytes,
+/// as the admin of the node's cluster (once its token was fetched).
 pub async fn raw_unary(
     addr: &str,
     path: &str,
     body: Vec<u8>,
+) -> Result<bytes::Bytes, tonic::Status> {
+    raw_unary_as(addr, path, body, token_for(addr).as_deref()).await
+}
+
+/// [`raw_unary`] with a chosen bearer token (None: anonymous).
+pub async fn raw_unary_as(
+    addr: &str,
+    path: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
 ) -> Result<bytes::Bytes, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| tonic::Status::internal(e.to_string()))?
@@ -448,10 +605,16 @@ pub async fn raw_unary(
     let path: tonic::codegen::http::uri::PathAndQuery = path
         .parse()
         .map_err(|e| tonic::Status::internal(format!("{path}: {e}")))?;
-    Ok(grpc
-        .unary(tonic::Request::new(body.into()), path, RawCodec)
-        .await?
-        .into_inner())
+    let mut req = tonic::Request::new(body.into());
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| tonic::Status::internal("token is not ASCII"))?,
+        );
+    }
+    Ok(grpc.unary(req, path, RawCodec).await?.into_inner())
 }
 
 /// A client's view of a .proto file it was given as text: compiled at run time (protox), so a

@@ -4,7 +4,7 @@ use micro_tests::{raw_unary, TestCluster};
 use serde_json::{json, Value};
 
 async fn post(http: &str, path: &str, body: &str) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = micro_tests::http_for(http)
         .post(format!("http://{http}{path}"))
         .body(body.to_string())
         .send()
@@ -219,7 +219,7 @@ async fn get_requests_map_query_strings() -> anyhow::Result<()> {
         "http://{}/store/read?key=user/&options.prefix=true&options.limit=1",
         c.spec(1).http
     );
-    let v: Value = reqwest::get(url).await?.json().await?;
+    let v: Value = c.http().await?.get(url).send().await?.json().await?;
     assert_eq!(v["records"].as_array().map(Vec::len), Some(1));
     assert_eq!(v["records"][0]["key"], "user/1");
     Ok(())
@@ -273,7 +273,7 @@ async fn cross_site_browser_requests_are_refused() -> anyhow::Result<()> {
 async fn an_answer_before_the_body_is_read_closes_the_connection() -> anyhow::Result<()> {
     let c = TestCluster::start(1).await?;
     let http = c.spec(1).http.clone();
-    let client = reqwest::Client::new();
+    let client = c.http().await?;
     let body = "[".repeat(200_000);
     for (path, origin, status) in [
         ("/store/read", Some("https://evil.example"), 403),

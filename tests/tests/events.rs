@@ -73,7 +73,9 @@ async fn replay_from_an_offset_on_every_node_and_after_restarts() -> anyhow::Res
         check(consume_all(&c, id, replay_from("orders", 5000)).await?);
     }
     // events.Store/Read without a limit returns Micro v3's default of 250.
-    let read: serde_json::Value = reqwest::Client::new()
+    let read: serde_json::Value = c
+        .http()
+        .await?
         .post(format!("http://{}/events/read", c.spec(2).http))
         .json(&serde_json::json!({"topic": "orders", "offset": 10}))
         .send()
@@ -307,9 +309,7 @@ async fn a_micro_v3_client_acks_on_the_consume_stream() -> anyhow::Result<()> {
     let c = TestCluster::start(3).await?;
     publish_n(&c, 1, "v3", 3).await?;
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.spec(2).grpc))?
-        .connect()
-        .await?;
+    let channel = c.client(2).await?.channel();
     let (send, outgoing) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
     let first = ConsumeRequest {
         topic: "v3".into(),
@@ -640,7 +640,7 @@ async fn the_broker_fans_out_across_nodes_and_queues_share() -> anyhow::Result<(
 async fn events_over_http_including_a_live_sse_stream() -> anyhow::Result<()> {
     let c = TestCluster::start(1).await?;
     let http = c.spec(1).http.clone();
-    let client = reqwest::Client::new();
+    let client = c.http().await?;
     // Publish through the gateway (`/events/publish` resolves to events.Stream/Publish).
     for i in 1..=3 {
         let body = serde_json::json!({"topic": "web", "payload": base64_of(&format!("p{i}"))});
@@ -744,9 +744,7 @@ async fn a_nack_loop_on_one_stream_writes_at_a_bounded_rate() -> anyhow::Result<
     publish_n(&c, 1, "nacks", 1).await?;
     let before = c.applied(1).await?;
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.spec(1).grpc))?
-        .connect()
-        .await?;
+    let channel = c.client(1).await?.channel();
     let (send, outgoing) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
     let first = ConsumeRequest {
         topic: "nacks".into(),

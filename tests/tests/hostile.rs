@@ -433,6 +433,7 @@ async fn http_request(
 async fn grpc_request(
     rng: &mut fastrand::Rng,
     channels: &[tonic::transport::Channel],
+    token: &str,
     t: &Shared,
     seed: u64,
 ) {
@@ -468,6 +469,14 @@ async fn grpc_request(
         return;
     };
     let streaming = is_streaming(&path);
+    // As the admin: the requests get past auth to the handlers and decoders they attack.
+    let request = |body: Vec<u8>| {
+        let mut r = tonic::Request::new(Bytes::from(body));
+        if let Ok(v) = format!("Bearer {token}").parse() {
+            r.metadata_mut().insert("authorization", v);
+        }
+        r
+    };
     let call = async move {
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready()
@@ -475,7 +484,7 @@ async fn grpc_request(
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         if streaming {
             let mut s = grpc
-                .server_streaming(tonic::Request::new(Bytes::from(body)), pq, RawCodec)
+                .server_streaming(request(body), pq, RawCodec)
                 .await?
                 .into_inner();
             // a few messages, then drop the stream
@@ -486,9 +495,7 @@ async fn grpc_request(
             }
             Ok(())
         } else {
-            grpc.unary(tonic::Request::new(Bytes::from(body)), pq, RawCodec)
-                .await
-                .map(|_| ())
+            grpc.unary(request(body), pq, RawCodec).await.map(|_| ())
         }
     };
     let timeout = if streaming {
@@ -598,7 +605,11 @@ async fn tcp_abuse(rng: &mut fastrand::Rng, addrs: &[String], t: &Shared, seed: 
 
 /// Many consume streams at once, on one node, dropped together mid-stream.
 async fn many_streams(grpc_addr: &str, n: usize, t: &Shared) -> anyhow::Result<()> {
-    let c = micro::Client::connect(grpc_addr).await?;
+    let token = micro_tests::token_for(grpc_addr).unwrap_or_default();
+    let c = micro::Client::builder(grpc_addr)
+        .credentials(micro::Credentials::Token(token))
+        .connect()
+        .await?;
     let mut streams = Vec::new();
     for i in 0..n {
         let req = micro::events::ConsumeRequest {
@@ -659,6 +670,7 @@ async fn hostile_clients_cannot_crash_or_corrupt_a_cluster() -> anyhow::Result<(
             .await?;
     }
     let rss_before: Vec<u64> = (1..=3).map(|i| c.peak_rss_kib(i).unwrap_or(0)).collect();
+    let token = c.admin_token().await?;
 
     let tally: Shared = Arc::new(Mutex::new(Tally::default()));
     // Many concurrent streams first, on every node.
@@ -668,7 +680,7 @@ async fn hostile_clients_cannot_crash_or_corrupt_a_cluster() -> anyhow::Result<(
     // A few bodies over the 8 MiB limit (each is answered 413 after the gateway drains it).
     let http: Vec<String> = (1..=3).map(|i| c.spec(i).http.clone()).collect();
     for (i, h) in http.iter().enumerate() {
-        let resp = reqwest::Client::new()
+        let resp = micro_tests::http_for(h)
             .post(format!("http://{h}/store/write"))
             .body(vec![b'x'; 9 * 1024 * 1024 + i])
             .send()
@@ -702,17 +714,23 @@ async fn hostile_clients_cannot_crash_or_corrupt_a_cluster() -> anyhow::Result<(
         + 1;
     let mut workers = Vec::new();
     for w in 0..WORKERS {
-        let (http, tcp_targets, channels, t) = (
+        let (http, tcp_targets, channels, t, token) = (
             http.clone(),
             tcp_targets.clone(),
             channels.clone(),
             tally.clone(),
+            token.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut rng =
                 fastrand::Rng::with_seed(seed ^ (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Ok(v) = format!("Bearer {token}").parse() {
+                headers.insert(reqwest::header::AUTHORIZATION, v);
+            }
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(4)
+                .default_headers(headers)
                 .build()
                 .expect("http client");
             let (client_ch, peer_ch) = channels.split_at(3);
@@ -722,7 +740,7 @@ async fn hostile_clients_cannot_crash_or_corrupt_a_cluster() -> anyhow::Result<(
                         let h = &http[rng.usize(..http.len())];
                         http_request(&mut rng, &client, h, &t, seed).await;
                     }
-                    55..=92 => grpc_request(&mut rng, client_ch, &t, seed).await,
+                    55..=92 => grpc_request(&mut rng, client_ch, &token, &t, seed).await,
                     93..=94 => {
                         // the peer port, without the cluster token
                         let ch = peer_ch[rng.usize(..peer_ch.len())].clone();

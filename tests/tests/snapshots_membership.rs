@@ -275,8 +275,10 @@ async fn disaster_recovery_from_a_saved_snapshot() -> anyhow::Result<()> {
         std::fs::remove_dir_all(&old.spec(id).data_dir)?;
     }
 
-    // Three new members from the file, on new ports.
+    // Three new members from the file, on new ports. The snapshot holds the accounts and
+    // the signing key: the old cluster's admin logs in to the new one.
     let mut new = TestCluster::new(3);
+    new.share_credentials(&old);
     for id in 1..=3 {
         let dir = new.spec(id).data_dir.clone();
         let (ok, _, err) = new.cli(

@@ -22,7 +22,7 @@ async fn ten_lock_holders_never_overlap_and_tokens_increase() -> anyhow::Result<
             r = record.display()
         );
         procs.push(
-            Command::new(micro_bin())
+            c.micro()
                 .args([
                     "--server",
                     &c.spec(node).grpc,
@@ -68,7 +68,8 @@ async fn a_paused_holder_loses_the_lock_and_its_fenced_write_is_refused() -> any
     let c = TestCluster::start(3).await?;
     let dir = c.root().to_path_buf();
     let t1_file = dir.join("t1");
-    let mut first = Command::new(micro_bin())
+    let mut first = c
+        .micro()
         .args([
             "--server",
             &c.spec(1).grpc,
@@ -98,7 +99,7 @@ async fn a_paused_holder_loses_the_lock_and_its_fenced_write_is_refused() -> any
         .args(["-STOP", &first.id().to_string()])
         .status()?;
     let t2_file = dir.join("t2");
-    let mut second = Command::new(micro_bin())
+    let mut second = c.micro()
         .args(["--server", &c.spec(2).grpc, "lock", "L", "--ttl", "5s", "--", "sh", "-c"])
         .arg(format!(
             "echo $MICRO_LOCK_TOKEN > {f}; {m} --server {s} store write shared second --fence $MICRO_LOCK_FENCE",
@@ -239,7 +240,8 @@ async fn one_leader_at_a_time_and_the_next_leads_after_an_expiry_or_a_resign() -
         }
     };
     // Candidate a is a `micro election campaign` process; b and c wait behind it, in order.
-    let mut a = Command::new(micro_bin())
+    let mut a = c
+        .micro()
         .args([
             "--server",
             &c.spec(1).grpc,

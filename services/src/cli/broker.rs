@@ -24,9 +24,13 @@ pub(super) enum BrokerCmd {
     },
 }
 
-pub(super) async fn broker(server: &str, out: Output, cmd: BrokerCmd) -> anyhow::Result<ExitCode> {
+pub(super) async fn broker(
+    server: &Target,
+    out: Output,
+    cmd: BrokerCmd,
+) -> anyhow::Result<ExitCode> {
     use micro::proto::broker as pb;
-    let mut client = Client::connect(server).await?.broker();
+    let mut client = server.connect().await?.broker();
     match cmd {
         BrokerCmd::Publish {
             topic,

@@ -76,11 +76,11 @@ fn print_status(s: &micro::proto::cluster::StatusResponse, out: Output) {
 }
 
 pub(super) async fn cluster(
-    server: &str,
+    server: &Target,
     out: Output,
     cmd: ClusterCmd,
 ) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(server).await?;
+    let client = server.connect().await?;
     let status = match cmd {
         ClusterCmd::Status => client.cluster_status().await?,
         ClusterCmd::Add { id, peer_address } => {

@@ -50,15 +50,12 @@ pub(super) struct Namespace {
 }
 
 pub(super) async fn config(
-    server: &str,
+    server: &Target,
     out: Output,
     ns: Namespace,
     cmd: ConfigCmd,
 ) -> anyhow::Result<ExitCode> {
-    let config = Client::connect(server)
-        .await?
-        .config()
-        .namespace(&ns.namespace);
+    let config = server.connect().await?.config().namespace(&ns.namespace);
     match cmd {
         ConfigCmd::Get { path, secret } => {
             let v = config.get_json(&path, secret).await?;

@@ -63,8 +63,12 @@ fn event_json(e: &micro::events::Event) -> Value {
     v
 }
 
-pub(super) async fn events(server: &str, out: Output, cmd: EventsCmd) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(server).await?;
+pub(super) async fn events(
+    server: &Target,
+    out: Output,
+    cmd: EventsCmd,
+) -> anyhow::Result<ExitCode> {
+    let client = server.connect().await?;
     let events = client.events();
     match cmd {
         EventsCmd::Publish {

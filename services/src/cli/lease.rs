@@ -32,8 +32,8 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
     }
 }
 
-pub(super) async fn lease(server: &str, out: Output, cmd: LeaseCmd) -> anyhow::Result<ExitCode> {
-    let leases = Client::connect(server).await?.leases();
+pub(super) async fn lease(server: &Target, out: Output, cmd: LeaseCmd) -> anyhow::Result<ExitCode> {
+    let leases = server.connect().await?.leases();
     match cmd {
         LeaseCmd::Grant { ttl } => {
             let id = leases.grant(ttl).await?;

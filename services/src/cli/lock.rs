@@ -47,8 +47,8 @@ pub(super) enum ElectionCmd {
     },
 }
 
-pub(super) async fn lock(server: &str, out: Output, args: LockArgs) -> anyhow::Result<ExitCode> {
-    let sync = Client::connect(server).await?.sync();
+pub(super) async fn lock(server: &Target, out: Output, args: LockArgs) -> anyhow::Result<ExitCode> {
+    let sync = server.connect().await?.sync();
     if let Some(LockSub::List) = args.cmd {
         let locks = sync.list().await?;
         match out {
@@ -110,11 +110,11 @@ fn leader_json(l: &micro::proto::sync::LeaderResponse) -> Value {
 }
 
 pub(super) async fn election(
-    server: &str,
+    server: &Target,
     out: Output,
     cmd: ElectionCmd,
 ) -> anyhow::Result<ExitCode> {
-    let sync = Client::connect(server).await?.sync();
+    let sync = server.connect().await?.sync();
     match cmd {
         ElectionCmd::Campaign { name, value, ttl } => {
             let guard = sync.campaign(&name, value.into_bytes(), ttl).await?;

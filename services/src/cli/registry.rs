@@ -102,14 +102,11 @@ fn print_services(services: &[rpb::Service], out: Output) -> anyhow::Result<()> 
 
 /// `micro services`: the names of every registered service.
 pub(super) async fn services(
-    server: &str,
+    server: &Target,
     out: Output,
     domain: Domain,
 ) -> anyhow::Result<ExitCode> {
-    let reg = Client::connect(server)
-        .await?
-        .registry()
-        .domain(&domain.domain);
+    let reg = server.connect().await?.registry().domain(&domain.domain);
     let mut names: Vec<String> = reg.list().await?.into_iter().map(|s| s.name).collect();
     names.sort();
     names.dedup();
@@ -121,15 +118,12 @@ pub(super) async fn services(
 }
 
 pub(super) async fn registry(
-    server: &str,
+    server: &Target,
     out: Output,
     domain: Domain,
     cmd: RegistryCmd,
 ) -> anyhow::Result<ExitCode> {
-    let reg = Client::connect(server)
-        .await?
-        .registry()
-        .domain(&domain.domain);
+    let reg = server.connect().await?.registry().domain(&domain.domain);
     match cmd {
         RegistryCmd::Get { name } => match reg.get(&name).await {
             Ok(services) => print_services(&services, out)?,

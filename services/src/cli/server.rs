@@ -46,6 +46,10 @@ pub(super) struct ServerArgs {
     /// Also drop change history older than this, e.g. 1h (default: no age limit)
     #[arg(long, env = "MICRO_HISTORY_AGE", value_parser = humantime::parse_duration)]
     history_age: Option<Duration>,
+    /// Serve requests without credentials, every one as an admin. Only with loopback
+    /// --grpc/--http addresses; for local experiments, never for a shared machine
+    #[arg(long, env = "MICRO_AUTH_DISABLED")]
+    auth_disabled: bool,
 }
 
 fn init_logging() {
@@ -127,6 +131,8 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         node,
         grpc: args.grpc,
         http: args.http,
+        auth_disabled: args.auth_disabled,
+        config_dir: micro::env::config_dir(),
     };
     crate::server::run(cfg, shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -62,13 +62,13 @@ fn print_header(h: &micro_cluster::snapshot::Header, bytes: u64, out: Output) {
 }
 
 pub(super) async fn snapshot(
-    server: &str,
+    server: &Target,
     out: Output,
     cmd: SnapshotCmd,
 ) -> anyhow::Result<ExitCode> {
     match cmd {
         SnapshotCmd::Save { file } => {
-            let client = Client::connect(server).await?;
+            let client = server.connect().await?;
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(

@@ -167,8 +167,8 @@ fn print_change(revision: u64, e: &micro::proto::store::WatchEvent, out: Output)
     }
 }
 
-pub(super) async fn store(server: &str, out: Output, cmd: StoreCmd) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(server).await?;
+pub(super) async fn store(server: &Target, out: Output, cmd: StoreCmd) -> anyhow::Result<ExitCode> {
+    let client = server.connect().await?;
     match cmd {
         StoreCmd::Write {
             key,

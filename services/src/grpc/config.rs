@@ -15,6 +15,7 @@ use micro_state::views::config::{self as view, Config, NewLeaf};
 use serde_json::Value as Json;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::errors::{invalid, status};
 
 /// What a secret reads as without `options.secret`, as in Micro v3.
@@ -209,7 +210,9 @@ type WatchStream = super::feed::ResponseStream<pb::WatchResponse>;
 #[tonic::async_trait]
 impl pb::config_server::Config for ConfigService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let req = req.into_inner();
+        let caller = Caller::of(&req);
+        let mut req = req.into_inner();
+        req.namespace = caller.namespace_or("namespace", &req.namespace)?;
         let path = path_of(&req.path)?;
         let secrets = req.options.is_some_and(|o| o.secret);
         let (doc, revision) = self.read(&req.namespace, &path, secrets).await?;
@@ -223,7 +226,9 @@ impl pb::config_server::Config for ConfigService {
     }
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
-        let req = req.into_inner();
+        let caller = Caller::of(&req);
+        let mut req = req.into_inner();
+        req.namespace = caller.namespace_or("namespace", &req.namespace)?;
         let path = path_of(&req.path)?;
         let data = req.value.map(|v| v.data).unwrap_or_default();
         let json: Json = serde_json::from_str(&data).map_err(|e| {
@@ -277,7 +282,9 @@ impl pb::config_server::Config for ConfigService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let req = req.into_inner();
+        let caller = Caller::of(&req);
+        let mut req = req.into_inner();
+        req.namespace = caller.namespace_or("namespace", &req.namespace)?;
         let cmd = view::Cmd::Delete {
             namespace: req.namespace,
             path: path_of(&req.path)?,
@@ -290,7 +297,9 @@ impl pb::config_server::Config for ConfigService {
         &self,
         req: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
-        let req = req.into_inner();
+        let caller = Caller::of(&req);
+        let mut req = req.into_inner();
+        req.namespace = caller.namespace_or("namespace", &req.namespace)?;
         let path = path_of(&req.path)?;
         let (doc, _) = ConfigService::read(self, &req.namespace, &path, false).await?;
         let data = doc.to_string();
@@ -323,7 +332,9 @@ impl pb::config_server::Config for ConfigService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let req = req.into_inner();
+        let caller = Caller::of(&req);
+        let mut req = req.into_inner();
+        req.namespace = caller.namespace_or("namespace", &req.namespace)?;
         let path = path_of(&req.path)?;
         let spec = WatchSpec {
             key: view::key(&req.namespace, &path),

@@ -4,11 +4,12 @@
 use micro_cluster::{Node, WatchSpec};
 use micro_proto::registry as pb;
 use micro_state::keys;
-use micro_state::views::registry::{self as view, Registry, DEFAULT_DOMAIN, WILDCARD_DOMAIN};
+use micro_state::views::registry::{self as view, Registry, WILDCARD_DOMAIN};
 use prost::Message;
 use std::collections::BTreeMap;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::errors::{invalid, status};
 
 /// The longest TTL a registration may ask for (a year, as for leases).
@@ -24,11 +25,11 @@ impl RegistryService {
     }
 }
 
-fn domain_of(opts: &Option<pb::Options>) -> String {
-    opts.as_ref()
-        .map(|o| o.domain.clone())
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| DEFAULT_DOMAIN.to_string())
+/// The domain a request names (`options.domain`), else the request's namespace (Micro v3:
+/// domain = namespace); an account may only use its own (admins any, and `*`).
+fn domain_of(caller: &Caller, opts: &Option<pb::Options>) -> Result<String, Status> {
+    let d = opts.as_ref().map_or("", |o| o.domain.as_str());
+    caller.namespace_or("options.domain", d)
 }
 
 /// A stored service version as the wire has it.
@@ -61,7 +62,7 @@ fn to_pb(domain: &str, svc: view::Service) -> Result<pb::Service, Status> {
     })
 }
 
-fn register_cmd(s: pb::Service) -> Result<view::Register, Status> {
+fn register_cmd(caller: &Caller, s: pb::Service) -> Result<view::Register, Status> {
     let ttl = s.options.as_ref().map_or(0, |o| o.ttl);
     if !(0..=MAX_TTL_SECONDS).contains(&ttl) {
         return Err(invalid(
@@ -85,7 +86,7 @@ fn register_cmd(s: pb::Service) -> Result<view::Register, Status> {
         );
     }
     Ok(view::Register {
-        domain: domain_of(&s.options),
+        domain: domain_of(caller, &s.options)?,
         name: s.name,
         version: s.version,
         metadata: s.metadata.into_iter().collect(),
@@ -103,12 +104,13 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         req: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
         if req.service.is_empty() {
             return Err(invalid("service", "must not be empty"));
         }
         self.node.read_barrier(true).await.map_err(status)?;
-        let domain = domain_of(&req.options);
+        let domain = domain_of(&caller, &req.options)?;
         let found = view::list(self.node.view(), &domain, Some(&req.service))
             .map_err(|e| status(e.into()))?;
         if found.is_empty() {
@@ -128,7 +130,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         req: Request<pb::Service>,
     ) -> Result<Response<pb::EmptyResponse>, Status> {
-        let cmd = register_cmd(req.into_inner())?;
+        let cmd = register_cmd(&Caller::of(&req), req.into_inner())?;
         self.node
             .run::<Registry>(view::Cmd::Register(cmd))
             .await
@@ -140,9 +142,10 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         req: Request<pb::Service>,
     ) -> Result<Response<pb::EmptyResponse>, Status> {
+        let caller = Caller::of(&req);
         let s = req.into_inner();
         let cmd = view::Cmd::Deregister {
-            domain: domain_of(&s.options),
+            domain: domain_of(&caller, &s.options)?,
             name: s.name,
             version: s.version,
             nodes: s.nodes.into_iter().map(|n| n.id).collect(),
@@ -155,8 +158,9 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        let caller = Caller::of(&req);
+        let domain = domain_of(&caller, &req.into_inner().options)?;
         self.node.read_barrier(true).await.map_err(status)?;
-        let domain = domain_of(&req.into_inner().options);
         let services = view::list(self.node.view(), &domain, None)
             .map_err(|e| status(e.into()))?
             .into_iter()
@@ -171,8 +175,9 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
-        let domain = domain_of(&req.options);
+        let domain = domain_of(&caller, &req.options)?;
         let name = (!req.service.is_empty()).then_some(req.service.as_str());
         let key = if domain == WILDCARD_DOMAIN {
             keys::registry_prefix(None, None)

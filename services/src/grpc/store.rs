@@ -12,6 +12,7 @@ use micro_state::views::{events as events_view, history};
 use micro_state::{keys, Command, Compare, Delete, MetaField, Outcome, Put, Txn};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::errors::{invalid, status};
 
 pub struct StoreService {
@@ -89,12 +90,16 @@ fn to_record(e: view::Entry, now: u64) -> pb::Record {
     }
 }
 
-fn put_command(req: pb::WriteRequest, field: &str) -> Result<Command, Status> {
+fn put_command(caller: &Caller, req: pb::WriteRequest, field: &str) -> Result<Command, Status> {
     let fence = req.fence.clone();
-    super::sync::fenced(put_command_inner(req, field)?, fence, field)
+    super::sync::fenced(put_command_inner(caller, req, field)?, fence, field)
 }
 
-fn put_command_inner(req: pb::WriteRequest, field: &str) -> Result<Command, Status> {
+fn put_command_inner(
+    caller: &Caller,
+    req: pb::WriteRequest,
+    field: &str,
+) -> Result<Command, Status> {
     let rec = req
         .record
         .ok_or_else(|| invalid(&format!("{field}record"), "is required"))?;
@@ -128,7 +133,7 @@ fn put_command_inner(req: pb::WriteRequest, field: &str) -> Result<Command, Stat
         })
         .collect();
     Ok(Command::Store(view::Cmd::Put(Put {
-        db: opts.database,
+        db: caller.namespace_or(&format!("{field}options.database"), &opts.database)?,
         table: opts.table,
         key: rec.key,
         value: rec.value,
@@ -138,22 +143,26 @@ fn put_command_inner(req: pb::WriteRequest, field: &str) -> Result<Command, Stat
     })))
 }
 
-fn delete_command(req: pb::DeleteRequest, field: &str) -> Result<Command, Status> {
+fn delete_command(caller: &Caller, req: pb::DeleteRequest, field: &str) -> Result<Command, Status> {
     let opts = req.options.unwrap_or_default();
     let cmd = Command::Store(view::Cmd::Delete(Delete {
-        db: opts.database,
+        db: caller.namespace_or(&format!("{field}options.database"), &opts.database)?,
         table: opts.table,
         key: req.key,
     }));
     super::sync::fenced(cmd, req.fence, field)
 }
 
-fn txn_ops(ops: Vec<pb::TxnOp>, branch: &str) -> Result<Vec<Command>, Status> {
+fn txn_ops(caller: &Caller, ops: Vec<pb::TxnOp>, branch: &str) -> Result<Vec<Command>, Status> {
     ops.into_iter()
         .enumerate()
         .map(|(i, op)| match op.op {
-            Some(pb::txn_op::Op::Write(w)) => put_command(w, &format!("{branch}[{i}].write.")),
-            Some(pb::txn_op::Op::Delete(d)) => delete_command(d, &format!("{branch}[{i}].delete.")),
+            Some(pb::txn_op::Op::Write(w)) => {
+                put_command(caller, w, &format!("{branch}[{i}].write."))
+            }
+            Some(pb::txn_op::Op::Delete(d)) => {
+                delete_command(caller, d, &format!("{branch}[{i}].delete."))
+            }
             Some(pb::txn_op::Op::Publish(p)) => {
                 super::events::publish_command(p, &format!("{branch}[{i}].publish."))
             }
@@ -223,8 +232,10 @@ impl pb::store_server::Store for StoreService {
         &self,
         req: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
-        let opts = req.options.unwrap_or_default();
+        let mut opts = req.options.unwrap_or_default();
+        opts.database = caller.namespace_or("options.database", &opts.database)?;
         if req.key.is_empty() && !opts.prefix && !opts.suffix {
             return Err(invalid(
                 "key",
@@ -267,7 +278,7 @@ impl pb::store_server::Store for StoreService {
         &self,
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let cmd = put_command(req.into_inner(), "")?;
+        let cmd = put_command(&Caller::of(&req), req.into_inner(), "")?;
         let (_, out) = self.node.write(cmd).await.map_err(status)?;
         let revision = match out {
             Outcome::Store(view::Out::Put { revision }) => revision,
@@ -281,7 +292,7 @@ impl pb::store_server::Store for StoreService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         self.node
-            .write(delete_command(req.into_inner(), "")?)
+            .write(delete_command(&Caller::of(&req), req.into_inner(), "")?)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DeleteResponse {}))
@@ -293,7 +304,9 @@ impl pb::store_server::Store for StoreService {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
-        let opts = req.into_inner().options.unwrap_or_default();
+        let caller = Caller::of(&req);
+        let mut opts = req.into_inner().options.unwrap_or_default();
+        opts.database = caller.namespace_or("options.database", &opts.database)?;
         let desc = descending(&opts.order, "options.order")?;
         self.barrier(&opts.consistency, "options.consistency")
             .await?;
@@ -321,10 +334,15 @@ impl pb::store_server::Store for StoreService {
 
     async fn databases(
         &self,
-        _req: Request<pb::DatabasesRequest>,
+        req: Request<pb::DatabasesRequest>,
     ) -> Result<Response<pb::DatabasesResponse>, Status> {
+        let caller = Caller::of(&req);
         self.barrier("", "").await?;
-        let databases = view::databases(self.node.view()).map_err(|e| status(e.into()))?;
+        let mut databases = view::databases(self.node.view()).map_err(|e| status(e.into()))?;
+        // An account sees its own namespace's database only.
+        if !caller.admin {
+            databases.retain(|d| *d == caller.namespace);
+        }
         Ok(Response::new(pb::DatabasesResponse { databases }))
     }
 
@@ -332,27 +350,32 @@ impl pb::store_server::Store for StoreService {
         &self,
         req: Request<pb::TablesRequest>,
     ) -> Result<Response<pb::TablesResponse>, Status> {
+        let caller = Caller::of(&req);
+        let db = caller.namespace_or("database", &req.into_inner().database)?;
         self.barrier("", "").await?;
-        let tables = view::tables(self.node.view(), &req.into_inner().database)
-            .map_err(|e| status(e.into()))?;
+        let tables = view::tables(self.node.view(), &db).map_err(|e| status(e.into()))?;
         Ok(Response::new(pb::TablesResponse { tables }))
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
         let txn = Txn {
             compare: req
                 .compare
                 .into_iter()
-                .map(|c| Compare {
-                    db: c.database,
-                    table: c.table,
-                    key: c.key,
-                    mod_revision: c.mod_revision,
+                .enumerate()
+                .map(|(i, c)| {
+                    Ok(Compare {
+                        db: caller.namespace_or(&format!("compare[{i}].database"), &c.database)?,
+                        table: c.table,
+                        key: c.key,
+                        mod_revision: c.mod_revision,
+                    })
                 })
-                .collect(),
-            success: txn_ops(req.success, "success")?,
-            failure: txn_ops(req.failure, "failure")?,
+                .collect::<Result<_, Status>>()?,
+            success: txn_ops(&caller, req.success, "success")?,
+            failure: txn_ops(&caller, req.failure, "failure")?,
         };
         let cmd = super::sync::fenced(Command::Txn(txn), req.fence, "")?;
         let (_, out) = self.node.write(cmd).await.map_err(status)?;
@@ -395,7 +418,9 @@ impl pb::store_server::Store for StoreService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let req = req.into_inner();
+        let caller = Caller::of(&req);
+        let mut req = req.into_inner();
+        req.database = caller.namespace_or("database", &req.database)?;
         if req.key.is_empty() && !req.prefix {
             return Err(invalid(
                 "key",

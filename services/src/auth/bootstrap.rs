@@ -1,0 +1,104 @@
+//! The first start of a cluster: its token-signing key and its first administrator.
+//!
+//! Every node tries once it is up; the log decides (the first key and the first admin win,
+//! later proposals change nothing), so exactly one node's attempt creates the admin. That node
+//! writes the admin's credentials to the local user's CLI config (env `local`, file mode
+//! 0600): the user who started the server is logged in, nobody else is, and the secret never
+//! enters the log (only its argon2 hash does) or any log line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use micro::env::{Env, Envs, LOCAL};
+use micro_cluster::Node;
+use micro_state::views::auth::{self as view, Auth, ADMIN_NAMESPACE};
+
+use super::token;
+
+/// The first admin's account id.
+pub const ADMIN_ID: &str = "admin";
+
+/// Where the first admin's credentials go.
+pub struct Local {
+    /// The CLI config directory (`micro::env::config_dir()`).
+    pub config_dir: PathBuf,
+    /// The gRPC address the CLI should use for this cluster.
+    pub server: String,
+}
+
+/// Creates the signing key and the first admin if the cluster has none, retrying while there
+/// is no leader, until done or the node stops.
+pub async fn run(node: Node, local: Local) {
+    let mut stopping = node.stopping();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt(&node, &local).await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!("auth bootstrap: {e}; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn attempt(node: &Node, local: &Local) -> anyhow::Result<()> {
+    let view = node.view();
+    if view::signing_keys(view)?.is_none() {
+        let (pkcs8, public) = token::new_key_pair().map_err(anyhow::Error::msg)?;
+        node.run::<Auth>(view::Cmd::InitKey { pkcs8, public })
+            .await?;
+    }
+    if !view::accounts(node.view(), ADMIN_NAMESPACE)?.is_empty() {
+        return Ok(());
+    }
+    // Make sure the credentials can be kept before creating an account nobody could use.
+    let mut envs = Envs::load(&local.config_dir)?;
+    envs.save(&local.config_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write the admin's credentials to {}: {e}; set MICRO_CONFIG_DIR to a writable directory",
+            local.config_dir.display()
+        )
+    })?;
+    let secret = token::new_secret().map_err(anyhow::Error::msg)?;
+    let plain = secret.clone();
+    let hash = tokio::task::spawn_blocking(move || token::hash_secret(&plain))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let admin = view::Account {
+        id: ADMIN_ID.into(),
+        name: ADMIN_ID.into(),
+        kind: "user".into(),
+        issuer: ADMIN_NAMESPACE.into(),
+        scopes: vec!["admin".into()],
+        metadata: Default::default(),
+        secret_hash: hash,
+        created_ms: 0,
+    };
+    let (_, out) = node.run::<Auth>(view::Cmd::Bootstrap(admin)).await?;
+    if out != view::Out::Done {
+        // Another node created it first: its credentials are where it wrote them.
+        return Ok(());
+    }
+    envs = Envs::load(&local.config_dir)?;
+    envs.envs.insert(
+        LOCAL.into(),
+        Env {
+            server: local.server.clone(),
+            id: Some(ADMIN_ID.into()),
+            secret: Some(secret),
+            ..Default::default()
+        },
+    );
+    if envs.current.is_none() {
+        envs.current = Some(LOCAL.into());
+    }
+    envs.save(&local.config_dir)?;
+    eprintln!(
+        "micro: created the cluster's first admin account {ADMIN_ID:?} (namespace {ADMIN_NAMESPACE:?}); the CLI of this user is logged in with it (env {LOCAL:?} in {})",
+        local.config_dir.join("config.json").display()
+    );
+    Ok(())
+}
