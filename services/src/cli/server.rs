@@ -48,7 +48,7 @@ pub(super) struct ServerArgs {
     history_age: Option<Duration>,
     /// Serve requests without credentials, every one as an admin. Only with loopback
     /// --grpc/--http addresses; for local experiments, never for a shared machine
-    #[arg(long, env = "MICRO_AUTH_DISABLED")]
+    #[arg(long, env = "MICRO_AUTH_DISABLED", value_parser = clap::builder::BoolishValueParser::new())]
     auth_disabled: bool,
 }
 
