@@ -6,6 +6,17 @@ pub mod register;
 pub mod set;
 pub mod streams;
 
+/// `kind n, kind n` of a checker's anomaly counts, or `none`.
+fn counts(m: &std::collections::BTreeMap<String, usize>) -> String {
+    if m.is_empty() {
+        return "none".to_string();
+    }
+    m.iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -232,11 +243,7 @@ impl Verdict {
             }
         }
         if let Some(r) = &self.streams {
-            let anomalies: Vec<String> = r
-                .anomaly_counts
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
+            let anomalies = counts(&r.anomaly_counts);
             s.push_str(&format!(
                 "  streams: {} topics, {} published ({} acknowledged, {} indeterminate ({} recovered), {} failed), {} replays of {} events, {} live deliveries; anomalies: {}{}\n",
                 r.topics,
@@ -248,7 +255,7 @@ impl Verdict {
                 r.replays,
                 r.replayed,
                 r.live_delivered,
-                if anomalies.is_empty() { "none".to_string() } else { anomalies.join(", ") },
+                anomalies,
                 if r.unreplayed.is_empty() {
                     String::new()
                 } else {
@@ -263,11 +270,7 @@ impl Verdict {
             }
         }
         if let Some(r) = &self.groups {
-            let anomalies: Vec<String> = r
-                .anomaly_counts
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
+            let anomalies = counts(&r.anomaly_counts);
             s.push_str(&format!(
                 "  groups: {} published ({} acknowledged), {} sessions, {} deliveries, {} acks ok ({} unknown), redeliveries {:?}, most deliveries of one event {:?}, auto-ack dropped {:?}, log growth {} (allowed {}) for {} client ops; anomalies: {}{}\n",
                 r.published,
@@ -282,7 +285,7 @@ impl Verdict {
                 r.log_growth.map_or("?".to_string(), |g| g.to_string()),
                 r.log_allowed.map_or("?".to_string(), |g| g.to_string()),
                 r.client_ops,
-                if anomalies.is_empty() { "none".to_string() } else { anomalies.join(", ") },
+                anomalies,
                 if r.undrained.is_empty() {
                     String::new()
                 } else {
@@ -294,11 +297,7 @@ impl Verdict {
             }
         }
         if let Some(r) = &self.lock {
-            let anomalies: Vec<String> = r
-                .anomaly_counts
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
+            let anomalies = counts(&r.anomaly_counts);
             s.push_str(&format!(
                 "  lock: {} acquired ({} failed, {} unknown), {} fenced writes ({} acknowledged, {} refused, {} failed, {} indeterminate ({} recovered)), {} stale ({} refused), {} paused holders ({} refused, {} accepted), {} committed; anomalies: {}{}\n",
                 r.acquired,
@@ -316,7 +315,7 @@ impl Verdict {
                 r.paused_refused,
                 r.paused_accepted,
                 r.committed,
-                if anomalies.is_empty() { "none".to_string() } else { anomalies.join(", ") },
+                anomalies,
                 if r.valid.is_none() { " (no final feed: unknown)" } else { "" }
             ));
             for a in &r.anomalies {

@@ -550,51 +550,39 @@ pub fn write_outputs(out: &Path, ops: &[history::Op], report: &Report) -> anyhow
         out.join("results.json"),
         serde_json::to_string_pretty(report)?,
     )?;
+    // The whole sub-history of one key, in `anomaly-NAME.jsonl`.
+    let write_key = |key: &str, name: &str| -> anyhow::Result<()> {
+        let sub: Vec<history::Op> = ops
+            .iter()
+            .filter(|o| o.key.as_deref() == Some(key))
+            .cloned()
+            .collect();
+        history::write(&out.join(format!("anomaly-{name}.jsonl")), &sub)
+    };
     let mut flagged = std::collections::HashSet::new();
     if let Some(r) = &report.verdict.streams {
         let topics: std::collections::BTreeSet<&str> =
             r.anomalies.iter().map(|a| a.topic.as_str()).collect();
         for t in topics {
-            let sub: Vec<history::Op> = ops
-                .iter()
-                .filter(|o| o.key.as_deref() == Some(t))
-                .cloned()
-                .collect();
-            history::write(&out.join(format!("anomaly-{t}.jsonl")), &sub)?;
+            write_key(t, t)?;
         }
         flagged.extend(checker::streams::culprits(r));
     }
     if let Some(r) = &report.verdict.groups {
         if !r.anomalies.is_empty() {
-            let sub: Vec<history::Op> = ops
-                .iter()
-                .filter(|o| o.key.as_deref() == Some(crate::workload::GROUP_TOPIC))
-                .cloned()
-                .collect();
-            history::write(&out.join("anomaly-groups.jsonl"), &sub)?;
+            write_key(crate::workload::GROUP_TOPIC, "groups")?;
         }
         flagged.extend(checker::groups::culprits(r));
     }
     if let Some(r) = &report.verdict.lock {
         if !r.anomalies.is_empty() {
-            let sub: Vec<history::Op> = ops
-                .iter()
-                .filter(|o| o.key.as_deref() == Some(crate::workload::LOCK_KEY))
-                .cloned()
-                .collect();
-            history::write(&out.join("anomaly-lock.jsonl"), &sub)?;
+            write_key(crate::workload::LOCK_KEY, "lock")?;
         }
         flagged.extend(checker::lock::culprits(r));
     }
     if let Some(r) = &report.verdict.register {
         for a in &r.anomalies {
-            let sub: Vec<history::Op> = ops
-                .iter()
-                .filter(|o| o.key.as_deref() == Some(a.key.as_str()))
-                .cloned()
-                .collect();
-            let name = format!("anomaly-{}.jsonl", a.key.replace('/', "_"));
-            history::write(&out.join(name), &sub)?;
+            write_key(&a.key, &a.key.replace('/', "_"))?;
             flagged.extend(a.culprit_indices.iter().copied());
         }
     }

@@ -56,8 +56,8 @@ pub const META_CONFIG_KEY: &[u8] = &[META, b'x'];
 
 /// The cluster's token-signing keys (`views::auth::Keys`).
 pub const META_AUTH_KEYS: &[u8] = &[META, b'j'];
-/// The revision of the last auth change (u64): front ends drop cached rules when it moves.
-pub const META_AUTH_EPOCH: &[u8] = &[META, b'e'];
+/// The revision of the last rule change (u64): front ends drop cached rules when it moves.
+pub const META_RULES_EPOCH: &[u8] = &[META, b'e'];
 
 /// The state machine clock (u64 ms, big-endian).
 pub const META_CLOCK: &[u8] = &[META, b'c'];

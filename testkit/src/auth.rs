@@ -39,12 +39,12 @@ pub async fn connect(addr: &str) -> Result<micro::Client, micro::Error> {
 }
 
 /// Waits (up to `timeout`) for the admin's credentials in `config_dir`, logs in through any
-/// of `addrs` and remembers the token for all of them.
+/// of `addrs` (gRPC) and remembers the token for all of them; returns it.
 pub async fn login(
     config_dir: &Path,
     addrs: &[(u64, String)],
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<micro::Token> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut last = String::from("no credentials written yet");
@@ -76,11 +76,9 @@ pub async fn login(
             .await;
             match got {
                 Ok(Ok(c)) => {
-                    remember(
-                        addrs.iter().map(|(_, a)| a.clone()),
-                        &c.token().access_token,
-                    );
-                    return Ok(());
+                    let token = c.token();
+                    remember(addrs.iter().map(|(_, a)| a.clone()), &token.access_token);
+                    return Ok(token);
                 }
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = format!("login through {addr} timed out"),

@@ -178,53 +178,22 @@ impl TestCluster {
         self.config_dir = other.config_dir.clone();
     }
 
-    /// The admin's credentials, once a node has written them.
-    pub async fn admin_credentials(&self) -> anyhow::Result<micro::Credentials> {
-        let dir = self.config_dir.clone();
-        eventually("the admin's credentials", Duration::from_secs(30), || {
-            let dir = dir.clone();
-            async move {
-                let envs = micro::env::Envs::load(&dir)?;
-                Ok(envs.current().and_then(|e| match (&e.id, &e.secret) {
-                    (Some(id), Some(secret)) => Some(micro::Credentials::Account {
-                        id: id.clone(),
-                        secret: secret.clone(),
-                    }),
-                    _ => None,
-                }))
-            }
-        })
-        .await
-    }
-
     /// An access token of the cluster's admin (fetched once, valid for a day).
     pub async fn admin_token(&self) -> anyhow::Result<String> {
         self.admin
             .get_or_try_init(|| async {
-                let creds = self.admin_credentials().await?;
-                let addrs: Vec<(String, String)> = self
+                let grpc: Vec<(u64, String)> = self
                     .specs
                     .values()
-                    .map(|s| (s.grpc.clone(), s.http.clone()))
+                    .map(|s| (s.id, s.grpc.clone()))
                     .collect();
-                let got = eventually("an admin token", Duration::from_secs(30), || {
-                    let creds = creds.clone();
-                    let addrs = addrs.clone();
-                    async move {
-                        for (grpc, _) in &addrs {
-                            if let Ok(c) = micro::Client::builder(grpc)
-                                .credentials(creds.clone())
-                                .token_lifetime(Duration::from_secs(24 * 3600))
-                                .connect()
-                                .await
-                            {
-                                return Ok(Some(c.token()));
-                            }
-                        }
-                        Ok(None)
-                    }
-                })
-                .await?;
+                let got =
+                    micro_testkit::auth::login(&self.config_dir, &grpc, Duration::from_secs(60))
+                        .await?;
+                micro_testkit::auth::remember(
+                    self.specs.values().map(|s| s.http.clone()),
+                    &got.access_token,
+                );
                 // The CLI runs of the tests reuse it instead of each logging in again.
                 let mut envs = micro::env::Envs::load(&self.config_dir)?;
                 if let Some(e) = envs.envs.get_mut(envs.current_name().to_string().as_str()) {
@@ -233,9 +202,7 @@ impl TestCluster {
                     e.refresh_token = Some(got.refresh_token.clone());
                     envs.save(&self.config_dir)?;
                 }
-                let token = got.access_token;
-                micro_testkit::auth::remember(addrs.into_iter().flat_map(|(g, h)| [g, h]), &token);
-                Ok::<_, anyhow::Error>(token)
+                Ok::<_, anyhow::Error>(got.access_token)
             })
             .await
             .cloned()
@@ -243,14 +210,8 @@ impl TestCluster {
 
     /// An HTTP client sending the admin's token.
     pub async fn http(&self) -> anyhow::Result<reqwest::Client> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {}", self.admin_token().await?).parse()?,
-        );
-        Ok(reqwest::Client::builder()
-            .default_headers(headers)
-            .build()?)
+        self.admin_token().await?;
+        Ok(http_for(&self.spec(1).http))
     }
 
     /// Lays out `n` nodes where node 1 bootstraps alone and the others join it later

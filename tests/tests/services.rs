@@ -24,15 +24,7 @@ async fn every_public_method_is_served_over_http_and_grpc() -> anyhow::Result<()
     let c = TestCluster::start(1).await?;
     let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET)?;
     // As the admin: without a token every path would be a 401, routed or not.
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {}", c.admin_token().await?).parse()?,
-    );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .default_headers(headers)
-        .build()?;
+    let http = c.http().await?;
     let mut checked = 0;
     for svc in pool.services() {
         let package = svc.package_name().to_string();
@@ -50,7 +42,13 @@ async fn every_public_method_is_served_over_http_and_grpc() -> anyhow::Result<()
                 kebab(svc.name()),
                 kebab(m.name())
             );
-            match http.post(&path).body("{}").send().await {
+            match http
+                .post(&path)
+                .timeout(Duration::from_secs(3))
+                .body("{}")
+                .send()
+                .await
+            {
                 Ok(resp) => {
                     let code = resp.status().as_u16();
                     let body = resp.text().await.unwrap_or_default();

@@ -45,12 +45,9 @@ pub async fn run(node: Node, local: Local) {
 }
 
 async fn attempt(node: &Node, local: &Local) -> anyhow::Result<()> {
-    let view = node.view();
-    if view::signing_keys(view)?.is_none() {
-        let (pkcs8, public) = token::new_key_pair().map_err(anyhow::Error::msg)?;
-        node.run::<Auth>(view::Cmd::InitKey { pkcs8, public })
-            .await?;
-    }
+    super::signing_keys(node)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     if !view::accounts(node.view(), ADMIN_NAMESPACE)?.is_empty() {
         return Ok(());
     }

@@ -110,6 +110,22 @@ fn need(service: &str, method: &str) -> Need {
     }
 }
 
+/// The cluster's signing keys, creating the first if there is none yet (the first proposal
+/// wins cluster-wide; the others change nothing).
+pub async fn signing_keys(node: &Node) -> Result<view::Keys, Status> {
+    let internal = |e: micro_state::StorageError| Status::internal(e.to_string());
+    if let Some(ks) = view::signing_keys(node.view()).map_err(internal)? {
+        return Ok(ks);
+    }
+    let (pkcs8, public) = token::new_key_pair().map_err(Status::internal)?;
+    node.run::<view::Auth>(view::Cmd::InitKey { pkcs8, public })
+        .await
+        .map_err(crate::errors::status)?;
+    view::signing_keys(node.view())
+        .map_err(internal)?
+        .ok_or_else(|| Status::unavailable("the signing key is not applied here yet; retry"))
+}
+
 fn now_s() -> u64 {
     micro_cluster::now_ms() / 1000
 }
@@ -118,7 +134,7 @@ fn now_s() -> u64 {
 pub struct Authenticator {
     node: Node,
     verifier: Verifier,
-    /// (auth epoch they were read at, namespace → rules)
+    /// (rules epoch they were read at, namespace → rules)
     rules: Mutex<(u64, HashMap<String, Arc<RuleSet>>)>,
     disabled: bool,
 }
@@ -144,7 +160,7 @@ impl Authenticator {
 
     fn rules(&self, ns: &str) -> Result<Arc<RuleSet>, Status> {
         let view = self.node.view();
-        let epoch = view::epoch(view).map_err(|e| Status::internal(e.to_string()))?;
+        let epoch = view::rules_epoch(view).map_err(|e| Status::internal(e.to_string()))?;
         let mut cache = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         if cache.0 != epoch {
             *cache = (epoch, HashMap::new());

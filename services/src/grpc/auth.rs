@@ -96,28 +96,13 @@ impl AuthService {
         )
     }
 
-    /// The cluster's signing keys, creating the first if there is none yet.
-    async fn keys(&self) -> Result<view::Keys, Status> {
-        if let Some(ks) = view::signing_keys(self.node.view()).map_err(internal)? {
-            return Ok(ks);
-        }
-        let (pkcs8, public) = token::new_key_pair().map_err(internal)?;
-        self.node
-            .run::<Auth>(view::Cmd::InitKey { pkcs8, public })
-            .await
-            .map_err(status)?;
-        view::signing_keys(self.node.view())
-            .map_err(internal)?
-            .ok_or_else(|| Status::unavailable("the signing key is not applied here yet; retry"))
-    }
-
     async fn issue(
         &self,
         account: &view::Account,
         lifetime_s: u64,
         refresh_token: String,
     ) -> Result<pb::Token, Status> {
-        let keys = self.keys().await?;
+        let keys = crate::auth::signing_keys(&self.node).await?;
         let now = now_ms() / 1000;
         let claims = Claims::for_account(account, now, lifetime_s);
         let access = token::sign(&keys, &claims).map_err(internal)?;

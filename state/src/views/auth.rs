@@ -4,8 +4,9 @@
 //! Everything secret arrives already derived at the edge: account secrets as argon2 PHC
 //! strings, refresh tokens as SHA-256 digests, signing keys as generated key pairs (apply has
 //! no RNG). Nothing here is written to the change feed: watching the store must never show a
-//! password hash. Every change bumps `META_AUTH_EPOCH`, which front ends compare to know when
-//! their cached rules are stale.
+//! password hash. Every rule change bumps `META_RULES_EPOCH`, which front ends compare to know
+//! when their cached rules are stale (logins and account changes leave it alone: the caches
+//! hold nothing of them).
 
 use std::collections::BTreeMap;
 
@@ -354,11 +355,18 @@ pub fn signing_keys<S: Read + ?Sized>(s: &S) -> Result<Option<Keys>, StorageErro
     }
 }
 
-/// Bumped by every auth change: the revision that last changed accounts, rules or keys.
-pub fn epoch<S: Read + ?Sized>(s: &S) -> Result<u64, StorageError> {
-    Ok(s.get(keys::META_AUTH_EPOCH)?
+/// The revision that last changed a rule (0: none ever did).
+pub fn rules_epoch<S: Read + ?Sized>(s: &S) -> Result<u64, StorageError> {
+    Ok(s.get(keys::META_RULES_EPOCH)?
         .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
         .unwrap_or(0))
+}
+
+fn bump_rules_epoch<S: Read + ?Sized>(ov: &mut Overlay<'_, S>, revision: u64) {
+    ov.put(
+        keys::META_RULES_EPOCH.to_vec(),
+        revision.to_be_bytes().to_vec(),
+    );
 }
 
 fn drop_refresh<S: Read + ?Sized>(
@@ -490,24 +498,20 @@ pub(crate) fn apply<S: Read + ?Sized>(
         }
         Cmd::PutRule { namespace, rule } => {
             ov.put(rule_key(namespace, &rule.id), codec::encode(rule));
+            bump_rules_epoch(ov, revision);
             Out::Done
         }
         Cmd::DeleteRule { namespace, id } => {
             let k = rule_key(namespace, id);
             if ov.get(&k)?.is_some() {
                 ov.delete(k);
+                bump_rules_epoch(ov, revision);
                 Out::Done
             } else {
                 Out::NotFound
             }
         }
     };
-    if matches!(out, Out::Done) || matches!(cmd, Cmd::InitKey { .. } | Cmd::RotateKey { .. }) {
-        ov.put(
-            keys::META_AUTH_EPOCH.to_vec(),
-            revision.to_be_bytes().to_vec(),
-        );
-    }
     Ok(Outcome::Auth(out))
 }
 
@@ -570,7 +574,8 @@ mod tests {
         assert_eq!(run(&mut s, add("a", "1"), 5, 11), Out::Done);
         assert_eq!(run(&mut s, add("a", "9"), 6, 11), Out::NotFound);
         assert!(refresh(&s, "a", "1", &[7; 32]).unwrap().is_some());
-        assert_eq!(epoch(&s).unwrap(), 5);
+        // Logins and accounts leave the rules epoch alone (rule caches stay warm).
+        assert_eq!(rules_epoch(&s).unwrap(), 0);
         let del = Cmd::DeleteAccount {
             namespace: "a".into(),
             id: "1".into(),
@@ -704,6 +709,7 @@ mod tests {
             rule: rule.clone(),
         };
         assert_eq!(run(&mut s, put, 1, 1), Out::Done);
+        assert_eq!(rules_epoch(&s).unwrap(), 1);
         assert_eq!(rules(&s, "a").unwrap(), vec![rule]);
         assert!(rules(&s, "b").unwrap().is_empty());
         let del = Cmd::DeleteRule {
@@ -712,6 +718,11 @@ mod tests {
         };
         assert_eq!(run(&mut s, del.clone(), 2, 1), Out::Done);
         assert_eq!(run(&mut s, del, 3, 1), Out::NotFound);
+        assert_eq!(
+            rules_epoch(&s).unwrap(),
+            2,
+            "a missing rule's delete changes nothing"
+        );
         assert!(rules(&s, "a").unwrap().is_empty());
     }
 
