@@ -193,6 +193,8 @@ pub enum Outcome<T> {
 fn surely_failed(e: &micro::Error) -> bool {
     match e {
         micro::Error::Connect { .. } => true,
+        // Not a call's answer: nothing proves what happened to it.
+        micro::Error::Service(_) => false,
         micro::Error::Status(s) => {
             matches!(
                 s.code(),

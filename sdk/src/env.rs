@@ -126,6 +126,45 @@ impl Envs {
     }
 }
 
+/// Where to connect and as whom, found as the CLI finds it.
+pub struct Resolved {
+    pub server: String,
+    pub credentials: crate::auth::Credentials,
+    pub namespace: Option<String>,
+    /// The env the server and credentials came from.
+    pub env_name: String,
+}
+
+/// The gRPC address used when nothing names one.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:8081";
+
+impl Resolved {
+    /// `MICRO_SERVER`, else the server of env `MICRO_ENV` (else the current env), else
+    /// [`DEFAULT_SERVER`]; credentials from the environment, else that env's login.
+    pub fn from_env() -> Resolved {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let envs = Envs::load(&config_dir()).unwrap_or_default();
+        let env_name = var("MICRO_ENV").unwrap_or_else(|| envs.current_name().to_string());
+        let env = envs.envs.get(&env_name).cloned().unwrap_or_default();
+        let server = var("MICRO_SERVER")
+            .or_else(|| Some(env.server.clone()).filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| DEFAULT_SERVER.into());
+        let mut credentials = crate::auth::Credentials::from_env();
+        if credentials == crate::auth::Credentials::None {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            credentials = env.credentials(now);
+        }
+        Resolved {
+            server,
+            credentials,
+            namespace: env.namespace.clone(),
+            env_name,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,8 +19,10 @@ pub mod config;
 pub mod env;
 pub mod events;
 pub mod lease;
+pub mod reflection;
 pub mod registry;
 pub mod resumable;
+pub mod service;
 pub mod store;
 pub mod sync;
 
@@ -30,6 +32,7 @@ pub use events::Events;
 pub use lease::Leases;
 pub use micro_proto as proto;
 pub use registry::Registry;
+pub use service::{Context, Service};
 pub use store::Store;
 pub use sync::Sync;
 
@@ -44,6 +47,9 @@ pub enum Error {
     Connect { addr: String, reason: String },
     #[error("{}", .0.message())]
     Status(tonic::Status),
+    /// A service could not start or serve.
+    #[error("{0}")]
+    Service(String),
 }
 
 // Not `#[from]`: that would make the status the error's source too, and error chains would
@@ -59,7 +65,7 @@ impl Error {
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
             Error::Status(s) => Some(s.code()),
-            Error::Connect { .. } => None,
+            Error::Connect { .. } | Error::Service(_) => None,
         }
     }
 
@@ -136,6 +142,18 @@ impl Client {
     /// credentials in the environment ([`Credentials::from_env`]).
     pub async fn connect(addr: &str) -> Result<Client, Error> {
         Client::builder(addr).connect().await
+    }
+
+    /// Connects as the CLI does: the node at `MICRO_SERVER`, else the current env's server
+    /// (`micro env`), else 127.0.0.1:8081; credentials from `MICRO_AUTH_TOKEN` or
+    /// `MICRO_AUTH_ID` + `MICRO_AUTH_SECRET`, else the CLI's login for that env.
+    pub async fn from_env() -> Result<Client, Error> {
+        let found = env::Resolved::from_env();
+        let mut b = Client::builder(&found.server).credentials(found.credentials);
+        if let Some(ns) = found.namespace {
+            b = b.namespace(ns);
+        }
+        b.connect().await
     }
 
     /// A client with chosen credentials, namespace or token lifetime.

@@ -4,6 +4,7 @@
 
 mod auth;
 mod broker;
+mod call;
 mod cluster;
 mod config;
 mod events;
@@ -140,6 +141,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuthCmd,
     },
+    /// Call a service's endpoint with a JSON request: `micro call greeter Say.Hello '{"name":"John"}'`
+    Call {
+        /// The registered service
+        service: String,
+        /// The endpoint, `Service.Method` (e.g. Say.Hello)
+        endpoint: String,
+        /// The request as a JSON object (default {})
+        request: Option<String>,
+    },
+    /// A service's versions, nodes and endpoints with their fields
+    Describe {
+        /// The registered service
+        service: String,
+    },
+    /// Any registered service is a command: `micro greeter say hello --name John`
+    /// (`micro greeter --help` lists its endpoints)
+    #[command(external_subcommand)]
+    Service(Vec<String>),
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -179,6 +198,13 @@ pub fn main() -> ExitCode {
             Cmd::User => auth::user(t, cli.output).await,
             Cmd::Env { cmd } => auth::env(t, cli.output, cmd),
             Cmd::Auth { cmd } => auth::auth(t, cli.output, cmd).await,
+            Cmd::Call {
+                service,
+                endpoint,
+                request,
+            } => call::call(t, cli.output, service, endpoint, request).await,
+            Cmd::Describe { service } => call::describe(t, cli.output, service).await,
+            Cmd::Service(args) => call::dynamic(t, cli.output, args).await,
         }
     });
     match res {

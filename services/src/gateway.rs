@@ -14,16 +14,16 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use bytes::{Buf, BufMut};
 use futures::StreamExt;
+use micro::reflection::RawCodec;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor};
 use serde_json::{Map, Value};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
 use crate::errors::{http_status, micro_error};
 
+use micro::reflection::SERVICE_HEADER;
 /// Protobuf packages the gateway exposes (the internal peer protocol is not one of them).
 use micro_proto::PUBLIC_PACKAGES;
 /// Large enough for a base64 value just over the store's 1.5 MiB limit to reach validation
@@ -36,11 +36,18 @@ const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 pub struct Gateway {
     pool: DescriptorPool,
     channel: Channel,
+    authn: Arc<crate::auth::Authenticator>,
+    upstreams: Arc<crate::upstream::Upstreams>,
 }
 
 impl Gateway {
-    /// A gateway calling the gRPC front end at `grpc_addr`.
-    pub fn new(grpc_addr: std::net::SocketAddr) -> anyhow::Result<Gateway> {
+    /// A gateway calling the gRPC front end at `grpc_addr` (which forwards calls for users'
+    /// services to their nodes).
+    pub fn new(
+        grpc_addr: std::net::SocketAddr,
+        authn: Arc<crate::auth::Authenticator>,
+        upstreams: Arc<crate::upstream::Upstreams>,
+    ) -> anyhow::Result<Gateway> {
         let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET)?;
         let mut target = grpc_addr;
         if target.ip().is_unspecified() {
@@ -49,7 +56,12 @@ impl Gateway {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
             .tcp_nodelay(true)
             .connect_lazy();
-        Ok(Gateway { pool, channel })
+        Ok(Gateway {
+            pool,
+            channel,
+            authn,
+            upstreams,
+        })
     }
 
     pub fn router(self) -> Router {
@@ -138,21 +150,45 @@ async fn handle(
             format!("cross-origin request from {origin} refused; call the gateway from the same origin or without a browser"),
         );
     }
-    let Some((service, endpoint)) = resolve(uri.path()) else {
-        return error_closing(
-            "micro.gateway",
-            StatusCode::NOT_FOUND,
-            "no service in the path; try /store/read",
-        );
+    let is_rpc = uri.path().trim_end_matches('/') == "/rpc";
+    let resolved = if is_rpc {
+        None
+    } else {
+        match resolve(uri.path()) {
+            Some(r) => Some(r),
+            None => {
+                return error_closing(
+                    "micro.gateway",
+                    StatusCode::NOT_FOUND,
+                    "no service in the path; try /store/read",
+                )
+            }
+        }
     };
-    let id = format!("micro.{service}");
     let body = match read_body(&headers, body).await {
         Ok(b) => b,
-        Err((status, detail)) => return error_closing(&id, status, detail),
+        Err((status, detail)) => return error_closing("micro.gateway", status, detail),
     };
-    let rpc = match find_method(&gw.pool, &service, &endpoint) {
-        Ok(m) => m,
-        Err((status, detail)) => return error(&id, status, detail),
+    // `/rpc`: the service, endpoint and request are in the body (Micro v3's RPC handler).
+    let (service, endpoint, rpc_request) = match resolved {
+        Some((s, e)) => (s, e, None),
+        None => match rpc_body(&headers, &body) {
+            Ok((s, e, r)) => (s, e, Some(r)),
+            Err(detail) => return error("micro.gateway", StatusCode::BAD_REQUEST, detail),
+        },
+    };
+    let id = format!("micro.{service}");
+    let user = !PUBLIC_PACKAGES.contains(&service.as_str());
+    let rpc = if user {
+        match user_method(&gw, &headers, &service, &endpoint).await {
+            Ok(m) => m,
+            Err(r) => return r,
+        }
+    } else {
+        match find_method(&gw.pool, &service, &endpoint) {
+            Ok(m) => m,
+            Err((status, detail)) => return error(&id, status, detail),
+        }
     };
     if rpc.is_client_streaming() {
         return error(
@@ -161,26 +197,33 @@ async fn handle(
             format!("{endpoint} takes a stream of requests; call it over gRPC"),
         );
     }
-    let input = match request_json(&rpc.input(), &method, &uri, &body) {
-        Ok(v) => v,
-        Err(detail) => return error(&id, StatusCode::BAD_REQUEST, detail),
+    let input = match rpc_request {
+        Some(v) => v,
+        None => match request_json(&rpc.input(), &method, &uri, &body) {
+            Ok(v) => v,
+            Err(detail) => return error(&id, StatusCode::BAD_REQUEST, detail),
+        },
     };
     let msg = match to_message(&rpc.input(), &input) {
         Ok(m) => m,
         Err(detail) => return error(&id, StatusCode::BAD_REQUEST, detail),
+    };
+    let encoded: Bytes = msg.encode_to_vec().into();
+    let grpc_request = |body: Bytes| {
+        let mut req = grpc_request(&headers, body);
+        if user {
+            if let Ok(v) = service.parse() {
+                req.metadata_mut().insert(SERVICE_HEADER, v);
+            }
+        }
+        req
     };
     let wants_sse = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if rpc.is_server_streaming() && wants_sse {
-        return match sse(
-            &gw.channel,
-            &rpc,
-            grpc_request(&headers, msg.encode_to_vec().into()),
-        )
-        .await
-        {
+        return match sse(&gw.channel, &rpc, grpc_request(encoded.clone())).await {
             Ok(r) => r,
             Err(status) => error(&id, http_status(status.code()), status.message()),
         };
@@ -192,13 +235,7 @@ async fn handle(
             .map_err(|e| e.to_string())
     };
     let answer = if rpc.is_server_streaming() {
-        match call_streaming(
-            &gw.channel,
-            &rpc,
-            grpc_request(&headers, msg.encode_to_vec().into()),
-        )
-        .await
-        {
+        match call_streaming(&gw.channel, &rpc, grpc_request(encoded.clone())).await {
             // Pages of repeated fields (store List's `keys`) merge into one message, as
             // concatenated protobuf does: Micro v3 answers List with one object.
             Ok(parts) if is_page(&rpc.output()) => to_json(parts.concat().into()),
@@ -208,21 +245,141 @@ async fn handle(
             Err(status) => return error(&id, http_status(status.code()), status.message()),
         }
     } else {
-        match call(
-            &gw.channel,
-            &rpc,
-            grpc_request(&headers, msg.encode_to_vec().into()),
-        )
-        .await
-        {
-            Ok(bytes) => to_json(bytes),
-            Err(status) => return error(&id, http_status(status.code()), status.message()),
+        // A user service's node that died is passed over by the proxy: try another (a
+        // unary call that got UNAVAILABLE did not run, or may be run again).
+        let attempts = if user { 3 } else { 1 };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match call(&gw.channel, &rpc, grpc_request(encoded.clone())).await {
+                Ok(bytes) => break to_json(bytes),
+                Err(status) if status.code() == tonic::Code::Unavailable && attempt < attempts => {
+                    tracing::debug!("retrying {service} {endpoint}: {}", status.message());
+                }
+                Err(status) => return error(&id, http_status(status.code()), status.message()),
+            }
         }
     };
     match answer {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
         Err(e) => error(&id, StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+/// The method a user service's endpoint names, from the descriptors its nodes serve. The
+/// caller is checked first, so nobody learns what a service offers without access to it.
+async fn user_method(
+    gw: &Gateway,
+    headers: &axum::http::HeaderMap,
+    service: &str,
+    endpoint: &str,
+) -> Result<MethodDescriptor, Response> {
+    let id = format!("micro.{service}");
+    let fail = |status: tonic::Status| error(&id, http_status(status.code()), status.message());
+    let (svc, method) = endpoint.split_once('.').unwrap_or((endpoint, "Call"));
+    let mut auth_headers = grpc_request(headers, Bytes::new())
+        .metadata()
+        .clone()
+        .into_headers();
+    if let Ok(v) = service.parse() {
+        auth_headers.insert(SERVICE_HEADER, v);
+    }
+    let caller = gw
+        .authn
+        .authorize(&format!("/{service}.{svc}/{method}"), &auth_headers)
+        .map_err(fail)?;
+    let Some(found) = gw
+        .upstreams
+        .find(&caller.namespace, service)
+        .map_err(fail)?
+    else {
+        return Err(error(
+            &id,
+            StatusCode::NOT_FOUND,
+            format!(
+                "service {service} not found in namespace {:?}",
+                caller.namespace
+            ),
+        ));
+    };
+    let no_endpoint = || {
+        let names: Vec<&str> = found.endpoints.iter().map(|e| e.name.as_str()).collect();
+        error(
+            &id,
+            StatusCode::BAD_REQUEST,
+            format!(
+                "service {service} has no endpoint {endpoint}; it has {}",
+                names.join(", ")
+            ),
+        )
+    };
+    let Some(path) = found.grpc_path(endpoint) else {
+        return Err(no_endpoint());
+    };
+    let pool = gw
+        .upstreams
+        .descriptors(&caller.namespace, &found)
+        .await
+        .map_err(fail)?;
+    let (full, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .ok_or_else(no_endpoint)?;
+    pool.get_service_by_name(full)
+        .and_then(|sd| sd.methods().find(|m| m.name() == method))
+        .ok_or_else(no_endpoint)
+}
+
+/// Micro v3's `/rpc` body: `service`, `endpoint` (or `method`) and `request` (an object, or
+/// JSON in a string), as JSON or as a form.
+fn rpc_body(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<(String, String, Value), String> {
+    // By content: `curl -d '{...}'` labels JSON as a form.
+    let json = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    let form = !json
+        && headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let obj: Map<String, Value> = if form {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(body).map_err(|e| format!("bad form: {e}"))?;
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(Value::Object(o)) => o,
+            Ok(_) => {
+                return Err(
+                    "/rpc takes a JSON object: {\"service\", \"endpoint\", \"request\"}".into(),
+                )
+            }
+            Err(e) => return Err(format!("request body is not valid JSON: {e}")),
+        }
+    };
+    let text = |k: &str| obj.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let service = text("service").ok_or("field service is required (e.g. \"greeter\")")?;
+    let endpoint = text("endpoint")
+        .or_else(|| text("method"))
+        .ok_or("field endpoint (or method) is required (e.g. \"Say.Hello\")")?;
+    let request = match obj.get("request") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(Value::String(s)) if s.trim().is_empty() => Value::Object(Map::new()),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => return Err("field request must be a JSON object".into()),
+        },
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => return Err("field request must be a JSON object".into()),
+    };
+    Ok((service.to_string(), endpoint.to_string(), request))
 }
 
 /// A message made only of repeated fields: the messages of a stream of it merge into one
@@ -352,7 +509,10 @@ fn request_json(
 
 /// `options.prefix=true&key=a` → `{"options":{"prefix":true},"key":"a"}`, typed by the
 /// message's fields.
-fn query_to_json(desc: &MessageDescriptor, pairs: &[(String, String)]) -> Result<Value, String> {
+pub(crate) fn query_to_json(
+    desc: &MessageDescriptor,
+    pairs: &[(String, String)],
+) -> Result<Value, String> {
     let mut root = Map::new();
     for (path, raw) in pairs {
         let mut msg = desc.clone();
@@ -415,7 +575,7 @@ fn deserialize(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage, se
 }
 
 /// Converts JSON to the request message; on failure names the offending field.
-fn to_message(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage, String> {
+pub(crate) fn to_message(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage, String> {
     if let Some(detail) = out_of_range(desc, v, "") {
         return Err(detail);
     }
@@ -535,7 +695,7 @@ fn foreign_origin(headers: &axum::http::HeaderMap) -> Option<String> {
     (origin_host != host).then(|| origin.to_string())
 }
 
-fn json_options() -> prost_reflect::SerializeOptions {
+pub(crate) fn json_options() -> prost_reflect::SerializeOptions {
     prost_reflect::SerializeOptions::new()
         .stringify_64_bit_integers(false)
         .use_proto_field_name(true)
@@ -663,44 +823,6 @@ async fn call_streaming(
         all.push(part?);
     }
     Ok(all)
-}
-
-/// A codec that passes encoded protobuf through untouched.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
 }
 
 #[cfg(test)]

@@ -17,3 +17,4 @@ pub mod errors;
 pub mod gateway;
 pub mod grpc;
 pub mod server;
+pub mod upstream;

@@ -56,6 +56,7 @@ pub async fn run(
     }
     let node = Node::start(node_cfg.clone()).await?;
     let authn = crate::auth::Authenticator::new(node.clone(), cfg.auth_disabled);
+    let upstreams = crate::upstream::Upstreams::new(node.clone());
     let mut cli_addr = grpc_addr;
     if cli_addr.ip().is_unspecified() {
         cli_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -91,31 +92,38 @@ pub async fn run(
             crate::grpc::auth::AuthService::servers(node.clone(), authn.clone());
         let front_errors = crate::grpc::front_errors::FrontErrors::new();
         let auth_layer = crate::auth::AuthLayer::new(authn.clone());
+        let routes = tonic::service::Routes::new(svc_store)
+            .add_service(svc_cluster)
+            .add_service(svc_broker)
+            .add_service(svc_stream)
+            .add_service(svc_events_store)
+            .add_service(svc_lease)
+            .add_service(svc_registry)
+            .add_service(svc_config)
+            .add_service(svc_sync)
+            .add_service(svc_auth)
+            .add_service(svc_accounts)
+            .add_service(svc_rules);
+        // Calls for services this node does not host go to their registered nodes.
+        let routes = tonic::service::Routes::from(
+            routes
+                .into_axum_router()
+                .fallback_service(crate::upstream::Proxy(upstreams.clone())),
+        );
         let stop = wait(stop_rx.clone());
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .layer(front_errors)
                 .layer(auth_layer)
-                .add_service(svc_store)
-                .add_service(svc_cluster)
-                .add_service(svc_broker)
-                .add_service(svc_stream)
-                .add_service(svc_events_store)
-                .add_service(svc_lease)
-                .add_service(svc_registry)
-                .add_service(svc_config)
-                .add_service(svc_sync)
-                .add_service(svc_auth)
-                .add_service(svc_accounts)
-                .add_service(svc_rules)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await
                 .map_err(anyhow::Error::from)
         })
     };
     let http = {
-        let router = Gateway::new(grpc_addr)?.router();
+        let router = Gateway::new(grpc_addr, authn.clone(), upstreams.clone())?.router();
         let stop = wait(stop_rx.clone());
         tokio::spawn(async move {
             use axum::serve::ListenerExt;

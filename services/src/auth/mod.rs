@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use micro_cluster::Node;
+use micro_proto::PUBLIC_PACKAGES;
 use micro_state::views::auth as view;
 use tonic::codegen::BoxFuture;
 use tonic::Status;
@@ -106,6 +107,9 @@ fn need(service: &str, method: &str) -> Need {
         // The cluster's config-secret key, like its token-signing key.
         ("config.Config", "RotateKey") => Need::Admin,
         ("cluster.Cluster", _) => Need::Admin,
+        // A user service's descriptors and health carry no data: any account may read them
+        // (the gateway and the CLI need them to call what the rules allow).
+        ("grpc.reflection.v1.ServerReflection", _) | ("grpc.health.v1.Health", _) => Need::Account,
         _ => Need::Rules,
     }
 }
@@ -209,7 +213,20 @@ impl Authenticator {
         let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
             return Ok(caller);
         };
+        // A call routed to a user service by header is that service's (v3's Micro-Service).
+        let routed = headers
+            .get(micro::reflection::SERVICE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| {
+                let pkg = service.rsplit_once('.').map_or(service, |(p, _)| p);
+                !PUBLIC_PACKAGES.contains(&pkg)
+            });
+        let routed_service = routed.map(|r| {
+            let svc = service.rsplit_once('.').map_or(service, |(_, s)| s);
+            format!("{r}.{svc}")
+        });
         let need = need(service, method);
+        let service = routed_service.as_deref().unwrap_or(service);
         if need == Need::Public || caller.admin {
             return Ok(caller);
         }

@@ -65,7 +65,7 @@ fn service_from_json(text: &str) -> anyhow::Result<rpb::Service> {
     Ok(rpb::Service::decode(dynamic.encode_to_vec().as_slice())?)
 }
 
-fn print_services(services: &[rpb::Service], out: Output) -> anyhow::Result<()> {
+pub(super) fn print_services(services: &[rpb::Service], out: Output) -> anyhow::Result<()> {
     match out {
         Output::Json => {
             let all = services

@@ -1,0 +1,323 @@
+//! Calling users' services: finding their nodes in the registry, balancing across them, and
+//! forwarding gRPC calls untouched (the proxy) — what the gateway, `/rpc` and any gRPC client
+//! pointed at a node use to reach a service the node does not host.
+//!
+//! A call for `/greeter.Say/Hello` goes to the registered service named by the
+//! `micro-service` header (Micro v3's `Micro-Service`), else by the path's proto package
+//! (`greeter`; for `acme.greeter.v1.Say` first `acme.greeter.v1`, then `acme`), in the
+//! caller's namespace (its registry domain). Nodes are taken round-robin; a node that could
+//! not be reached is skipped for [`EJECT_FOR`] (the registry drops it when its TTL runs out).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use micro::proto::registry as rpb;
+use micro::reflection::SERVICE_HEADER;
+use micro_cluster::Node;
+use micro_state::views::registry as view;
+use prost::Message;
+use prost_reflect::DescriptorPool;
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::auth::Caller;
+
+/// How long a node that refused a connection is passed over.
+pub const EJECT_FOR: Duration = Duration::from_secs(5);
+
+/// One registered node of a service.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub id: String,
+    pub address: String,
+}
+
+/// What the registry says of a service right now.
+pub struct Found {
+    pub name: String,
+    pub nodes: Vec<Instance>,
+    pub endpoints: Vec<rpb::Endpoint>,
+    /// Changes when a version or its nodes change (descriptors are re-read then).
+    pub fingerprint: Vec<(String, u64)>,
+}
+
+impl Found {
+    /// The gRPC path of `endpoint` (`Say.Hello`, any case): the one the service registered,
+    /// else `/{name}.Say/Hello` as Micro v3 names it.
+    pub fn grpc_path(&self, endpoint: &str) -> Option<String> {
+        let e = self
+            .endpoints
+            .iter()
+            .find(|e| e.name.eq_ignore_ascii_case(endpoint))?;
+        if let Some(p) = e.metadata.get(micro::service::GRPC_PATH) {
+            return Some(p.clone());
+        }
+        let (svc, method) = e.name.split_once('.')?;
+        Some(format!("/{}.{svc}/{method}", self.name))
+    }
+}
+
+/// A service's descriptors and the registration fingerprint they were read at.
+type Described = (Vec<(String, u64)>, DescriptorPool);
+
+pub struct Upstreams {
+    node: Node,
+    channels: Mutex<HashMap<String, Channel>>,
+    next: AtomicUsize,
+    ejected: Mutex<HashMap<String, Instant>>,
+    descriptors: tokio::sync::Mutex<HashMap<(String, String), Described>>,
+}
+
+impl Upstreams {
+    pub fn new(node: Node) -> Arc<Upstreams> {
+        Arc::new(Upstreams {
+            node,
+            channels: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+            ejected: Mutex::new(HashMap::new()),
+            descriptors: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The service `name` in `domain`, from this node's view of the registry.
+    pub fn find(&self, domain: &str, name: &str) -> Result<Option<Found>, Status> {
+        let versions = view::list(self.node.view(), domain, Some(name))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if versions.is_empty() {
+            return Ok(None);
+        }
+        let mut found = Found {
+            name: name.to_string(),
+            nodes: Vec::new(),
+            endpoints: Vec::new(),
+            fingerprint: Vec::new(),
+        };
+        for (_, svc) in versions {
+            found
+                .fingerprint
+                .push((svc.version.clone(), svc.mod_revision));
+            for (id, n) in svc.nodes {
+                found.nodes.push(Instance {
+                    id,
+                    address: n.address,
+                });
+            }
+            for e in &svc.endpoints {
+                if let Ok(e) = rpb::Endpoint::decode(e.as_slice()) {
+                    if !found.endpoints.iter().any(|x| x.name == e.name) {
+                        found.endpoints.push(e);
+                    }
+                }
+            }
+        }
+        Ok(Some(found))
+    }
+
+    /// The service a gRPC call is for: the `micro-service` header, else the path's package.
+    pub fn resolve(
+        &self,
+        domain: &str,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Found, Status> {
+        if let Some(h) = headers.get(SERVICE_HEADER) {
+            let name = h
+                .to_str()
+                .map_err(|_| Status::invalid_argument("micro-service is not text"))?;
+            return self
+                .find(domain, name)?
+                .ok_or_else(|| not_found(name, domain));
+        }
+        let service = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .map(|(s, _)| s)
+            .ok_or_else(|| Status::unimplemented(format!("{path} is not a gRPC method")))?;
+        let package = service.rsplit_once('.').map_or("", |(p, _)| p);
+        let first = package.split('.').next().unwrap_or("");
+        if micro_proto::PUBLIC_PACKAGES.contains(&package) || package == "raft" {
+            return Err(Status::unimplemented(format!(
+                "{path} is not a method of Micro's {package} service"
+            )));
+        }
+        for name in [package, first] {
+            if !name.is_empty() {
+                if let Some(f) = self.find(domain, name)? {
+                    return Ok(f);
+                }
+            }
+        }
+        Err(Status::unimplemented(format!(
+            "no service serves {path}: nothing named {package:?} is registered in namespace {domain:?} (this node serves Micro's own services; register yours with the SDK, or name it in the micro-service header)"
+        )))
+    }
+
+    /// The next node of `found` (round-robin), skipping `tried` and recently unreachable
+    /// nodes while others are left.
+    pub fn pick(&self, found: &Found, tried: &[String]) -> Result<(Instance, Channel), Status> {
+        let now = Instant::now();
+        let ejected: Vec<String> = {
+            let mut ej = self.ejected.lock().unwrap_or_else(|e| e.into_inner());
+            ej.retain(|_, until| *until > now);
+            ej.keys().cloned().collect()
+        };
+        let fresh: Vec<&Instance> = found
+            .nodes
+            .iter()
+            .filter(|n| !tried.contains(&n.address))
+            .collect();
+        let healthy: Vec<&Instance> = fresh
+            .iter()
+            .copied()
+            .filter(|n| !ejected.contains(&n.address))
+            .collect();
+        let pool = if healthy.is_empty() { fresh } else { healthy };
+        if pool.is_empty() {
+            return Err(Status::unavailable(format!(
+                "service {} has no node left to try (tried {})",
+                found.name,
+                tried.join(", ")
+            )));
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+        let inst = pool[i].clone();
+        let channel = self.channel(&inst.address)?;
+        Ok((inst, channel))
+    }
+
+    /// Marks a node as unreachable for a while.
+    pub fn failed(&self, address: &str) {
+        self.ejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address.to_string(), Instant::now() + EJECT_FOR);
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, Status> {
+        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(address) {
+            return Ok(c.clone());
+        }
+        let url = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("http://{address}")
+        };
+        let c = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| Status::internal(format!("bad node address {address:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The descriptors of `found`'s gRPC services, read by reflection from one of its nodes
+    /// and kept until the service's registration changes.
+    pub async fn descriptors(&self, domain: &str, found: &Found) -> Result<DescriptorPool, Status> {
+        let key = (domain.to_string(), found.name.clone());
+        let mut cache = self.descriptors.lock().await;
+        if let Some((fp, pool)) = cache.get(&key) {
+            if *fp == found.fingerprint {
+                return Ok(pool.clone());
+            }
+        }
+        let mut tried = Vec::new();
+        let pool = loop {
+            let (inst, channel) = self.pick(found, &tried)?;
+            match micro::reflection::descriptors(channel, None).await {
+                Ok(p) => break p,
+                Err(e) if e.code() == Some(tonic::Code::Unavailable) || e.code().is_none() => {
+                    tracing::debug!("reflection on {} failed: {e}", inst.address);
+                    if e.code() == Some(tonic::Code::Unavailable) {
+                        self.failed(&inst.address);
+                    }
+                    tried.push(inst.address);
+                }
+                Err(e) => {
+                    return Err(Status::failed_precondition(format!(
+                        "cannot read service {}'s descriptors (does it serve gRPC reflection, as the SDK's services do?): {e}",
+                        found.name
+                    )))
+                }
+            }
+        };
+        cache.insert(key, (found.fingerprint.clone(), pool.clone()));
+        Ok(pool)
+    }
+
+    /// Forwards a gRPC call, headers, body and trailers untouched, to a node of the service
+    /// it is for.
+    pub async fn forward(
+        &self,
+        req: http::Request<axum::body::Body>,
+    ) -> http::Response<axum::body::Body> {
+        match self.try_forward(req).await {
+            Ok(r) => r,
+            Err(status) => status.into_http::<axum::body::Body>(),
+        }
+    }
+
+    async fn try_forward(
+        &self,
+        req: http::Request<axum::body::Body>,
+    ) -> Result<http::Response<axum::body::Body>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned().ok_or_else(|| {
+            Status::internal("the proxy runs behind the auth layer; no caller was found")
+        })?;
+        let found = self.resolve(&caller.namespace, req.uri().path(), req.headers())?;
+        let (inst, mut channel) = self.pick(&found, &[])?;
+        let (mut parts, body) = req.into_parts();
+        // The channel supplies scheme and authority: keep only the path.
+        if let Some(pq) = parts.uri.path_and_query().cloned() {
+            parts.uri = http::Uri::from(pq);
+        }
+        let req = http::Request::from_parts(parts, tonic::body::Body::new(body));
+        use tower::ServiceExt;
+        let answer = match channel.ready().await {
+            Ok(ch) => tower::Service::call(ch, req).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(resp) => Ok(resp.map(axum::body::Body::new)),
+            Err(e) => {
+                self.failed(&inst.address);
+                Err(Status::unavailable(format!(
+                    "service {} node {} ({}) is unreachable: {e}",
+                    found.name, inst.id, inst.address
+                )))
+            }
+        }
+    }
+}
+
+fn not_found(name: &str, domain: &str) -> Status {
+    Status::not_found(format!(
+        "service {name:?} is not registered in namespace {domain:?}"
+    ))
+}
+
+/// The gRPC front end's fallback: every call no built-in service answers goes through here.
+#[derive(Clone)]
+pub struct Proxy(pub Arc<Upstreams>);
+
+impl tower::Service<http::Request<axum::body::Body>> for Proxy {
+    type Response = http::Response<axum::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
+        let up = self.0.clone();
+        Box::pin(async move { Ok(up.forward(req).await) })
+    }
+}
