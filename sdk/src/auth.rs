@@ -113,6 +113,31 @@ impl Interceptor for Authorizer {
     }
 }
 
+impl Authorizer {
+    /// Adds the token and namespace to a request's HTTP headers (for channels that do not go
+    /// through the interceptor, e.g. straight to a service's node).
+    pub(crate) fn headers(&self, h: &mut http::HeaderMap) {
+        if let Some(b) = self
+            .shared
+            .bearer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            if let Ok(v) = http::HeaderValue::from_bytes(b.as_encoded_bytes()) {
+                h.insert(http::header::AUTHORIZATION, v);
+            }
+        }
+        if let Some(ns) = &self.shared.namespace {
+            if !h.contains_key(NAMESPACE_HEADER) {
+                if let Ok(v) = http::HeaderValue::from_bytes(ns.as_encoded_bytes()) {
+                    h.insert(NAMESPACE_HEADER, v);
+                }
+            }
+        }
+    }
+}
+
 /// What every client of the SDK talks through: a channel that authenticates its calls.
 pub type Transport = InterceptedService<Channel, Authorizer>;
 

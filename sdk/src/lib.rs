@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod discovery;
 pub mod env;
 pub mod events;
 pub mod lease;
@@ -28,11 +29,12 @@ pub mod sync;
 
 pub use auth::{Credentials, Token, Transport};
 pub use config::Config;
+pub use discovery::{Balance, Services};
 pub use events::Events;
 pub use lease::Leases;
 pub use micro_proto as proto;
 pub use registry::Registry;
-pub use service::{Context, Service};
+pub use service::{Context, Running, Service};
 pub use store::Store;
 pub use sync::Sync;
 
@@ -174,6 +176,22 @@ impl Client {
     /// The token this client currently sends (empty access token: anonymous).
     pub fn token(&self) -> Token {
         self.auth.token()
+    }
+
+    /// Users' services, found through the registry and called directly.
+    pub fn services(&self) -> Services {
+        Services::new(self.clone())
+    }
+
+    /// Adds this client's token (and namespace) to a request made outside its channel.
+    pub fn authorize<T>(&self, req: &mut tonic::Request<T>) {
+        let mut h = std::mem::take(req.metadata_mut()).into_headers();
+        self.auth.headers(&mut h);
+        *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(h);
+    }
+
+    pub(crate) fn authorize_headers(&self, h: &mut http::HeaderMap) {
+        self.auth.headers(h);
     }
 
     /// Accounts, tokens and rules.

@@ -264,9 +264,22 @@ impl Service {
 
     /// Serves until `shutdown` resolves, then deregisters and stops.
     pub async fn run_until(
-        mut self,
+        self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        let mut running = self.start().await?;
+        tokio::select! {
+            _ = shutdown => {}
+            r = &mut running.task => {
+                return r.map_err(|e| Error::Service(format!("the service stopped: {e}")))?;
+            }
+        }
+        running.stop().await
+    }
+
+    /// Starts serving and returns once the service is registered (for tests and embedding);
+    /// [`Running::stop`] deregisters and stops it.
+    pub async fn start(mut self) -> Result<Running, Error> {
         if let Some(e) = &self.descriptor_error {
             return Err(Error::Service(format!(
                 "the service's descriptors do not decode: {e}"
@@ -365,7 +378,7 @@ impl Service {
             .map(|s| tokio::spawn(s(client.clone())))
             .collect();
 
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (serve_stop, serve_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
         if let Some(t) = self.timeout {
             server = server.timeout(t);
@@ -375,41 +388,74 @@ impl Service {
         let mut serving = tokio::spawn(server.add_routes(routes).serve_with_incoming_shutdown(
             incoming,
             async move {
-                let _ = stop_rx.await;
+                let _ = serve_stop_rx.await;
             },
         ));
-        let failed = tokio::select! {
-            _ = shutdown => None,
-            r = &mut serving => Some(r),
-        };
-        refresh.abort();
-        for s in subscribers {
-            s.abort();
+        let name = self.name.clone();
+        let id = node_id.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let failed = tokio::select! {
+                _ = stop_rx => None,
+                r = &mut serving => Some(r),
+            };
+            refresh.abort();
+            for s in subscribers {
+                s.abort();
+            }
+            // Leave the registry first, so no new call is routed here while we drain.
+            let dereg = tokio::time::timeout(
+                Duration::from_secs(5),
+                registry.deregister(registration.clone()),
+            )
+            .await;
+            match dereg {
+                Ok(Ok(())) => eprintln!("service {name}: deregistered {id}"),
+                Ok(Err(e)) => tracing::warn!("deregistering {id} failed: {e}"),
+                Err(_) => tracing::warn!("deregistering {id} timed out"),
+            }
+            let _ = serve_stop.send(());
+            let failed = match failed {
+                Some(r) => Some(r),
+                // In-flight calls get a moment to finish.
+                None => tokio::time::timeout(Duration::from_secs(5), serving)
+                    .await
+                    .ok(),
+            };
+            match failed {
+                Some(Ok(Ok(()))) | None => Ok(()),
+                Some(Ok(Err(e))) => Err(Error::Service(format!("serving failed: {e}"))),
+                Some(Err(e)) => Err(Error::Service(format!("serving failed: {e}"))),
+            }
+        });
+        Ok(Running {
+            address: advertise,
+            node_id,
+            stop: Some(stop_tx),
+            task,
+        })
+    }
+}
+
+/// A started service.
+pub struct Running {
+    /// The `host:port` it registered.
+    pub address: String,
+    /// Its node id in the registry.
+    pub node_id: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Deregisters, then stops serving (in-flight calls get up to 5 s).
+    pub async fn stop(&mut self) -> Result<(), Error> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
         }
-        // Leave the registry first, so no new call is routed here while we drain.
-        let dereg = tokio::time::timeout(
-            Duration::from_secs(5),
-            registry.deregister(registration.clone()),
-        )
-        .await;
-        match dereg {
-            Ok(Ok(())) => eprintln!("service {}: deregistered {node_id}", self.name),
-            Ok(Err(e)) => tracing::warn!("deregistering {node_id} failed: {e}"),
-            Err(_) => tracing::warn!("deregistering {node_id} timed out"),
-        }
-        let _ = stop_tx.send(());
-        let failed = match failed {
-            Some(r) => Some(r),
-            // In-flight calls get a moment to finish.
-            None => tokio::time::timeout(Duration::from_secs(5), serving)
-                .await
-                .ok(),
-        };
-        match failed {
-            Some(Ok(Ok(()))) | None => Ok(()),
-            Some(Ok(Err(e))) => Err(Error::Service(format!("serving failed: {e}"))),
-            Some(Err(e)) => Err(Error::Service(format!("serving failed: {e}"))),
-        }
+        (&mut self.task)
+            .await
+            .map_err(|e| Error::Service(format!("the service stopped: {e}")))?
     }
 }
 

@@ -10,6 +10,7 @@ mod config;
 mod events;
 mod lease;
 mod lock;
+mod new;
 mod registry;
 mod server;
 mod snapshot;
@@ -155,6 +156,8 @@ enum Cmd {
         /// The registered service
         service: String,
     },
+    /// Create a service crate: proto, handler, test and README (`micro new greeter`)
+    New(new::NewArgs),
     /// Any registered service is a command: `micro greeter say hello --name John`
     /// (`micro greeter --help` lists its endpoints)
     #[command(external_subcommand)]
@@ -205,6 +208,7 @@ pub fn main() -> ExitCode {
             } => call::call(t, cli.output, service, endpoint, request).await,
             Cmd::Describe { service } => call::describe(t, cli.output, service).await,
             Cmd::Service(args) => call::dynamic(t, cli.output, args).await,
+            Cmd::New(args) => new::new(cli.output, args),
         }
     });
     match res {

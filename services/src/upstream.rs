@@ -142,9 +142,8 @@ impl Upstreams {
         let package = service.rsplit_once('.').map_or("", |(p, _)| p);
         let first = package.split('.').next().unwrap_or("");
         if micro_proto::PUBLIC_PACKAGES.contains(&package) || package == "raft" {
-            return Err(Status::unimplemented(format!(
-                "{path} is not a method of Micro's {package} service"
-            )));
+            // An empty message: the front-errors layer names what exists.
+            return Err(Status::unimplemented(""));
         }
         for name in [package, first] {
             if !name.is_empty() {
@@ -153,9 +152,7 @@ impl Upstreams {
                 }
             }
         }
-        Err(Status::unimplemented(format!(
-            "no service serves {path}: nothing named {package:?} is registered in namespace {domain:?} (this node serves Micro's own services; register yours with the SDK, or name it in the micro-service header)"
-        )))
+        Err(Status::unimplemented(""))
     }
 
     /// The next node of `found` (round-robin), skipping `tried` and recently unreachable

@@ -490,3 +490,72 @@ async fn calls_spread_over_instances_and_survive_one_dying() -> anyhow::Result<(
     assert!(failures.is_empty(), "{failures:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn micro_new_makes_a_service_that_passes_its_own_test() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start(1).await?;
+    let dir = tempfile::tempdir()?;
+    let crate_dir = dir.path().join("demo");
+    let out = c
+        .micro()
+        .args(["new", "demo", "--dir"])
+        .arg(&crate_dir)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "Cargo.toml",
+        "build.rs",
+        "proto/demo.proto",
+        "src/lib.rs",
+        "src/main.rs",
+        "tests/call.rs",
+        "README.md",
+    ] {
+        assert!(crate_dir.join(f).exists(), "micro new wrote no {f}");
+    }
+    // A second time into the same place is refused, naming the remedy.
+    let again = c
+        .micro()
+        .args(["new", "demo", "--dir"])
+        .arg(&crate_dir)
+        .output()?;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--dir"));
+
+    // Build and run its test against the running node, offline with this workspace's
+    // versions (cargo's cache has them); its own target dir is kept between runs.
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::copy(workspace.join("Cargo.lock"), crate_dir.join("Cargo.lock"))?;
+    let target = micro_tests::micro_bin()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|t| t.join("micro-new"))
+        .ok_or_else(|| anyhow::anyhow!("no target dir"))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["test", "--offline"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("MICRO_SERVER", &c.spec(1).grpc)
+        .env("MICRO_CONFIG_DIR", c.config_dir())
+        .env_remove("MICRO_AUTH_TOKEN")
+        .env_remove("MICRO_AUTH_ID")
+        .env_remove("MICRO_AUTH_SECRET");
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the new crate's tests failed:\n{log}");
+    assert!(
+        log.contains("call_answers_through_the_registry ... ok"),
+        "{log}"
+    );
+    Ok(())
+}

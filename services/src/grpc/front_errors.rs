@@ -63,7 +63,10 @@ impl FrontErrors {
                 "service {service} has no method {method:?}; it has {}",
                 methods.join(", ")
             ),
-            None => format!("unknown service {service}; this server has {}", known()),
+            None => format!(
+                "unknown service {service}: no registered service serves it (register one with the SDK, or name it in the micro-service header), and this server has {}",
+                known()
+            ),
         }
     }
 
