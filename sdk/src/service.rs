@@ -39,6 +39,9 @@ pub const GRPC_PATH: &str = "grpc_path";
 /// Endpoint metadata Micro v3 sets on streaming endpoints.
 pub const STREAM: &str = "stream";
 
+const HEALTH: &str = "grpc.health.v1.Health";
+const REFLECTION: &str = "grpc.reflection.v1.ServerReflection";
+
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Subscriber = Box<dyn FnOnce(Client) -> Task + Send>;
 type RouterLayer = Box<dyn FnOnce(axum::Router) -> axum::Router + Send>;
@@ -285,11 +288,11 @@ impl Service {
                 "the service's descriptors do not decode: {e}"
             )));
         }
-        let Some(routes) = self.routes.take() else {
+        if self.routes.is_none() && self.subscribers.is_empty() {
             return Err(Error::Service(
-                "the service has no handlers: call add_service first".into(),
+                "the service has nothing to do: add_service or subscribe first".into(),
             ));
-        };
+        }
         let bind = self.address.clone().unwrap_or_else(|| "127.0.0.1:0".into());
         let listener = tokio::net::TcpListener::bind(&bind)
             .await
@@ -309,9 +312,15 @@ impl Service {
             None => Client::from_env().await?,
         };
 
+        // A worker with only subscribers still serves its health.
         let (health, health_svc) = tonic_health::server::health_reporter();
-        let mut routes = routes.add_service(health_svc);
-        if !self.descriptor_sets.is_empty() {
+        let mut routes = match self.routes.take() {
+            // The service may be a health service itself: one route per gRPC service.
+            Some(r) if self.served.contains(&HEALTH) => r,
+            Some(r) => r.add_service(health_svc),
+            None => Routes::new(health_svc),
+        };
+        if !self.descriptor_sets.is_empty() && !self.served.contains(&REFLECTION) {
             let mut b = tonic_reflection::server::Builder::configure();
             for set in &self.descriptor_sets {
                 b = b.register_encoded_file_descriptor_set(set);
@@ -681,5 +690,68 @@ impl Context {
             md.insert("traceparent", v);
         }
         req
+    }
+}
+
+/// A layer logging every call a service answers (method, HTTP status, time to the answer's
+/// headers; the gRPC status when it came with them) at `tracing`'s info level:
+/// `Service::new(..).layer(micro::service::Logging)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Logging;
+
+impl<S> tower::Layer<S> for Logging {
+    type Service = LoggingService<S>;
+
+    fn layer(&self, inner: S) -> LoggingService<S> {
+        LoggingService { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoggingService<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<http::Request<axum::body::Body>> for LoggingService<S>
+where
+    S: tower::Service<
+        http::Request<axum::body::Body>,
+        Response = http::Response<axum::body::Body>,
+        Error = Infallible,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<axum::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
+        let method = req.uri().path().to_string();
+        let start = std::time::Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            let grpc_status = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            tracing::info!(
+                %method,
+                http_status = resp.status().as_u16(),
+                %grpc_status,
+                elapsed_us = start.elapsed().as_micros() as u64,
+                "call"
+            );
+            Ok(resp)
+        })
     }
 }

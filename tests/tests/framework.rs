@@ -559,3 +559,109 @@ async fn micro_new_makes_a_service_that_passes_its_own_test() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_services_follow_the_registry_and_subscribers_get_events() -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start(1).await?;
+    let client = c.client(1).await?;
+    // Two instances of a service whose API is grpc.health.v1 (a proto with generated code
+    // at hand), started in-process.
+    let instance = || {
+        micro::Service::new("checker")
+            .descriptors(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .add_service(tonic_health::server::health_reporter().1)
+            .client(client.clone())
+            .start()
+    };
+    let mut a = instance().await?;
+    let b = instance().await?;
+    let services = client.services().balance(micro::Balance::LeastOutstanding);
+    let mut both = services.nodes("checker").await?;
+    both.sort();
+    let mut want = vec![a.address.clone(), b.address.clone()];
+    want.sort();
+    assert_eq!(both, want);
+    let check = || {
+        services.call::<HealthCheckRequest, HealthCheckResponse>(
+            "checker",
+            "Health.Check",
+            HealthCheckRequest::default(),
+        )
+    };
+    for _ in 0..20 {
+        check().await?;
+    }
+    // A generated client over a balanced channel.
+    let mut typed =
+        tonic_health::pb::health_client::HealthClient::new(services.channel("checker").await?);
+    typed.check(HealthCheckRequest::default()).await?;
+    // One deregisters: the watch drops it, and calls keep working.
+    a.stop().await?;
+    eventually("the stopped instance to be dropped", LONG, || async {
+        Ok((services.nodes("checker").await? == vec![b.address.clone()]).then_some(()))
+    })
+    .await?;
+    for _ in 0..10 {
+        check().await?;
+    }
+
+    // A worker with subscribers only: events (a consumer group) and the broker.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+    let (etx, btx) = (tx.clone(), tx);
+    let mut worker = micro::Service::new("worker")
+        .client(client.clone())
+        .subscribe("orders", "workers", move |ev| {
+            let tx = etx.clone();
+            async move {
+                let _ = tx
+                    .send(format!("event:{}", String::from_utf8_lossy(&ev.payload)))
+                    .await;
+                Ok(())
+            }
+        })
+        .subscribe_broker("presence", move |m| {
+            let tx = btx.clone();
+            async move {
+                let _ = tx
+                    .send(format!("broker:{}", String::from_utf8_lossy(&m.body)))
+                    .await;
+            }
+        })
+        .start()
+        .await?;
+    // The subscriptions start in the background: publish on a beat until each arrives.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut beat = micro_tests::beat(Duration::from_millis(100));
+    let deadline = Instant::now() + LONG;
+    while !(seen.iter().any(|s: &String| s.starts_with("event:"))
+        && seen.iter().any(|s| s.starts_with("broker:")))
+    {
+        assert!(Instant::now() < deadline, "subscribers got only {seen:?}");
+        beat.tick().await;
+        client
+            .events()
+            .publish("orders", b"o1".to_vec(), Default::default())
+            .await?;
+        client
+            .broker()
+            .publish(micro::proto::broker::PublishRequest {
+                topic: "presence".into(),
+                message: Some(micro::proto::broker::Message {
+                    header: Default::default(),
+                    body: b"here".to_vec(),
+                }),
+            })
+            .await?;
+        while let Ok(m) = rx.try_recv() {
+            seen.insert(m);
+        }
+    }
+    assert!(
+        seen.contains("event:o1") && seen.contains("broker:here"),
+        "{seen:?}"
+    );
+    worker.stop().await?;
+    Ok(())
+}

@@ -85,6 +85,8 @@ async fn main() -> std::process::ExitCode {
         .init();
     let service = micro::Service::new("greeter")
         .descriptors(pb::FILE_DESCRIPTOR_SET)
+        // Each call at RUST_LOG=info (the default here).
+        .layer(micro::service::Logging)
         .add_service(SayServer::new(Greeter::default()));
     match service.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -31,8 +31,12 @@ pub struct Local {
 pub async fn run(node: Node, local: Local) {
     let mut stopping = node.stopping();
     let mut backoff = Duration::from_millis(100);
+    // The secret and its hash survive failed attempts: argon2 is slow by design, and hashing
+    // again on every retry while there is no leader yet slowed a loaded machine's start-up
+    // to a crawl (three nodes hashing over and over).
+    let mut secret = None;
     loop {
-        match attempt(&node, &local).await {
+        match attempt(&node, &local, &mut secret).await {
             Ok(()) => return,
             Err(e) => tracing::debug!("auth bootstrap: {e}; retrying"),
         }
@@ -44,7 +48,11 @@ pub async fn run(node: Node, local: Local) {
     }
 }
 
-async fn attempt(node: &Node, local: &Local) -> anyhow::Result<()> {
+async fn attempt(
+    node: &Node,
+    local: &Local,
+    secret: &mut Option<(String, String)>,
+) -> anyhow::Result<()> {
     super::signing_keys(node)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
@@ -59,11 +67,17 @@ async fn attempt(node: &Node, local: &Local) -> anyhow::Result<()> {
             local.config_dir.display()
         )
     })?;
-    let secret = token::new_secret().map_err(anyhow::Error::msg)?;
-    let plain = secret.clone();
-    let hash = tokio::task::spawn_blocking(move || token::hash_secret(&plain))
-        .await?
-        .map_err(anyhow::Error::msg)?;
+    let (secret, hash) = match secret {
+        Some(pair) => pair.clone(),
+        None => {
+            let plain = token::new_secret().map_err(anyhow::Error::msg)?;
+            let p = plain.clone();
+            let hash = tokio::task::spawn_blocking(move || token::hash_secret(&p))
+                .await?
+                .map_err(anyhow::Error::msg)?;
+            secret.insert((plain, hash)).clone()
+        }
+    };
     let admin = view::Account {
         id: ADMIN_ID.into(),
         name: ADMIN_ID.into(),
