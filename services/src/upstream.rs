@@ -31,6 +31,9 @@ use crate::auth::Caller;
 /// How long a node that refused a connection is passed over.
 pub const EJECT_FOR: Duration = Duration::from_secs(5);
 
+/// How long reading a service's descriptors may take.
+const REFLECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One registered node of a service.
 #[derive(Clone, Debug)]
 pub struct Instance {
@@ -228,7 +231,19 @@ impl Upstreams {
         let mut tried = Vec::new();
         let pool = loop {
             let (inst, channel) = self.pick(found, &tried)?;
-            match micro::reflection::descriptors(channel, None).await {
+            // Bounded: the cache is locked meanwhile, and an instance that accepts connections
+            // but never answers must not stall every other call.
+            let fetched = tokio::time::timeout(
+                REFLECTION_TIMEOUT,
+                micro::reflection::descriptors(channel, None),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(micro::Error::Status(Status::unavailable(format!(
+                    "no reflection answer within {REFLECTION_TIMEOUT:?}"
+                ))))
+            });
+            match fetched {
                 Ok(p) => break p,
                 Err(e) if e.code() == Some(tonic::Code::Unavailable) || e.code().is_none() => {
                     tracing::debug!("reflection on {} failed: {e}", inst.address);
