@@ -95,25 +95,19 @@ pub struct Authorizer {
 
 impl Interceptor for Authorizer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(b) = self
-            .shared
-            .bearer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
-            req.metadata_mut().insert("authorization", b);
-        }
-        if let Some(ns) = &self.shared.namespace {
-            if !req.metadata().contains_key(NAMESPACE_HEADER) {
-                req.metadata_mut().insert(NAMESPACE_HEADER, ns.clone());
-            }
-        }
+        self.apply(&mut req);
         Ok(req)
     }
 }
 
 impl Authorizer {
+    /// Adds the token (and the namespace, unless the request names one) to a request.
+    pub(crate) fn apply<T>(&self, req: &mut tonic::Request<T>) {
+        let mut h = std::mem::take(req.metadata_mut()).into_headers();
+        self.headers(&mut h);
+        *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(h);
+    }
+
     /// Adds the token and namespace to a request's HTTP headers (for channels that do not go
     /// through the interceptor, e.g. straight to a service's node).
     pub(crate) fn headers(&self, h: &mut http::HeaderMap) {

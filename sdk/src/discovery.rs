@@ -43,7 +43,49 @@ pub enum Balance {
 }
 
 /// How long a node that could not be reached is passed over.
-const EJECT_FOR: Duration = Duration::from_secs(5);
+pub const EJECT_FOR: Duration = Duration::from_secs(5);
+
+/// Nodes that could not be reached lately: passed over for [`EJECT_FOR`] while others are
+/// left (shared with the node's proxy).
+#[derive(Debug, Default)]
+pub struct Ejections(Mutex<HashMap<String, Instant>>);
+
+impl Ejections {
+    /// Passes `address` over for a while.
+    pub fn eject(&self, address: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address.to_string(), Instant::now() + EJECT_FOR);
+    }
+
+    /// The nodes to choose from: those not `tried` yet, without the ejected ones unless only
+    /// ejected ones are left.
+    pub fn candidates<'a, T>(
+        &self,
+        all: &'a [T],
+        address: impl Fn(&T) -> &str,
+        tried: &[String],
+    ) -> Vec<&'a T> {
+        let now = Instant::now();
+        let mut ej = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        ej.retain(|_, until| *until > now);
+        let fresh: Vec<&T> = all
+            .iter()
+            .filter(|n| !tried.iter().any(|t| t == address(n)))
+            .collect();
+        let healthy: Vec<&T> = fresh
+            .iter()
+            .copied()
+            .filter(|n| !ej.contains_key(address(n)))
+            .collect();
+        if healthy.is_empty() {
+            fresh
+        } else {
+            healthy
+        }
+    }
+}
 
 struct Instance {
     address: String,
@@ -55,7 +97,7 @@ struct Known {
     instances: RwLock<Vec<Arc<Instance>>>,
     endpoints: RwLock<Vec<pb::Endpoint>>,
     next: AtomicUsize,
-    ejected: Mutex<HashMap<String, Instant>>,
+    ejected: Ejections,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -132,7 +174,7 @@ impl Services {
             instances: RwLock::new(Vec::new()),
             endpoints: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
-            ejected: Mutex::new(HashMap::new()),
+            ejected: Ejections::default(),
             watcher,
         });
         known.update(versions)?;
@@ -280,10 +322,7 @@ impl Known {
     }
 
     fn eject(&self, address: &str) {
-        self.ejected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(address.to_string(), Instant::now() + EJECT_FOR);
+        self.ejected.eject(address);
     }
 
     fn pick(
@@ -292,23 +331,10 @@ impl Known {
         tried: &[String],
         service: &str,
     ) -> Result<Arc<Instance>, Error> {
-        let now = Instant::now();
-        let ejected: Vec<String> = {
-            let mut ej = self.ejected.lock().unwrap_or_else(|e| e.into_inner());
-            ej.retain(|_, until| *until > now);
-            ej.keys().cloned().collect()
-        };
         let instances = self.instances.read().unwrap_or_else(|e| e.into_inner());
-        let fresh: Vec<&Arc<Instance>> = instances
-            .iter()
-            .filter(|i| !tried.contains(&i.address))
-            .collect();
-        let healthy: Vec<&Arc<Instance>> = fresh
-            .iter()
-            .copied()
-            .filter(|i| !ejected.contains(&i.address))
-            .collect();
-        let pool = if healthy.is_empty() { fresh } else { healthy };
+        let pool = self
+            .ejected
+            .candidates(&instances, |i| i.address.as_str(), tried);
         if pool.is_empty() {
             return Err(Error::Status(tonic::Status::unavailable(format!(
                 "service {service} has no node to call{}",

@@ -185,9 +185,7 @@ impl Client {
 
     /// Adds this client's token (and namespace) to a request made outside its channel.
     pub fn authorize<T>(&self, req: &mut tonic::Request<T>) {
-        let mut h = std::mem::take(req.metadata_mut()).into_headers();
-        self.auth.headers(&mut h);
-        *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(h);
+        self.auth.apply(req);
     }
 
     pub(crate) fn authorize_headers(&self, h: &mut http::HeaderMap) {

@@ -70,7 +70,7 @@ impl Gateway {
 }
 
 /// `read-all` → `ReadAll`, `read_all` → `ReadAll`, `read` → `Read`.
-fn camel(segment: &str) -> String {
+pub(crate) fn camel(segment: &str) -> String {
     segment
         .split(['-', '_'])
         .filter(|s| !s.is_empty())

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use micro::proto::registry as rpb;
 use micro::reflection::SERVICE_HEADER;
@@ -28,8 +28,7 @@ use tonic::Status;
 
 use crate::auth::Caller;
 
-/// How long a node that refused a connection is passed over.
-pub const EJECT_FOR: Duration = Duration::from_secs(5);
+pub use micro::discovery::EJECT_FOR;
 
 /// How long reading a service's descriptors may take.
 const REFLECTION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,7 +72,7 @@ pub struct Upstreams {
     node: Node,
     channels: Mutex<HashMap<String, Channel>>,
     next: AtomicUsize,
-    ejected: Mutex<HashMap<String, Instant>>,
+    ejected: micro::discovery::Ejections,
     descriptors: tokio::sync::Mutex<HashMap<(String, String), Described>>,
 }
 
@@ -83,7 +82,7 @@ impl Upstreams {
             node,
             channels: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
-            ejected: Mutex::new(HashMap::new()),
+            ejected: Default::default(),
             descriptors: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -161,23 +160,9 @@ impl Upstreams {
     /// The next node of `found` (round-robin), skipping `tried` and recently unreachable
     /// nodes while others are left.
     pub fn pick(&self, found: &Found, tried: &[String]) -> Result<(Instance, Channel), Status> {
-        let now = Instant::now();
-        let ejected: Vec<String> = {
-            let mut ej = self.ejected.lock().unwrap_or_else(|e| e.into_inner());
-            ej.retain(|_, until| *until > now);
-            ej.keys().cloned().collect()
-        };
-        let fresh: Vec<&Instance> = found
-            .nodes
-            .iter()
-            .filter(|n| !tried.contains(&n.address))
-            .collect();
-        let healthy: Vec<&Instance> = fresh
-            .iter()
-            .copied()
-            .filter(|n| !ejected.contains(&n.address))
-            .collect();
-        let pool = if healthy.is_empty() { fresh } else { healthy };
+        let pool = self
+            .ejected
+            .candidates(&found.nodes, |n| n.address.as_str(), tried);
         if pool.is_empty() {
             return Err(Status::unavailable(format!(
                 "service {} has no node left to try (tried {})",
@@ -193,10 +178,7 @@ impl Upstreams {
 
     /// Marks a node as unreachable for a while.
     pub fn failed(&self, address: &str) {
-        self.ejected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(address.to_string(), Instant::now() + EJECT_FOR);
+        self.ejected.eject(address);
     }
 
     fn channel(&self, address: &str) -> Result<Channel, Status> {

@@ -13,7 +13,7 @@ use prost::Message;
 use prost_reflect::{DynamicMessage, MethodDescriptor};
 
 use super::*;
-use crate::gateway::{json_options, query_to_json, to_message};
+use crate::gateway::{camel, json_options, query_to_json, to_message};
 
 /// `Say.Hello` from the registry (any case), with its gRPC path.
 fn endpoint_of<'a>(
@@ -217,19 +217,6 @@ fn kebab(s: &str) -> String {
         out.extend(c.to_lowercase());
     }
     out
-}
-
-/// `say-hello` / `say_hello` / `sayHello` → `SayHello`.
-fn camel(s: &str) -> String {
-    s.split(['-', '_'])
-        .filter(|w| !w.is_empty())
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_uppercase().chain(c).collect::<String>())
-                .unwrap_or_default()
-        })
-        .collect()
 }
 
 /// `micro greeter say hello --name John`: words name the endpoint, flags its request fields

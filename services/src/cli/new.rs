@@ -2,6 +2,7 @@
 //! a running node — Micro v3's `micro new`, for Rust.
 
 use super::*;
+use crate::gateway::camel;
 
 #[derive(Args)]
 pub(super) struct NewArgs {
@@ -14,19 +15,6 @@ pub(super) struct NewArgs {
     /// binary was built from, if it is still there, else the published `micro` crate
     #[arg(long)]
     sdk: Option<PathBuf>,
-}
-
-/// `my_svc` → `MySvc`.
-fn camel(name: &str) -> String {
-    name.split('_')
-        .filter(|w| !w.is_empty())
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_uppercase().chain(c).collect::<String>())
-                .unwrap_or_default()
-        })
-        .collect()
 }
 
 fn check_name(name: &str) -> anyhow::Result<()> {
