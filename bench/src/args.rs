@@ -1,4 +1,4 @@
-//! Command line: `micro-bench compare ...`.
+//! Command line: `micro-bench compare|streams|size|services ...`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,13 +36,14 @@ pub enum Cmd {
 /// Options every subcommand shares.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Directory for the JSON and Markdown results (results.*, streams.*, size.*)
+    /// Directory for the JSON and Markdown results (results.*, streams.*, size.*, services.*)
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
     /// The `micro` binary (default: `release/micro` in this executable's target dir)
     #[arg(long)]
     pub micro_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p micro-services --bin micro` first
+    /// Do not run `cargo build --release -p micro-services --bin micro` first (nor
+    /// `-p greeter` for `services`)
     #[arg(long)]
     pub no_build: bool,
     /// Markdown file whose generated section gets the latest tables (default: the workspace's

@@ -220,9 +220,13 @@ impl ServicesReport {
         );
         let _ = writeln!(
             s,
-            "- Setup: {} Micro node(s) and one greeter (registered through node 1, peak RSS {} MiB) on 127.0.0.1; \
+            "- Setup: {} and one greeter (registered through node 1, peak RSS {} MiB) on 127.0.0.1; \
              proxy and gateway calls go to node 1; every call carries the admin's bearer token and every answer is checked",
-            p.nodes,
+            if p.nodes == 1 {
+                "one Micro node".to_string()
+            } else {
+                format!("{} Micro nodes", p.nodes)
+            },
             fmt_opt(self.greeter_peak_rss_mib, 0)
         );
         let _ = writeln!(
