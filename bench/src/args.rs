@@ -1,4 +1,4 @@
-//! Command line: `micro-bench compare ...`.
+//! Command line: `micro-bench compare|streams|size|services ...`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,18 +27,23 @@ pub enum Cmd {
     Streams(StreamsArgs),
     /// Bytes on disk per node after writing N keys (batched) to Micro and to etcd
     Size(SizeArgs),
+    /// Gateway and proxy overhead: `Say.Hello` of the `greeter` example called directly, through
+    /// a node's gRPC proxy and through its HTTP gateway, at several client counts in
+    /// alternating rounds
+    Services(ServicesArgs),
 }
 
 /// Options every subcommand shares.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Directory for the JSON and Markdown results (results.*, streams.*, size.*)
+    /// Directory for the JSON and Markdown results (results.*, streams.*, size.*, services.*)
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
     /// The `micro` binary (default: `release/micro` in this executable's target dir)
     #[arg(long)]
     pub micro_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p micro-services --bin micro` first
+    /// Do not run `cargo build --release -p micro-services --bin micro` first (nor
+    /// `-p greeter` for `services`)
     #[arg(long)]
     pub no_build: bool,
     /// Markdown file whose generated section gets the latest tables (default: the workspace's
@@ -114,6 +119,86 @@ impl StreamTarget {
         match self {
             StreamTarget::Micro => "micro",
             StreamTarget::Jetstream => "jetstream",
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServicesArgs {
+    /// Paths to measure, comma separated (the ratios need `direct`)
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,proxy,gateway"
+    )]
+    pub path: Vec<ServicePath>,
+    /// Concurrent closed-loop clients per cell, comma separated
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    pub clients: Vec<usize>,
+    /// gRPC clients sharing one channel (one HTTP/2 connection): a cell of N clients opens
+    /// ceil(N / this) channels, client i on channel i % channels
+    #[arg(long, default_value_t = 16)]
+    pub clients_per_channel: usize,
+    /// Measured time per cell (one path, one client count)
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub duration: Duration,
+    /// Unmeasured calls before each cell's measurement starts
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+    /// Micro nodes (1, or 3 for a cluster); the greeter registers through node 1, and the
+    /// proxy and gateway clients talk to node 1
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// The `greeter` binary (default: `release/greeter` next to `micro`, built first unless
+    /// --no-build)
+    #[arg(long)]
+    pub greeter_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl ServicesArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.path.is_empty(), "--path is empty");
+        anyhow::ensure!(
+            !self.clients.is_empty() && self.clients.iter().all(|c| *c > 0),
+            "--clients must list positive numbers"
+        );
+        anyhow::ensure!(
+            self.clients_per_channel > 0,
+            "--clients-per-channel must be positive"
+        );
+        anyhow::ensure!(self.nodes == 1 || self.nodes == 3, "--nodes must be 1 or 3");
+        anyhow::ensure!(!self.duration.is_zero(), "--duration must be positive");
+        Ok(())
+    }
+
+    /// Channels a cell of `clients` gRPC clients opens.
+    pub fn channels(&self, clients: usize) -> usize {
+        clients.div_ceil(self.clients_per_channel.max(1))
+    }
+}
+
+/// How `micro-bench services` reaches the greeter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServicePath {
+    /// gRPC straight to the greeter's own address (no node involved)
+    Direct,
+    /// The same gRPC call to a node's gRPC port, which forwards it to the greeter
+    Proxy,
+    /// HTTP GET /greeter/say/hello?name=bench on a node's HTTP port (JSON transcoded by
+    /// reflection)
+    Gateway,
+}
+
+impl ServicePath {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServicePath::Direct => "direct",
+            ServicePath::Proxy => "proxy",
+            ServicePath::Gateway => "gateway",
         }
     }
 }
@@ -450,6 +535,45 @@ mod tests {
             panic!("not a streams command")
         };
         assert!(a.validate().is_err());
+    }
+
+    #[test]
+    fn services_command_line() {
+        let cli = Cli::try_parse_from(["micro-bench", "services"]).unwrap();
+        let Cmd::Services(a) = cli.cmd else {
+            panic!("not a services command")
+        };
+        assert_eq!(
+            a.path,
+            vec![
+                ServicePath::Direct,
+                ServicePath::Proxy,
+                ServicePath::Gateway
+            ]
+        );
+        assert_eq!(a.clients, vec![1, 16, 256]);
+        assert_eq!((a.nodes, a.duration), (1, Duration::from_secs(5)));
+        assert_eq!(
+            [1, 16, 17, 256].map(|n| a.channels(n)),
+            [1, 1, 2, 16],
+            "clients / 16 channels, rounded up"
+        );
+        a.validate().unwrap();
+        let cli = Cli::try_parse_from([
+            "micro-bench",
+            "services",
+            "--path",
+            "proxy,direct",
+            "--nodes",
+            "2",
+        ])
+        .unwrap();
+        let Cmd::Services(a) = cli.cmd else {
+            panic!("not a services command")
+        };
+        assert_eq!(a.path, vec![ServicePath::Proxy, ServicePath::Direct]);
+        assert!(a.validate().is_err(), "2 nodes is not a cluster size");
+        assert!(Cli::try_parse_from(["micro-bench", "services", "--path", "etcd"]).is_err());
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub const MICRO_TOKEN: &str = "bench-token-123";
 pub struct Node {
     /// Client address, `127.0.0.1:PORT`.
     pub addr: String,
+    /// Micro's HTTP gateway address, `127.0.0.1:PORT` (None for etcd and NATS).
+    pub http: Option<String>,
     /// The node's own data dir (inside the cluster's temp dir).
     pub data_dir: PathBuf,
     pub proc: Proc,
@@ -64,19 +66,23 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a 3-node Micro cluster and waits until every node names the same leader.
     pub async fn start_micro(bin: &Path, root: &Path) -> anyhow::Result<Cluster> {
+        Self::start_micro_nodes(bin, root, NODES).await
+    }
+
+    /// Starts a Micro cluster of `n` nodes and waits until every node names the same leader.
+    pub async fn start_micro_nodes(bin: &Path, root: &Path, n: usize) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("micro-bench-micro-")
             .tempdir_in(root)?;
-        let ports = free_ports(3 * NODES)?;
+        let ports = free_ports(3 * n)?;
         let peer = |i: usize| format!("127.0.0.1:{}", ports[3 * i + 2]);
-        let initial: Vec<String> = (0..NODES)
-            .map(|i| format!("{}={}", i + 1, peer(i)))
-            .collect();
+        let initial: Vec<String> = (0..n).map(|i| format!("{}={}", i + 1, peer(i))).collect();
         let initial = initial.join(",");
         let mut nodes = Vec::new();
-        for i in 0..NODES {
+        for i in 0..n {
             let id = i + 1;
             let addr = format!("127.0.0.1:{}", ports[3 * i]);
+            let http = format!("127.0.0.1:{}", ports[3 * i + 1]);
             let data_dir = dir.path().join(format!("node{id}"));
             let args: Vec<String> = vec![
                 "server".into(),
@@ -87,7 +93,7 @@ impl Cluster {
                 "--grpc".into(),
                 addr.clone(),
                 "--http".into(),
-                format!("127.0.0.1:{}", ports[3 * i + 1]),
+                http.clone(),
                 "--peer".into(),
                 peer(i),
                 "--cluster-token".into(),
@@ -101,6 +107,7 @@ impl Cluster {
             let proc = Proc::spawn(&format!("micro node {id}"), bin, &args, &env, &log)?;
             nodes.push(Node {
                 addr,
+                http: Some(http),
                 data_dir,
                 proc,
             });
@@ -128,7 +135,9 @@ impl Cluster {
                     }
                 }
             }
-            if leaders.len() == NODES && leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0])
+            if leaders.len() == self.nodes.len()
+                && leaders[0] != 0
+                && leaders.iter().all(|l| *l == leaders[0])
             {
                 return Ok(());
             }
@@ -184,6 +193,7 @@ impl Cluster {
             let proc = Proc::spawn(&format!("etcd member {name}"), bin, &args, &[], &log)?;
             nodes.push(Node {
                 addr,
+                http: None,
                 data_dir,
                 proc,
             });
@@ -235,6 +245,17 @@ impl Cluster {
             }
             sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The temp dir holding the nodes' data dirs and logs (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// The CLI config dir the Micro nodes were given (`MICRO_CONFIG_DIR`): the first node
+    /// writes the admin's credentials there.
+    pub fn config_dir(&self) -> PathBuf {
+        self._dir.path().join("config")
     }
 
     /// `Err` naming the node and its log tail if any node has exited.

@@ -75,9 +75,24 @@ pub(crate) async fn watch_cell(
     pb: &ProgressBar,
     counter: &AtomicU64,
     unit: &str,
-    (start, measure_from, end): (Instant, Instant, Instant),
+    window: (Instant, Instant, Instant),
     server_cpu: impl Fn() -> Vec<Option<f64>>,
 ) -> (Option<f64>, Option<f64>) {
+    match watch_cell_each(pb, counter, unit, window, server_cpu).await {
+        Some((each, bench)) => (sum_cpu(&each), bench),
+        None => (None, None),
+    }
+}
+
+/// [`watch_cell`], with the CPU seconds of each server process (in `server_cpu`'s order)
+/// rather than their sum; None when the window was never reached.
+pub(crate) async fn watch_cell_each(
+    pb: &ProgressBar,
+    counter: &AtomicU64,
+    unit: &str,
+    (start, measure_from, end): (Instant, Instant, Instant),
+    server_cpu: impl Fn() -> Vec<Option<f64>>,
+) -> Option<(Vec<Option<f64>>, Option<f64>)> {
     let mut cpu0: Option<(Vec<Option<f64>>, Option<f64>)> = None;
     let mut last = (Instant::now(), 0u64);
     let mut rate = 0.0;
@@ -107,14 +122,14 @@ pub(crate) async fn watch_cell(
         sleep_until(next).await;
     }
     let (c1, b1) = (server_cpu(), cpu_seconds("self"));
-    let Some((c0, b0)) = cpu0 else {
-        return (None, None);
-    };
+    let (c0, b0) = cpu0?;
     let spent = |a: f64, b: f64| (b - a).max(0.0);
-    (
-        sum_cpu(&c0).zip(sum_cpu(&c1)).map(|(a, b)| spent(a, b)),
-        b0.zip(b1).map(|(a, b)| spent(a, b)),
-    )
+    let each = c0
+        .iter()
+        .zip(&c1)
+        .map(|(a, b)| a.zip(*b).map(|(a, b)| spent(a, b)))
+        .collect();
+    Some((each, b0.zip(b1).map(|(a, b)| spent(a, b))))
 }
 
 /// Runs one cell against `cluster`: connects `clients` workers, loads for warmup + duration.

@@ -5,7 +5,8 @@
 //! alternating rounds, and writes a table (stdout, `DIR/results.md`, `docs/benchmarks.md`) and
 //! `DIR/results.json`. `micro-bench streams` does the same for Micro's event streams and a
 //! 3-node JetStream cluster (publish, then replay from the start), `micro-bench size` measures
-//! the data dirs after N keys. See docs/benchmarks.md.
+//! the data dirs after N keys, `micro-bench services` what a node's gRPC proxy and HTTP gateway
+//! add to a call of a user's service (the `greeter` example). See docs/benchmarks.md.
 
 mod args;
 mod cluster;
@@ -15,6 +16,7 @@ mod load;
 mod nats;
 mod procs;
 mod report;
+mod services;
 mod size;
 mod streams;
 
@@ -83,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Compare(a) => compare(a).await,
         Cmd::Streams(a) => streams::run(a).await,
         Cmd::Size(a) => size::run(a).await,
+        Cmd::Services(a) => services::run(a).await,
     }
 }
 
@@ -96,27 +99,28 @@ fn workspace_root() -> Option<PathBuf> {
 
 /// Builds (or confirms fresh) the `micro` binary in this executable's target dir.
 fn build_micro(workspace: &Path) -> anyhow::Result<()> {
+    cargo_build(workspace, &["-p", "micro-services", "--bin", "micro"])
+}
+
+/// `cargo build --release ARGS` in `workspace`, into this executable's target dir.
+fn cargo_build(workspace: &Path, args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target = cluster::target_dir()?;
     eprintln!(
-        "building micro: cargo build --release -p micro-services --bin micro (CARGO_TARGET_DIR={})",
+        "building: cargo build --release {} (CARGO_TARGET_DIR={})",
+        args.join(" "),
         target.display()
     );
     let status = Command::new(cargo)
         .current_dir(workspace)
         .env("CARGO_TARGET_DIR", &target)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "micro-services",
-            "--bin",
-            "micro",
-        ])
+        .arg("build")
+        .arg("--release")
+        .args(args)
         .status()
         .context("run cargo")?;
     if !status.success() {
-        bail!("building micro failed ({status})");
+        bail!("cargo build --release {} failed ({status})", args.join(" "));
     }
     Ok(())
 }

@@ -148,6 +148,7 @@ impl JsCluster {
             let proc = Proc::spawn(&format!("nats-server {name}"), bin, &args, &[], &log)?;
             nodes.push(Node {
                 addr: format!("127.0.0.1:{}", client_ports[i]),
+                http: None,
                 data_dir,
                 proc,
             });
