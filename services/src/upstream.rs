@@ -20,6 +20,7 @@ use std::time::Duration;
 use micro::proto::registry as rpb;
 use micro::reflection::SERVICE_HEADER;
 use micro_cluster::Node;
+use micro_state::views::events as events_view;
 use micro_state::views::registry as view;
 use prost::Message;
 use prost_reflect::DescriptorPool;
@@ -68,9 +69,21 @@ impl Found {
 /// A service's descriptors and the registration fingerprint they were read at.
 type Described = (Vec<(String, u64)>, DescriptorPool);
 
+/// Connections kept to each instance: one HTTP/2 connection is one task on each side, and
+/// many callers funnelled through one serialise there.
+const CONNECTIONS_PER_INSTANCE: usize = 4;
+
+/// Resolved services, valid while the registry's change counter stays where it was read.
+#[derive(Default)]
+struct FoundCache {
+    registry_seq: u64,
+    services: HashMap<(String, String), Arc<Found>>,
+}
+
 pub struct Upstreams {
     node: Node,
-    channels: Mutex<HashMap<String, Channel>>,
+    found: Mutex<FoundCache>,
+    channels: Mutex<HashMap<String, Vec<Channel>>>,
     next: AtomicUsize,
     ejected: micro::discovery::Ejections,
     descriptors: tokio::sync::Mutex<HashMap<(String, String), Described>>,
@@ -80,6 +93,7 @@ impl Upstreams {
     pub fn new(node: Node) -> Arc<Upstreams> {
         Arc::new(Upstreams {
             node,
+            found: Mutex::new(FoundCache::default()),
             channels: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             ejected: Default::default(),
@@ -87,8 +101,40 @@ impl Upstreams {
         })
     }
 
-    /// The service `name` in `domain`, from this node's view of the registry.
-    pub fn find(&self, domain: &str, name: &str) -> Result<Option<Found>, Status> {
+    /// The service `name` in `domain`, from this node's view of the registry. Cached: every
+    /// registry change (a registration, a deregistration, a node's TTL running out) is also
+    /// published on `registry.events` in the same entry, so that topic's last sequence — one
+    /// point read — says whether anything was resolved from an older registry. (Resolving
+    /// on every call was the proxy's largest cost of its own: a scan and a decode.)
+    pub fn find(&self, domain: &str, name: &str) -> Result<Option<Arc<Found>>, Status> {
+        let internal = |e: micro_state::StorageError| Status::internal(e.to_string());
+        // Read before the registry itself: a change in between only makes the entry stale
+        // for one call.
+        let seq = events_view::topic_meta(self.node.view(), view::EVENTS_TOPIC)
+            .map_err(internal)?
+            .last_seq;
+        let key = (domain.to_string(), name.to_string());
+        {
+            let mut cache = self.found.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.registry_seq != seq {
+                cache.registry_seq = seq;
+                cache.services.clear();
+            } else if let Some(f) = cache.services.get(&key) {
+                return Ok(Some(f.clone()));
+            }
+        }
+        let Some(found) = self.read(domain, name)? else {
+            return Ok(None);
+        };
+        let found = Arc::new(found);
+        let mut cache = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.registry_seq == seq {
+            cache.services.insert(key, found.clone());
+        }
+        Ok(Some(found))
+    }
+
+    fn read(&self, domain: &str, name: &str) -> Result<Option<Found>, Status> {
         let versions = view::list(self.node.view(), domain, Some(name))
             .map_err(|e| Status::internal(e.to_string()))?;
         if versions.is_empty() {
@@ -127,7 +173,7 @@ impl Upstreams {
         domain: &str,
         path: &str,
         headers: &http::HeaderMap,
-    ) -> Result<Found, Status> {
+    ) -> Result<Arc<Found>, Status> {
         if let Some(h) = headers.get(SERVICE_HEADER) {
             let name = h
                 .to_str()
@@ -183,7 +229,9 @@ impl Upstreams {
 
     fn channel(&self, address: &str) -> Result<Channel, Status> {
         let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.get(address) {
+        let pool = map.entry(address.to_string()).or_default();
+        let i = self.next.load(Ordering::Relaxed) % CONNECTIONS_PER_INSTANCE;
+        if let Some(c) = pool.get(i) {
             return Ok(c.clone());
         }
         let url = if address.contains("://") {
@@ -196,7 +244,7 @@ impl Upstreams {
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
-        map.insert(address.to_string(), c.clone());
+        pool.push(c.clone());
         Ok(c)
     }
 
