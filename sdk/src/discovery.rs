@@ -16,7 +16,8 @@
 //! The nodes of a service are read from the registry once and then kept current by a
 //! registry watch, so instances that deregister or expire stop getting calls. Each call goes
 //! to the next node (round-robin, or the one with the fewest calls in flight); a call that
-//! fails with `UNAVAILABLE` — gRPC's code for "not processed, safe to retry" — is retried on
+//! fails with `UNAVAILABLE` — gRPC's code for "not processed, safe to retry" — or whose
+//! connection broke under it (an instance killed mid-call may have run it) is retried on
 //! another node, and a node that could not be reached is passed over for a few seconds.
 
 use std::collections::HashMap;
@@ -237,7 +238,13 @@ impl Services {
             };
             match answer {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s) if s.code() == tonic::Code::Unavailable && tried.len() < self.retries => {
+                // UNAVAILABLE, or the connection failing under the call (a status whose
+                // source is a transport error did not come from the service).
+                Err(s)
+                    if (s.code() == tonic::Code::Unavailable
+                        || std::error::Error::source(&s).is_some())
+                        && tried.len() < self.retries =>
+                {
                     known.eject(&inst.address);
                     tried.push(inst.address.clone());
                 }

@@ -179,15 +179,27 @@ async fn handle(
     };
     let id = format!("micro.{service}");
     let user = !PUBLIC_PACKAGES.contains(&service.as_str());
-    let rpc = if user {
+    let (rpc, found) = if user {
         match user_method(&gw, &headers, &service, &endpoint).await {
-            Ok(m) => m,
+            Ok((m, f)) => (m, Some(f)),
             Err(r) => return r,
         }
     } else {
         match find_method(&gw.pool, &service, &endpoint) {
-            Ok(m) => m,
+            Ok(m) => (m, None),
             Err((status, detail)) => return error(&id, status, detail),
+        }
+    };
+    // Where the call goes: Micro's own services on this node's gRPC port (through its auth
+    // layer); a user's service straight to an instance (the caller was authorised above),
+    // skipping the loopback hop through the proxy.
+    let target = |tried: &[String]| -> Result<(Option<String>, Channel), tonic::Status> {
+        match &found {
+            None => Ok((None, gw.channel.clone())),
+            Some(f) => {
+                let (inst, channel) = gw.upstreams.pick(f, tried)?;
+                Ok((Some(inst.address), channel))
+            }
         }
     };
     if rpc.is_client_streaming() {
@@ -223,7 +235,11 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if rpc.is_server_streaming() && wants_sse {
-        return match sse(&gw.channel, &rpc, grpc_request(encoded.clone())).await {
+        let channel = match target(&[]) {
+            Ok((_, c)) => c,
+            Err(status) => return error(&id, http_status(status.code()), status.message()),
+        };
+        return match sse(&channel, &rpc, grpc_request(encoded.clone())).await {
             Ok(r) => r,
             Err(status) => error(&id, http_status(status.code()), status.message()),
         };
@@ -235,7 +251,11 @@ async fn handle(
             .map_err(|e| e.to_string())
     };
     let answer = if rpc.is_server_streaming() {
-        match call_streaming(&gw.channel, &rpc, grpc_request(encoded.clone())).await {
+        let channel = match target(&[]) {
+            Ok((_, c)) => c,
+            Err(status) => return error(&id, http_status(status.code()), status.message()),
+        };
+        match call_streaming(&channel, &rpc, grpc_request(encoded.clone())).await {
             // Pages of repeated fields (store List's `keys`) merge into one message, as
             // concatenated protobuf does: Micro v3 answers List with one object.
             Ok(parts) if is_page(&rpc.output()) => to_json(parts.concat().into()),
@@ -245,16 +265,32 @@ async fn handle(
             Err(status) => return error(&id, http_status(status.code()), status.message()),
         }
     } else {
-        // A user service's node that died is passed over by the proxy: try another (a
-        // unary call that got UNAVAILABLE did not run, or may be run again).
+        // An instance of a user's service that cannot be reached is passed over for a while,
+        // and the call tried on another: a unary call that got UNAVAILABLE did not run, and
+        // one whose connection broke under it most likely did not (an instance that dies
+        // mid-call may have run it: the retry runs it again).
         let attempts = if user { 3 } else { 1 };
-        let mut attempt = 0;
+        let mut tried = Vec::new();
         loop {
-            attempt += 1;
-            match call(&gw.channel, &rpc, grpc_request(encoded.clone())).await {
+            let (address, channel) = match target(&tried) {
+                Ok(t) => t,
+                Err(status) => return error(&id, http_status(status.code()), status.message()),
+            };
+            match call(&channel, &rpc, grpc_request(encoded.clone())).await {
                 Ok(bytes) => break to_json(bytes),
-                Err(status) if status.code() == tonic::Code::Unavailable && attempt < attempts => {
+                // UNAVAILABLE, or a failure of the connection itself (the status has a
+                // transport error as its source: it did not come from the service), as when
+                // the instance was just killed.
+                Err(status)
+                    if (status.code() == tonic::Code::Unavailable
+                        || std::error::Error::source(&status).is_some())
+                        && tried.len() + 1 < attempts =>
+                {
                     tracing::debug!("retrying {service} {endpoint}: {}", status.message());
+                    if let Some(a) = address {
+                        gw.upstreams.failed(&a);
+                        tried.push(a);
+                    }
                 }
                 Err(status) => return error(&id, http_status(status.code()), status.message()),
             }
@@ -273,7 +309,7 @@ async fn user_method(
     headers: &axum::http::HeaderMap,
     service: &str,
     endpoint: &str,
-) -> Result<MethodDescriptor, Response> {
+) -> Result<(MethodDescriptor, Arc<crate::upstream::Found>), Response> {
     let id = format!("micro.{service}");
     let fail = |status: tonic::Status| error(&id, http_status(status.code()), status.message());
     let (svc, method) = endpoint.split_once('.').unwrap_or((endpoint, "Call"));
@@ -325,9 +361,11 @@ async fn user_method(
         .trim_start_matches('/')
         .split_once('/')
         .ok_or_else(no_endpoint)?;
-    pool.get_service_by_name(full)
+    let m = pool
+        .get_service_by_name(full)
         .and_then(|sd| sd.methods().find(|m| m.name() == method))
-        .ok_or_else(no_endpoint)
+        .ok_or_else(no_endpoint)?;
+    Ok((m, found))
 }
 
 /// Micro v3's `/rpc` body: `service`, `endpoint` (or `method`) and `request` (an object, or
