@@ -46,11 +46,68 @@ pub struct CellOutcome {
     pub watch_events: u64,
 }
 
-struct WorkerOutcome {
-    ops: u64,
-    errors: u64,
-    error_samples: BTreeMap<String, u64>,
-    hist: Histogram<u64>,
+/// What one closed-loop worker saw in the measured window (every load generator's workers
+/// keep one: KV, streams, services).
+pub(crate) struct Tally {
+    pub ops: u64,
+    pub errors: u64,
+    pub error_samples: BTreeMap<String, u64>,
+    pub hist: Histogram<u64>,
+}
+
+impl Tally {
+    pub fn new() -> Tally {
+        Tally {
+            ops: 0,
+            errors: 0,
+            error_samples: BTreeMap::new(),
+            hist: new_histogram(),
+        }
+    }
+
+    /// Counts a call that ran from `t0` to `t1` (in the totals only inside the measured
+    /// window `(measure_from, end)`; `counter` sees every success, for the live rate). After
+    /// an error it pauses a little: a failing node answers at once, do not spin on it.
+    pub async fn record(
+        &mut self,
+        res: anyhow::Result<()>,
+        (t0, t1): (Instant, Instant),
+        (measure_from, end): (Instant, Instant),
+        counter: &AtomicU64,
+    ) {
+        let measured = t1 >= measure_from && t1 <= end;
+        match res {
+            Ok(()) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+                if measured {
+                    self.ops += 1;
+                    let us = (t1 - t0).as_micros().clamp(1, 60_000_000) as u64;
+                    self.hist.saturating_record(us);
+                }
+            }
+            Err(e) => {
+                if measured {
+                    self.errors += 1;
+                    let k = err_key(&e);
+                    if self.error_samples.len() < 8 || self.error_samples.contains_key(&k) {
+                        *self.error_samples.entry(k).or_default() += 1;
+                    }
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    /// Adds another worker's tally to a cell's outcome.
+    pub fn add_to(self, out: &mut CellOutcome) -> anyhow::Result<()> {
+        out.ops += self.ops;
+        out.errors += self.errors;
+        out.hist.add(&self.hist).context("merge histograms")?;
+        for (k, v) in self.error_samples {
+            *out.error_samples.entry(k).or_default() += v;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn progress_bar(len: u64, prefix: String) -> ProgressBar {
@@ -202,13 +259,7 @@ pub async fn run_cell(cluster: &mut Cluster, cell: &Cell) -> anyhow::Result<Cell
         watch_events: 0,
     };
     for t in tasks {
-        let w = t.await.context("load worker panicked")?;
-        out.ops += w.ops;
-        out.errors += w.errors;
-        out.hist.add(&w.hist).context("merge histograms")?;
-        for (k, v) in w.error_samples {
-            *out.error_samples.entry(k).or_default() += v;
-        }
+        t.await.context("load worker panicked")?.add_to(&mut out)?;
     }
     pb.finish_and_clear();
     for w in watchers {
@@ -235,17 +286,12 @@ async fn worker(
     measure_from: Instant,
     end: Instant,
     counter: Arc<AtomicU64>,
-) -> WorkerOutcome {
+) -> Tally {
     let mut rng = fastrand::Rng::with_seed(seed);
     let value: Vec<u8> = (0..cell.value_size)
         .map(|_| rng.alphanumeric() as u8)
         .collect();
-    let mut out = WorkerOutcome {
-        ops: 0,
-        errors: 0,
-        error_samples: BTreeMap::new(),
-        hist: new_histogram(),
-    };
+    let mut out = Tally::new();
     let mut lease = 0i64;
     let own_lock = format!("bench-lock-{seed}");
     while Instant::now() < end {
@@ -264,28 +310,8 @@ async fn worker(
                     .await
             }
         };
-        let t1 = Instant::now();
-        let measured = t1 >= measure_from && t1 <= end;
-        match res {
-            Ok(()) => {
-                counter.fetch_add(1, Ordering::Relaxed);
-                if measured {
-                    out.ops += 1;
-                    let us = (t1 - t0).as_micros().clamp(1, 60_000_000) as u64;
-                    out.hist.saturating_record(us);
-                }
-            }
-            Err(e) => {
-                if measured {
-                    out.errors += 1;
-                    if out.error_samples.len() < 8 || out.error_samples.contains_key(&err_key(&e)) {
-                        *out.error_samples.entry(err_key(&e)).or_default() += 1;
-                    }
-                }
-                // A failing node answers at once; do not spin on it.
-                sleep(Duration::from_millis(10)).await;
-            }
-        }
+        out.record(res, (t0, Instant::now()), (measure_from, end), &counter)
+            .await;
     }
     out
 }

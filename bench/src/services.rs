@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +31,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::args::{ServicePath, ServicesArgs};
 use crate::cluster::{nodes_cpu_seconds, nodes_peak_rss_mib, Cluster};
-use crate::load::{new_histogram, progress_bar, watch_cell_each, CellOutcome};
+use crate::load::{new_histogram, progress_bar, watch_cell_each, CellOutcome, Tally};
 use crate::procs::{cpu_seconds, peak_rss_kib, Proc};
 use crate::report::{self, Machine, ServiceRow, ServicesParams, ServicesReport};
 
@@ -413,37 +413,15 @@ async fn run_cell(
     for mut c in callers {
         let counter = counter.clone();
         tasks.push(tokio::spawn(async move {
-            let mut hist = new_histogram();
-            let (mut ops, mut errors) = (0u64, 0u64);
-            let mut samples: BTreeMap<String, u64> = BTreeMap::new();
+            let mut tally = Tally::new();
             while Instant::now() < end {
                 let t0 = Instant::now();
                 let res = c.call().await;
-                let t1 = Instant::now();
-                let measured = t1 >= measure_from && t1 <= end;
-                match res {
-                    Ok(()) => {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        if measured {
-                            ops += 1;
-                            hist.saturating_record(
-                                (t1 - t0).as_micros().clamp(1, 60_000_000) as u64
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        if measured {
-                            errors += 1;
-                            let k: String = format!("{e:#}").chars().take(240).collect();
-                            if samples.len() < 8 || samples.contains_key(&k) {
-                                *samples.entry(k).or_default() += 1;
-                            }
-                        }
-                        sleep(Duration::from_millis(10)).await;
-                    }
-                }
+                tally
+                    .record(res, (t0, Instant::now()), (measure_from, end), &counter)
+                    .await;
             }
-            (ops, errors, samples, hist)
+            tally
         }));
     }
     let pb = progress_bar(
@@ -475,13 +453,7 @@ async fn run_cell(
         watch_events: 0,
     };
     for task in tasks {
-        let (ops, errors, samples, hist) = task.await.context("caller panicked")?;
-        out.ops += ops;
-        out.errors += errors;
-        out.hist.add(&hist).context("merge histograms")?;
-        for (k, v) in samples {
-            *out.error_samples.entry(k).or_default() += v;
-        }
+        task.await.context("caller panicked")?.add_to(&mut out)?;
     }
     pb.finish_and_clear();
     setup.check_running()?;

@@ -16,11 +16,11 @@ use anyhow::{bail, Context};
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{timeout, Instant};
 
 use crate::args::{StreamTarget, StreamsArgs};
 use crate::cluster::{nodes_cpu_seconds, nodes_peak_rss_mib, Cluster, Node};
-use crate::load::{new_histogram, progress_bar, watch_cell, CellOutcome};
+use crate::load::{new_histogram, progress_bar, watch_cell, CellOutcome, Tally};
 use crate::nats::{self, JsCluster};
 use crate::report::{self, Machine, PublishRow, ReplayRow, StreamsParams, StreamsReport};
 
@@ -282,37 +282,15 @@ async fn publish_cell(
         let counter = counter.clone();
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
-            let mut hist = new_histogram();
-            let (mut ops, mut errors) = (0u64, 0u64);
-            let mut samples: BTreeMap<String, u64> = BTreeMap::new();
+            let mut tally = Tally::new();
             while Instant::now() < end {
                 let t0 = Instant::now();
                 let res = p.publish(&payload).await;
-                let t1 = Instant::now();
-                let measured = t1 >= measure_from && t1 <= end;
-                match res {
-                    Ok(()) => {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        if measured {
-                            ops += 1;
-                            hist.saturating_record(
-                                (t1 - t0).as_micros().clamp(1, 60_000_000) as u64
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        if measured {
-                            errors += 1;
-                            let k: String = format!("{e:#}").chars().take(240).collect();
-                            if samples.len() < 8 || samples.contains_key(&k) {
-                                *samples.entry(k).or_default() += 1;
-                            }
-                        }
-                        sleep(Duration::from_millis(10)).await;
-                    }
-                }
+                tally
+                    .record(res, (t0, Instant::now()), (measure_from, end), &counter)
+                    .await;
             }
-            (ops, errors, samples, hist)
+            tally
         }));
     }
     let pb = progress_bar(
@@ -339,13 +317,7 @@ async fn publish_cell(
         watch_events: 0,
     };
     for task in tasks {
-        let (ops, errors, samples, hist) = task.await.context("publisher panicked")?;
-        out.ops += ops;
-        out.errors += errors;
-        out.hist.add(&hist).context("merge histograms")?;
-        for (k, v) in samples {
-            *out.error_samples.entry(k).or_default() += v;
-        }
+        task.await.context("publisher panicked")?.add_to(&mut out)?;
     }
     pb.finish_and_clear();
     sys.check_running()?;
