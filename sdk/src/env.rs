@@ -116,6 +116,18 @@ impl Envs {
         std::fs::rename(&tmp, file(dir))
     }
 
+    /// Whether envs could be saved in `dir` (created if missing), without touching the file.
+    pub fn check_writable(dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let probe = dir.join(format!(".probe.{}", std::process::id()));
+        std::fs::write(&probe, b"")?;
+        std::fs::remove_file(&probe)
+    }
+
     /// The current env's name (`local` when none was chosen).
     pub fn current_name(&self) -> &str {
         self.current.as_deref().unwrap_or(LOCAL)

@@ -57,11 +57,22 @@ async fn attempt(
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     if !view::accounts(node.view(), ADMIN_NAMESPACE)?.is_empty() {
+        // Our own Bootstrap may have been applied even though its answer was lost (a leader
+        // change while it committed): then the admin is ours — its hash is the one we made —
+        // and only we can write its credentials. Without this, such a start left an admin
+        // whose secret nobody had.
+        if let Some((plain, hash)) = secret.as_ref() {
+            let admin = view::account(node.view(), ADMIN_NAMESPACE, ADMIN_ID)?;
+            if admin.is_some_and(|a| a.secret_hash == *hash) {
+                write_local(local, plain)?;
+            }
+        }
         return Ok(());
     }
-    // Make sure the credentials can be kept before creating an account nobody could use.
-    let mut envs = Envs::load(&local.config_dir)?;
-    envs.save(&local.config_dir).map_err(|e| {
+    // Make sure the credentials can be kept before creating an account nobody could use —
+    // without rewriting the file: nodes sharing a config dir (a local cluster) would
+    // otherwise write back what they read just before the winner wrote the credentials.
+    Envs::check_writable(&local.config_dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot write the admin's credentials to {}: {e}; set MICRO_CONFIG_DIR to a writable directory",
             local.config_dir.display()
@@ -93,13 +104,18 @@ async fn attempt(
         // Another node created it first: its credentials are where it wrote them.
         return Ok(());
     }
-    envs = Envs::load(&local.config_dir)?;
+    write_local(local, &secret)
+}
+
+/// Writes the first admin's credentials as the `local` env of the user's CLI config.
+fn write_local(local: &Local, secret: &str) -> anyhow::Result<()> {
+    let mut envs = Envs::load(&local.config_dir)?;
     envs.envs.insert(
         LOCAL.into(),
         Env {
             server: local.server.clone(),
             id: Some(ADMIN_ID.into()),
-            secret: Some(secret),
+            secret: Some(secret.to_string()),
             ..Default::default()
         },
     );
