@@ -40,6 +40,36 @@ fn keep(dir: tempfile::TempDir) -> PathBuf {
     dir.keep()
 }
 
+/// Runs a planted bug with seeds 1..=`seeds` until a run reports an anomaly, which `caught`
+/// then checks (with the run's output dir); panics naming `what` if every run looked valid.
+async fn caught_within(
+    what: &str,
+    seeds: u64,
+    configure: impl Fn(&mut Config),
+    caught: impl Fn(&micro_jepsen::Report, &std::path::Path),
+) {
+    let mut summaries = Vec::new();
+    for seed in 1..=seeds {
+        let dir = tempfile::Builder::new()
+            .prefix("jepsen-planted-")
+            .tempdir()
+            .unwrap();
+        let mut cfg = config(dir.path(), seed);
+        configure(&mut cfg);
+        let report = micro_jepsen::run(&cfg).await.expect("run");
+        if report.valid() == Validity::Anomaly {
+            caught(&report, dir.path());
+            eprintln!("caught with seed {seed}:\n{}", report.verdict.summary());
+            return;
+        }
+        summaries.push(report.verdict.summary());
+    }
+    panic!(
+        "the planted {what} went unnoticed in {seeds} runs:\n{}",
+        summaries.join("\n")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_kill_and_partition_is_valid() {
     let _serial = SERIAL.lock().await;
@@ -137,13 +167,7 @@ async fn smoke_membership_and_corrupt_are_valid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_stale_reads_are_caught() {
     let _serial = SERIAL.lock().await;
-    let mut summaries = Vec::new();
-    for seed in 1..=4 {
-        let dir = tempfile::Builder::new()
-            .prefix("jepsen-planted-")
-            .tempdir()
-            .unwrap();
-        let mut cfg = config(dir.path(), seed);
+    let configure = |cfg: &mut Config| {
         cfg.planted_bug = true;
         cfg.time = Duration::from_secs(8);
         cfg.workloads = vec![Workload::Register];
@@ -163,25 +187,18 @@ async fn planted_stale_reads_are_caught() {
             warmup: Duration::from_millis(500),
             ..Schedule::default()
         };
-        let report = micro_jepsen::run(&cfg).await.expect("run");
-        if report.valid() == Validity::Anomaly {
-            let r = report.verdict.register.as_ref().expect("register report");
-            assert!(!r.anomalies.is_empty());
-            assert!(
-                r.anomalies[0].culprit.contains("read"),
-                "{}",
-                report.verdict.summary()
-            );
-            assert!(dir.path().join("timeline.html").exists());
-            eprintln!("caught with seed {seed}:\n{}", report.verdict.summary());
-            return;
-        }
-        summaries.push(report.verdict.summary());
-    }
-    panic!(
-        "the planted stale-read bug went unnoticed in 4 runs:\n{}",
-        summaries.join("\n")
-    );
+    };
+    caught_within("stale-read bug", 4, configure, |report, dir| {
+        let r = report.verdict.register.as_ref().expect("register report");
+        assert!(!r.anomalies.is_empty());
+        assert!(
+            r.anomalies[0].culprit.contains("read"),
+            "{}",
+            report.verdict.summary()
+        );
+        assert!(dir.join("timeline.html").exists());
+    })
+    .await;
 }
 
 /// The consumer-groups workload under kill, pause and partitions: every acknowledged publish
@@ -313,13 +330,7 @@ async fn smoke_lock_with_paused_holders_is_valid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_fence_bug_is_caught() {
     let _serial = SERIAL.lock().await;
-    let mut summaries = Vec::new();
-    for seed in 1..=3 {
-        let dir = tempfile::Builder::new()
-            .prefix("jepsen-planted-fence-")
-            .tempdir()
-            .unwrap();
-        let mut cfg = config(dir.path(), seed);
+    let configure = |cfg: &mut Config| {
         cfg.planted_fence_bug = true;
         cfg.time = Duration::from_secs(8);
         cfg.rate = 100.0;
@@ -332,19 +343,12 @@ async fn planted_fence_bug_is_caught() {
             warmup: Duration::from_millis(500),
             ..Schedule::default()
         };
-        let report = micro_jepsen::run(&cfg).await.expect("run");
+    };
+    caught_within("fence bug", 3, configure, |report, dir| {
         let summary = report.verdict.summary();
         let l = report.verdict.lock.as_ref().expect("lock report");
-        if report.valid() == Validity::Anomaly {
-            assert!(l.anomaly_counts.contains_key("stale-accepted"), "{summary}");
-            assert!(dir.path().join("anomaly-lock.jsonl").exists());
-            eprintln!("caught with seed {seed}:\n{summary}");
-            return;
-        }
-        summaries.push(summary);
-    }
-    panic!(
-        "the planted fence bug went unnoticed in 3 runs:\n{}",
-        summaries.join("\n")
-    );
+        assert!(l.anomaly_counts.contains_key("stale-accepted"), "{summary}");
+        assert!(dir.join("anomaly-lock.jsonl").exists());
+    })
+    .await;
 }
