@@ -101,30 +101,38 @@ impl Interceptor for Authorizer {
 }
 
 impl Authorizer {
-    /// Adds the token (and the namespace, unless the request names one) to a request.
-    pub(crate) fn apply<T>(&self, req: &mut tonic::Request<T>) {
-        let mut h = std::mem::take(req.metadata_mut()).into_headers();
-        self.headers(&mut h);
-        *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(h);
-    }
-
-    /// Adds the token and namespace to a request's HTTP headers (for channels that do not go
-    /// through the interceptor, e.g. straight to a service's node).
-    pub(crate) fn headers(&self, h: &mut http::HeaderMap) {
-        if let Some(b) = self
-            .shared
+    fn bearer_value(&self) -> Option<AsciiMetadataValue> {
+        self.shared
             .bearer
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-        {
-            if let Ok(v) = http::HeaderValue::from_bytes(b.as_encoded_bytes()) {
-                h.insert(http::header::AUTHORIZATION, v);
+    }
+
+    /// Adds the token (and the namespace, unless the request names one) to a request: on
+    /// every call of every SDK client, so straight into its metadata.
+    pub(crate) fn apply<T>(&self, req: &mut tonic::Request<T>) {
+        let md = req.metadata_mut();
+        if let Some(b) = self.bearer_value() {
+            md.insert("authorization", b);
+        }
+        if let Some(ns) = &self.shared.namespace {
+            if !md.contains_key(NAMESPACE_HEADER) {
+                md.insert(NAMESPACE_HEADER, ns.clone());
             }
+        }
+    }
+
+    /// The same for a request's HTTP headers (channels that do not go through the
+    /// interceptor, e.g. straight to a service's node).
+    pub(crate) fn headers(&self, h: &mut http::HeaderMap) {
+        let value = |v: &AsciiMetadataValue| http::HeaderValue::from_bytes(v.as_encoded_bytes());
+        if let Some(Ok(v)) = self.bearer_value().as_ref().map(value) {
+            h.insert(http::header::AUTHORIZATION, v);
         }
         if let Some(ns) = &self.shared.namespace {
             if !h.contains_key(NAMESPACE_HEADER) {
-                if let Ok(v) = http::HeaderValue::from_bytes(ns.as_encoded_bytes()) {
+                if let Ok(v) = value(ns) {
                     h.insert(NAMESPACE_HEADER, v);
                 }
             }
