@@ -43,6 +43,13 @@ pub enum Balance {
     LeastOutstanding,
 }
 
+/// Whether a failed call may be tried on another node: `UNAVAILABLE` (gRPC's "not
+/// processed"), or the connection failing under it — a status with a transport error as its
+/// source did not come from the service (an instance killed mid-call may have run it).
+pub fn retryable(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable || std::error::Error::source(s).is_some()
+}
+
 /// How long a node that could not be reached is passed over.
 pub const EJECT_FOR: Duration = Duration::from_secs(5);
 
@@ -99,14 +106,21 @@ struct Known {
     endpoints: RwLock<Vec<pb::Endpoint>>,
     next: AtomicUsize,
     ejected: Ejections,
-    watcher: tokio::task::JoinHandle<()>,
+    /// The registry watch keeping this current (it waits on the server: aborted on drop).
+    watcher: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Known {
     fn drop(&mut self) {
-        self.watcher.abort();
+        if let Some(w) = self.watcher.get() {
+            w.abort();
+        }
     }
 }
+
+/// What is known of each service, found once: a lookup on every call is a plain lock and a
+/// map read; only the first call for a service waits for the registry.
+type KnownMap = HashMap<String, Arc<tokio::sync::OnceCell<Arc<Known>>>>;
 
 /// Services found through the registry. Cheap to clone; clones share what they found.
 #[derive(Clone)]
@@ -114,7 +128,7 @@ pub struct Services {
     client: Client,
     balance: Balance,
     retries: usize,
-    known: Arc<tokio::sync::Mutex<HashMap<String, Arc<Known>>>>,
+    known: Arc<Mutex<KnownMap>>,
 }
 
 impl Services {
@@ -140,65 +154,57 @@ impl Services {
     }
 
     async fn known(&self, service: &str) -> Result<Arc<Known>, Error> {
-        let mut map = self.known.lock().await;
-        if let Some(k) = map.get(service) {
-            return Ok(k.clone());
-        }
+        let cell = self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(service.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| self.find(service)).await.cloned()
+    }
+
+    async fn find(&self, service: &str) -> Result<Arc<Known>, Error> {
         let registry = self.client.registry();
         // Watch first, then read: a change between the two is not missed.
         let mut watch = registry.watch(Some(service), 0).await?;
         let versions = registry.get(service).await?;
-        let (tx, mut rx) = tokio::sync::watch::channel(());
-        let name = service.to_string();
-        let reg = registry.clone();
-        let watcher = tokio::spawn(async move {
-            // Every change of the service: read it whole again.
-            loop {
-                match watch.next().await {
-                    Ok(Some(_)) => {
-                        if tx.send(()).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) | Err(_) => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        match reg.watch(Some(&name), watch.resume_from()).await {
-                            Ok(w) => watch = w,
-                            Err(_) => continue,
-                        }
-                        let _ = tx.send(());
-                    }
-                }
-            }
-        });
         let known = Arc::new(Known {
             instances: RwLock::new(Vec::new()),
             endpoints: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
             ejected: Ejections::default(),
-            watcher,
+            watcher: std::sync::OnceLock::new(),
         });
         known.update(versions)?;
-        {
-            let weak = Arc::downgrade(&known);
-            let name = service.to_string();
-            let registry = registry.clone();
-            tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
-                    let Some(k) = weak.upgrade() else { return };
-                    match registry.get(&name).await {
-                        Ok(v) => {
-                            let _ = k.update(v);
+        let weak = Arc::downgrade(&known);
+        let name = service.to_string();
+        let watcher = tokio::spawn(async move {
+            // Every change of the service: read it whole again.
+            loop {
+                match watch.next().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        match registry.watch(Some(&name), watch.resume_from()).await {
+                            Ok(w) => watch = w,
+                            Err(_) => continue,
                         }
-                        Err(e) if e.is_not_found() => {
-                            let _ = k.update(Vec::new());
-                        }
-                        Err(_) => {}
                     }
                 }
-            });
-        }
-        map.insert(service.to_string(), known.clone());
+                let Some(k) = weak.upgrade() else { return };
+                match registry.get(&name).await {
+                    Ok(v) => {
+                        let _ = k.update(v);
+                    }
+                    Err(e) if e.is_not_found() => {
+                        let _ = k.update(Vec::new());
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        let _ = known.watcher.set(watcher);
         Ok(known)
     }
 
@@ -238,13 +244,7 @@ impl Services {
             };
             match answer {
                 Ok(r) => return Ok(r.into_inner()),
-                // UNAVAILABLE, or the connection failing under the call (a status whose
-                // source is a transport error did not come from the service).
-                Err(s)
-                    if (s.code() == tonic::Code::Unavailable
-                        || std::error::Error::source(&s).is_some())
-                        && tried.len() < self.retries =>
-                {
+                Err(s) if retryable(&s) && tried.len() < self.retries => {
                     known.eject(&inst.address);
                     tried.push(inst.address.clone());
                 }
@@ -314,18 +314,23 @@ impl Known {
 
     fn path(&self, service: &str, endpoint: &str) -> Result<String, Error> {
         let endpoints = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = endpoints
+        // An endpoint not (yet) registered is called by the convention.
+        let unregistered;
+        let e = match endpoints
             .iter()
             .find(|e| e.name.eq_ignore_ascii_case(endpoint))
         {
-            if let Some(p) = e.metadata.get(crate::service::GRPC_PATH) {
-                return Ok(p.clone());
+            Some(e) => e,
+            None => {
+                unregistered = pb::Endpoint {
+                    name: endpoint.to_string(),
+                    ..Default::default()
+                };
+                &unregistered
             }
-        }
-        let (svc, method) = endpoint.split_once('.').ok_or_else(|| {
-            Error::Service(format!("endpoint {endpoint:?} is not Service.Method"))
-        })?;
-        Ok(format!("/{service}.{svc}/{method}"))
+        };
+        crate::service::grpc_path(service, e)
+            .ok_or_else(|| Error::Service(format!("endpoint {endpoint:?} is not Service.Method")))
     }
 
     fn eject(&self, address: &str) {

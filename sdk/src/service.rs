@@ -36,6 +36,17 @@ use crate::{Client, Error};
 /// Endpoint metadata naming the gRPC method an endpoint is served at (`/greeter.Say/Hello`),
 /// for services whose proto package is not their registered name.
 pub const GRPC_PATH: &str = "grpc_path";
+/// The gRPC method a registered endpoint of `service` is served at: its [`GRPC_PATH`], else
+/// Micro v3's convention (`Say.Hello` of `greeter` → `/greeter.Say/Hello`); `None` when the
+/// endpoint's name is not `Service.Method`.
+pub fn grpc_path(service: &str, endpoint: &pb::Endpoint) -> Option<String> {
+    if let Some(p) = endpoint.metadata.get(GRPC_PATH) {
+        return Some(p.clone());
+    }
+    let (svc, method) = endpoint.name.split_once('.')?;
+    Some(format!("/{service}.{svc}/{method}"))
+}
+
 /// Endpoint metadata Micro v3 sets on streaming endpoints.
 pub const STREAM: &str = "stream";
 

@@ -278,13 +278,8 @@ async fn handle(
             };
             match call(&channel, &rpc, grpc_request(encoded.clone())).await {
                 Ok(bytes) => break to_json(bytes),
-                // UNAVAILABLE, or a failure of the connection itself (the status has a
-                // transport error as its source: it did not come from the service), as when
-                // the instance was just killed.
                 Err(status)
-                    if (status.code() == tonic::Code::Unavailable
-                        || std::error::Error::source(&status).is_some())
-                        && tried.len() + 1 < attempts =>
+                    if micro::discovery::retryable(&status) && tried.len() + 1 < attempts =>
                 {
                     tracing::debug!("retrying {service} {endpoint}: {}", status.message());
                     if let Some(a) = address {

@@ -58,11 +58,7 @@ impl Found {
             .endpoints
             .iter()
             .find(|e| e.name.eq_ignore_ascii_case(endpoint))?;
-        if let Some(p) = e.metadata.get(micro::service::GRPC_PATH) {
-            return Some(p.clone());
-        }
-        let (svc, method) = e.name.split_once('.')?;
-        Some(format!("/{}.{svc}/{method}", self.name))
+        micro::service::grpc_path(&self.name, e)
     }
 }
 
@@ -86,7 +82,7 @@ pub struct Upstreams {
     channels: Mutex<HashMap<String, Vec<Channel>>>,
     next: AtomicUsize,
     ejected: micro::discovery::Ejections,
-    descriptors: tokio::sync::Mutex<HashMap<(String, String), Described>>,
+    descriptors: Mutex<HashMap<(String, String), Described>>,
 }
 
 impl Upstreams {
@@ -97,7 +93,7 @@ impl Upstreams {
             channels: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             ejected: Default::default(),
-            descriptors: tokio::sync::Mutex::new(HashMap::new()),
+            descriptors: Mutex::new(HashMap::new()),
         })
     }
 
@@ -252,17 +248,22 @@ impl Upstreams {
     /// and kept until the service's registration changes.
     pub async fn descriptors(&self, domain: &str, found: &Found) -> Result<DescriptorPool, Status> {
         let key = (domain.to_string(), found.name.clone());
-        let mut cache = self.descriptors.lock().await;
-        if let Some((fp, pool)) = cache.get(&key) {
+        if let Some((fp, pool)) = self
+            .descriptors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             if *fp == found.fingerprint {
                 return Ok(pool.clone());
             }
         }
+        // Read without holding the cache (two callers may both read after a change; neither
+        // waits for the other's service).
         let mut tried = Vec::new();
         let pool = loop {
             let (inst, channel) = self.pick(found, &tried)?;
-            // Bounded: the cache is locked meanwhile, and an instance that accepts connections
-            // but never answers must not stall every other call.
+            // Bounded: an instance that accepts connections but never answers.
             let fetched = tokio::time::timeout(
                 REFLECTION_TIMEOUT,
                 micro::reflection::descriptors(channel, None),
@@ -275,11 +276,14 @@ impl Upstreams {
             });
             match fetched {
                 Ok(p) => break p,
-                Err(e) if e.code() == Some(tonic::Code::Unavailable) || e.code().is_none() => {
+                // Not a service's answer, or one another node may not give: try another.
+                Err(micro::Error::Status(st)) if micro::discovery::retryable(&st) => {
+                    tracing::debug!("reflection on {} failed: {st}", inst.address);
+                    self.failed(&inst.address);
+                    tried.push(inst.address);
+                }
+                Err(e @ (micro::Error::Connect { .. } | micro::Error::Service(_))) => {
                     tracing::debug!("reflection on {} failed: {e}", inst.address);
-                    if e.code() == Some(tonic::Code::Unavailable) {
-                        self.failed(&inst.address);
-                    }
                     tried.push(inst.address);
                 }
                 Err(e) => {
@@ -290,7 +294,10 @@ impl Upstreams {
                 }
             }
         };
-        cache.insert(key, (found.fingerprint.clone(), pool.clone()));
+        self.descriptors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (found.fingerprint.clone(), pool.clone()));
         Ok(pool)
     }
 

@@ -35,16 +35,8 @@ fn endpoint_of<'a>(
             names.join(", ")
         );
     };
-    let path = match e.metadata.get(micro::service::GRPC_PATH) {
-        Some(p) => p.clone(),
-        None => {
-            let (svc, method) = e
-                .name
-                .split_once('.')
-                .ok_or_else(|| anyhow::anyhow!("endpoint {} is not Service.Method", e.name))?;
-            format!("/{service}.{svc}/{method}")
-        }
-    };
+    let path = micro::service::grpc_path(service, e)
+        .ok_or_else(|| anyhow::anyhow!("endpoint {} is not Service.Method", e.name))?;
     Ok((e, path))
 }
 
