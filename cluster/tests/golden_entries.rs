@@ -247,3 +247,29 @@ fn the_kernel_views_commands_have_pinned_bytes() {
     let back = decode_entry_bytes(&bytes).unwrap();
     assert_eq!(format!("{back:?}"), format!("{e:?}"));
 }
+
+/// A lease command on behalf of a namespace (appended to `lease::Cmd` with auth's
+/// namespaces).
+const V2_LEASE_IN: &str = "0203012a01fd00505c18a3010000010203067465616d2d610007fbb80b";
+
+#[test]
+fn a_namespaced_lease_command_has_pinned_bytes() {
+    use micro_state::views::lease;
+    let e = openraft::Entry::<TypeConfig> {
+        log_id: log_id(),
+        payload: openraft::EntryPayload::Normal(micro_state::Request {
+            time_ms: 1_800_000_000_000,
+            cmds: vec![micro_state::Command::Lease(lease::Cmd::In {
+                namespace: "team-a".into(),
+                cmd: Box::new(lease::Cmd::Grant {
+                    id: 7,
+                    ttl_ms: 3000,
+                }),
+            })],
+        }),
+    };
+    let bytes = codec::encode_as(micro_state::command::ENTRY_VERSION, &e);
+    assert_eq!(hex(&bytes), V2_LEASE_IN);
+    let back = decode_entry_bytes(&bytes).unwrap();
+    assert_eq!(format!("{back:?}"), format!("{e:?}"));
+}

@@ -44,6 +44,10 @@ pub const LOCK_META: u8 = 0x0E;
 /// `views::auth`.
 pub const AUTH: u8 = 0x0F;
 
+/// The namespace of a lease granted for one (`views::lease`): `LEASE_NS id(u64)`, value the
+/// namespace's name; absent: `micro`.
+pub const LEASE_NS: u8 = 0x10;
+
 /// The keyspace schema (u64; absent = 1). Apply migrates older schemas at the first entry.
 pub const META_SCHEMA: &[u8] = &[META, b'v'];
 /// The first revision still in the change feed (u64; absent = 1).
@@ -133,6 +137,13 @@ pub fn parse_expiry_key_v1(key: &[u8]) -> Option<(u64, Vec<u8>)> {
 /// Key of a lease.
 pub fn lease_key(id: u64) -> Vec<u8> {
     let mut out = vec![LEASE];
+    out.extend_from_slice(&id.to_be_bytes());
+    out
+}
+
+/// Key of a lease's namespace.
+pub fn lease_ns_key(id: u64) -> Vec<u8> {
+    let mut out = vec![LEASE_NS];
     out.extend_from_slice(&id.to_be_bytes());
     out
 }

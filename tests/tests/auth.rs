@@ -421,3 +421,168 @@ async fn a_client_built_from_micro_v3_auth_proto_works_unchanged() -> anyhow::Re
     );
     Ok(())
 }
+
+/// Names every namespace shares one keyspace for are per namespace: the same topic, lock or
+/// broker topic in team-a and team-b are two things, and neither namespace sees, acks, holds,
+/// keeps alive or revokes the other's (nor the `micro` admin's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_locks_broker_and_leases_are_per_namespace() -> anyhow::Result<()> {
+    use micro::proto::{broker as bpb, events as epb};
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start(1).await?;
+    for (who, ns) in [("ann", "team-a"), ("bob", "team-b")] {
+        let secret = format!("pw-{who}");
+        for args in [
+            &[
+                "auth",
+                "create",
+                "account",
+                who,
+                "--namespace",
+                ns,
+                "--secret",
+                &secret,
+            ][..],
+            &[
+                "auth",
+                "create",
+                "rule",
+                "all",
+                "--namespace",
+                ns,
+                "--scope",
+                "*",
+                "--resource",
+                "service:*:*",
+            ],
+        ] {
+            let (ok, out, err) = c.cli(1, args);
+            assert!(ok, "{args:?}: {out} {err}");
+        }
+    }
+    let login = |id: &str, ns: &str| {
+        micro::Client::builder(&c.spec(1).grpc)
+            .credentials(Credentials::Account {
+                id: id.into(),
+                secret: format!("pw-{id}"),
+            })
+            .namespace(ns)
+            .connect()
+    };
+    let ann = login("ann", "team-a").await?;
+    let bob = login("bob", "team-b").await?;
+    let admin = c.client(1).await?;
+
+    // Events: one topic name, three topics.
+    for (client, payload) in [(&ann, "a1"), (&bob, "b1"), (&admin, "m1"), (&ann, "a2")] {
+        client
+            .events()
+            .publish("orders", payload.as_bytes().to_vec(), Default::default())
+            .await?;
+    }
+    let replay = |client: &micro::Client| {
+        let events = client.events();
+        async move {
+            let mut consumer = events
+                .consume(epb::ConsumeRequest {
+                    topic: "orders".into(),
+                    from_start: true,
+                    stop_at_end: true,
+                    group: "billing".into(),
+                    auto_ack: false,
+                    ..Default::default()
+                })
+                .await?;
+            let mut got = Vec::new();
+            while let Some(e) = consumer.next().await? {
+                assert_eq!(e.topic, "orders");
+                assert_eq!(e.id, format!("orders/{}", e.sequence));
+                // Acked by the id it was delivered with.
+                events.ack("billing", &e.id, true).await?;
+                got.push(String::from_utf8(e.payload)?);
+            }
+            anyhow::Ok(got)
+        }
+    };
+    assert_eq!(replay(&ann).await?, ["a1", "a2"]);
+    assert_eq!(replay(&bob).await?, ["b1"]);
+    assert_eq!(replay(&admin).await?, ["m1"]);
+    let topics = ann.events().topics().await?;
+    assert_eq!(topics.len(), 1, "{topics:?}");
+    assert_eq!(
+        (topics[0].name.as_str(), topics[0].last_sequence),
+        ("orders", 2)
+    );
+    // A name cannot smuggle another namespace's prefix in.
+    let smuggled = bob
+        .events()
+        .publish("\0team-a\0orders", b"x".to_vec(), Default::default())
+        .await;
+    assert_eq!(code(smuggled), Some(Code::InvalidArgument));
+
+    // Broker: ann hears her own topic only.
+    let mut news = ann
+        .broker()
+        .subscribe(bpb::SubscribeRequest {
+            topic: "news".into(),
+            queue: String::new(),
+        })
+        .await?
+        .into_inner();
+    for (client, body) in [(&bob, "from bob"), (&ann, "from ann")] {
+        client
+            .broker()
+            .publish(bpb::PublishRequest {
+                topic: "news".into(),
+                message: Some(bpb::Message {
+                    header: Default::default(),
+                    body: body.as_bytes().to_vec(),
+                }),
+            })
+            .await?;
+    }
+    let first = tokio::time::timeout(LONG, news.message())
+        .await??
+        .expect("a message");
+    assert_eq!(first.body, b"from ann");
+
+    // Locks: both namespaces hold "job" at once; each lists only its own.
+    let a_job = ann.sync().lock("job", Duration::from_secs(30)).await?;
+    let b_job =
+        tokio::time::timeout(LONG, bob.sync().lock("job", Duration::from_secs(30))).await??;
+    for client in [&ann, &bob] {
+        let locks = client.sync().list().await?;
+        assert_eq!(locks.len(), 1, "{locks:?}");
+        assert_eq!(locks[0].name, "job");
+    }
+    assert!(admin.sync().list().await?.is_empty());
+
+    // Leases: ann's lease does not exist for bob.
+    let lease = ann.leases().grant(Duration::from_secs(60)).await?;
+    let theirs = bob.leases();
+    assert_eq!(code(theirs.keep_alive(lease).await), Some(Code::NotFound));
+    assert_eq!(code(theirs.revoke(lease).await), Some(Code::NotFound));
+    assert_eq!(
+        code(theirs.time_to_live(lease, false).await),
+        Some(Code::NotFound)
+    );
+    assert!(theirs.list().await?.iter().all(|l| l.id != lease));
+    let attach = bob
+        .store()
+        .put(
+            "k",
+            b"v".to_vec(),
+            micro::store::Put {
+                lease,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(code(attach), Some(Code::InvalidArgument));
+    assert!(ann.leases().list().await?.iter().any(|l| l.id == lease));
+    ann.leases().keep_alive(lease).await?;
+    ann.leases().revoke(lease).await?;
+    a_job.unlock().await?;
+    b_job.unlock().await?;
+    Ok(())
+}

@@ -83,6 +83,70 @@ impl Caller {
         self.may_use(field, ns)?;
         Ok(ns.to_string())
     }
+
+    /// The stored name of `name` (a topic, lock or election) in the request's namespace, see
+    /// [`names`]; a name with a NUL byte is refused, naming `field`.
+    pub fn scoped(&self, field: &str, name: &str) -> Result<String, Status> {
+        if name.contains('\0') {
+            return Err(crate::errors::invalid(field, "must not contain a NUL byte"));
+        }
+        Ok(names::scoped(&self.namespace, name))
+    }
+
+    /// The caller's name for a stored one, if it is of the request's namespace.
+    pub fn owns<'a>(&self, stored: &'a str) -> Option<&'a str> {
+        let (ns, name) = names::split(stored);
+        (ns == self.namespace).then_some(name)
+    }
+}
+
+/// Names that every namespace shares one keyspace for (events and broker topics, locks,
+/// elections) are stored per namespace: the `micro` namespace's as given, so what was written
+/// before namespaces keeps its name, and another namespace's as `\0ns\0name`. A caller's name
+/// never contains NUL (refused on the way in), so the two never collide, and the name a caller
+/// sees is always the part after the prefix.
+pub mod names {
+    use super::DEFAULT_NAMESPACE;
+
+    /// The stored form of `name` in namespace `ns`.
+    pub fn scoped(ns: &str, name: &str) -> String {
+        if ns == DEFAULT_NAMESPACE {
+            name.to_string()
+        } else {
+            format!("\0{ns}\0{name}")
+        }
+    }
+
+    /// (namespace, name) of a stored name.
+    pub fn split(stored: &str) -> (&str, &str) {
+        stored
+            .strip_prefix('\0')
+            .and_then(|rest| rest.split_once('\0'))
+            .unwrap_or((DEFAULT_NAMESPACE, stored))
+    }
+
+    /// The name a caller knows a stored name by.
+    pub fn shown(stored: &str) -> &str {
+        split(stored).1
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn scoped_names_round_trip_and_micro_keeps_its_names() {
+            assert_eq!(scoped("micro", "orders"), "orders");
+            assert_eq!(split("orders"), ("micro", "orders"));
+            let s = scoped("team-a", "orders");
+            assert_ne!(s, "orders");
+            assert_eq!(split(&s), ("team-a", "orders"));
+            assert_eq!(shown(&s), "orders");
+            // A name that merely looks scoped (no second NUL) is micro's.
+            assert_eq!(split("\0odd"), ("micro", "\0odd"));
+            assert_eq!(split(&scoped("b", "x/y")), ("b", "x/y"));
+        }
+    }
 }
 
 /// What a method needs beyond a valid token.

@@ -8,6 +8,7 @@ use micro_cluster::Node;
 use micro_proto::broker as pb;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::errors::invalid;
 
 pub struct BrokerService {
@@ -28,16 +29,18 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
         if req.topic.is_empty() {
             return Err(invalid("topic", "must not be empty"));
         }
+        let topic = caller.scoped("topic", &req.topic)?;
         let m = req.message.unwrap_or_default();
         let msg = Message {
             header: m.header.into_iter().collect(),
             body: m.body,
         };
-        self.node.broker_publish(&req.topic, msg).await;
+        self.node.broker_publish(&topic, msg).await;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -47,11 +50,13 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
         if req.topic.is_empty() {
             return Err(invalid("topic", "must not be empty"));
         }
-        let rx = self.node.broker_subscribe(&req.topic, &req.queue);
+        let topic = caller.scoped("topic", &req.topic)?;
+        let rx = self.node.broker_subscribe(&topic, &req.queue);
         let stream =
             futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |m| {
                 Ok(pb::Message {

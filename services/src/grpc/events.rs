@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{names, Caller};
 use crate::errors::{invalid, status};
 use crate::grpc::pace::Pace;
 
@@ -122,13 +123,14 @@ impl tonic::server::StreamingService<Bytes> for ConsumeHandler {
     fn call(&mut self, req: Request<tonic::Streaming<Bytes>>) -> Self::Future {
         let node = self.0.clone();
         Box::pin(async move {
+            let caller = Caller::of(&req);
             let mut incoming = req.into_inner();
             let first = incoming.message().await?.ok_or_else(|| {
                 Status::invalid_argument("the stream must start with a ConsumeRequest")
             })?;
             let req = pb::ConsumeRequest::decode(first)
                 .map_err(|e| Status::invalid_argument(format!("invalid ConsumeRequest: {e}")))?;
-            consume(node, req, Some(incoming)).await
+            consume(node, &caller, req, Some(incoming)).await
         })
     }
 }
@@ -202,7 +204,7 @@ async fn read_acks(node: Node, topic: String, group: String, incoming: tonic::St
             };
             match parse_id(&ack.id) {
                 Some((t, seq))
-                    if t == topic
+                    if t == names::shown(&topic)
                         && !group.is_empty()
                         && (ack.group.is_empty() || ack.group == group) =>
                 {
@@ -245,8 +247,13 @@ async fn end_acks(acks: Option<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// A publish request as a command (shared with the store's transactional outbox).
-pub fn publish_command(req: pb::PublishRequest, field: &str) -> Result<Command, Status> {
+/// A publish request as a command, in the caller's namespace (shared with the store's
+/// transactional outbox).
+pub fn publish_command(
+    caller: &Caller,
+    req: pb::PublishRequest,
+    field: &str,
+) -> Result<Command, Status> {
     if req.timestamp < 0 {
         return Err(invalid(
             &format!("{field}timestamp"),
@@ -264,17 +271,19 @@ pub fn publish_command(req: pb::PublishRequest, field: &str) -> Result<Command, 
         ));
     }
     let cmd = Command::Events(view::Cmd::Publish(Publish {
-        topic: req.topic,
+        topic: caller.scoped(&format!("{field}topic"), &req.topic)?,
         metadata: req.metadata.into_iter().collect::<BTreeMap<_, _>>(),
         payload: req.payload,
         timestamp_ms: (req.timestamp as u64).saturating_mul(1000),
     }));
-    super::sync::fenced(cmd, req.fence, field)
+    super::sync::fenced(caller, cmd, req.fence, field)
 }
 
+/// The event as its publisher's namespace knows it (`topic` is the stored name).
 fn to_event(topic: &str, seq: u64, e: StoredEvent) -> pb::Event {
+    let topic = names::shown(topic);
     pb::Event {
-        id: e.id,
+        id: format!("{topic}/{seq}"),
         topic: topic.to_string(),
         metadata: e.metadata.into_iter().collect(),
         payload: e.payload,
@@ -315,7 +324,8 @@ fn resolve_start(node: &Node, req: &pb::ConsumeRequest) -> Result<(u64, Option<u
         if req.strict {
             return Err(Status::out_of_range(format!(
                 "sequence {wanted} of topic {} was trimmed by retention; the first retained is {}",
-                req.topic, meta.first_seq
+                names::shown(&req.topic),
+                meta.first_seq
             )));
         }
         return Ok((meta.first_seq, Some(meta.first_seq)));
@@ -329,11 +339,12 @@ impl pb::stream_server::Stream for EventsService {
         &self,
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
         let topic = req.topic.clone();
         let (_, out) = self
             .node
-            .write(publish_command(req, "")?)
+            .write(publish_command(&caller, req, "")?)
             .await
             .map_err(status)?;
         match out {
@@ -355,10 +366,12 @@ impl pb::stream_server::Stream for EventsService {
         &self,
         req: Request<pb::ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
-        consume(self.node.clone(), req.into_inner(), None).await
+        let caller = Caller::of(&req);
+        consume(self.node.clone(), &caller, req.into_inner(), None).await
     }
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
         let Some((topic, seq)) = parse_id(&req.id) else {
             return Err(invalid("id", "is not an event id (topic/sequence)"));
@@ -370,7 +383,7 @@ impl pb::stream_server::Stream for EventsService {
             ));
         }
         let cmd = Command::Events(view::Cmd::Ack(Ack {
-            topic: topic.to_string(),
+            topic: caller.scoped("id", topic)?,
             group: req.group,
             seqs: vec![seq],
             success: req.success,
@@ -381,15 +394,17 @@ impl pb::stream_server::Stream for EventsService {
 
     async fn topics(
         &self,
-        _req: Request<pb::TopicsRequest>,
+        req: Request<pb::TopicsRequest>,
     ) -> Result<Response<pb::TopicsResponse>, Status> {
+        let caller = Caller::of(&req);
         self.node.read_barrier(true).await.map_err(status)?;
         let topics = view::topics(self.node.view()).map_err(|e| status(e.into()))?;
         Ok(Response::new(pb::TopicsResponse {
             topics: topics
-                .into_iter()
+                .iter()
+                .filter_map(|(stored, m)| Some((caller.owns(stored)?, m)))
                 .map(|(name, m)| pb::Topic {
-                    name,
+                    name: name.to_string(),
                     first_sequence: m.first_seq,
                     last_sequence: m.last_seq,
                     max_events: m.max_events,
@@ -403,9 +418,10 @@ impl pb::stream_server::Stream for EventsService {
         &self,
         req: Request<pb::RetentionRequest>,
     ) -> Result<Response<pb::RetentionResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
         let cmd = Command::Events(view::Cmd::SetRetention(Retention {
-            topic: req.topic,
+            topic: caller.scoped("topic", &req.topic)?,
             max_events: req.max_events,
             max_age_ms: req.max_age,
         }));
@@ -417,12 +433,14 @@ impl pb::stream_server::Stream for EventsService {
 /// Starts a consumer; `incoming` is the rest of the client's side of the stream (acks).
 async fn consume(
     node: Node,
-    req: pb::ConsumeRequest,
+    caller: &Caller,
+    mut req: pb::ConsumeRequest,
     incoming: Option<tonic::Streaming<Bytes>>,
 ) -> Result<Response<EventStream>, Status> {
     if req.topic.is_empty() {
         return Err(invalid("topic", "must not be empty"));
     }
+    req.topic = caller.scoped("topic", &req.topic)?;
     if req.ack_wait < 0 || req.retry_limit < 0 {
         return Err(invalid("ack_wait", "and retry_limit must not be negative"));
     }
@@ -798,10 +816,12 @@ impl pb::store_server::Store for EventsService {
         &self,
         req: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
-        let req = req.into_inner();
+        let caller = Caller::of(&req);
+        let mut req = req.into_inner();
         if req.topic.is_empty() {
             return Err(invalid("topic", "must not be empty"));
         }
+        req.topic = caller.scoped("topic", &req.topic)?;
         self.node.read_barrier(true).await.map_err(status)?;
         let meta = view::topic_meta(self.node.view(), &req.topic).map_err(|e| status(e.into()))?;
         let limit = if req.limit == 0 {
@@ -828,11 +848,13 @@ impl pb::store_server::Store for EventsService {
         &self,
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let caller = Caller::of(&req);
         let ev = req
             .into_inner()
             .event
             .ok_or_else(|| invalid("event", "is required"))?;
         let cmd = publish_command(
+            &caller,
             pb::PublishRequest {
                 topic: ev.topic,
                 metadata: ev.metadata,

@@ -6,6 +6,7 @@ use micro_state::keys;
 use micro_state::views::lease::{self as view, Leases};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::errors::{invalid, status};
 
 pub struct LeaseService {
@@ -24,6 +25,36 @@ impl LeaseService {
             o => Ok(o),
         }
     }
+}
+
+/// `cmd` as `caller` may run it: grants make the lease the request namespace's; an account
+/// other than an admin keeps alive and revokes only its namespace's leases.
+pub(crate) fn on_behalf(caller: &Caller, cmd: view::Cmd) -> view::Cmd {
+    if caller.admin && !matches!(cmd, view::Cmd::Grant { .. }) {
+        return cmd;
+    }
+    view::Cmd::In {
+        namespace: caller.namespace.clone(),
+        cmd: Box::new(cmd),
+    }
+}
+
+/// Whether `caller` may see or use lease `id` (attach a record or a lock to it): an admin
+/// any, an account its namespace's.
+pub(crate) fn may_use(node: &Node, caller: &Caller, id: u64) -> Result<bool, Status> {
+    Ok(caller.admin
+        || view::namespace(node.view(), id).map_err(|e| status(e.into()))? == caller.namespace)
+}
+
+/// Refuses a request naming (in `field`) a lease of another namespace, as if it did not exist.
+pub(crate) fn check_use(node: &Node, caller: &Caller, field: &str, id: u64) -> Result<(), Status> {
+    if id == 0 || may_use(node, caller, id)? {
+        return Ok(());
+    }
+    Err(invalid(
+        field,
+        format!("lease {id} not found (it expired or was revoked); grant a new one"),
+    ))
 }
 
 fn not_found(id: u64) -> Status {
@@ -47,6 +78,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::GrantRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
         let max = (view::MAX_TTL_MS / 1000) as i64;
         if !(1..=max).contains(&req.ttl) {
@@ -56,7 +88,8 @@ impl pb::lease_server::Lease for LeaseService {
             ));
         }
         let ttl_ms = req.ttl as u64 * 1000;
-        match self.run(view::Cmd::Grant { id: req.id, ttl_ms }).await? {
+        let cmd = on_behalf(&caller, view::Cmd::Grant { id: req.id, ttl_ms });
+        match self.run(cmd).await? {
             view::Out::Granted { id, ttl_ms } => Ok(Response::new(pb::GrantResponse {
                 id,
                 ttl: secs(ttl_ms),
@@ -69,8 +102,12 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::KeepAliveRequest>,
     ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        let caller = Caller::of(&req);
         let id = req.into_inner().id;
-        match self.run(view::Cmd::KeepAlive { id }).await? {
+        match self
+            .run(on_behalf(&caller, view::Cmd::KeepAlive { id }))
+            .await?
+        {
             view::Out::Kept { id, ttl_ms } => Ok(Response::new(pb::KeepAliveResponse {
                 id,
                 ttl: secs(ttl_ms),
@@ -83,8 +120,12 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let caller = Caller::of(&req);
         let id = req.into_inner().id;
-        match self.run(view::Cmd::Revoke { id }).await? {
+        match self
+            .run(on_behalf(&caller, view::Cmd::Revoke { id }))
+            .await?
+        {
             view::Out::Revoked { keys, .. } => {
                 Ok(Response::new(pb::RevokeResponse { deleted: keys }))
             }
@@ -96,11 +137,13 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::TimeToLiveRequest>,
     ) -> Result<Response<pb::TimeToLiveResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
         self.node.read_barrier(true).await.map_err(status)?;
         let now = now_ms();
         let lease = view::get_live(self.node.view(), req.id, now)
             .map_err(|e| status(e.into()))?
+            .filter(|_| may_use(&self.node, &caller, req.id).unwrap_or(false))
             .ok_or_else(|| not_found(req.id))?;
         let mut attached = Vec::new();
         if req.keys {
@@ -124,13 +167,18 @@ impl pb::lease_server::Lease for LeaseService {
 
     async fn leases(
         &self,
-        _req: Request<pb::LeasesRequest>,
+        req: Request<pb::LeasesRequest>,
     ) -> Result<Response<pb::LeasesResponse>, Status> {
+        let caller = Caller::of(&req);
         self.node.read_barrier(true).await.map_err(status)?;
         let now = now_ms();
         let mut leases = Vec::new();
         for (id, l) in view::list(self.node.view()).map_err(|e| status(e.into()))? {
-            if l.expiry_ms <= now {
+            // The request namespace's leases (an admin names another with Micro-Namespace).
+            if l.expiry_ms <= now
+                || view::namespace(self.node.view(), id).map_err(|e| status(e.into()))?
+                    != caller.namespace
+            {
                 continue;
             }
             let keys = view::attached(self.node.view(), id)

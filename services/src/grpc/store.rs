@@ -90,12 +90,19 @@ fn to_record(e: view::Entry, now: u64) -> pb::Record {
     }
 }
 
-fn put_command(caller: &Caller, req: pb::WriteRequest, field: &str) -> Result<Command, Status> {
+fn put_command(
+    node: &Node,
+    caller: &Caller,
+    req: pb::WriteRequest,
+    field: &str,
+) -> Result<Command, Status> {
     let fence = req.fence.clone();
-    super::sync::fenced(put_command_inner(caller, req, field)?, fence, field)
+    let cmd = put_command_inner(node, caller, req, field)?;
+    super::sync::fenced(caller, cmd, fence, field)
 }
 
 fn put_command_inner(
+    node: &Node,
     caller: &Caller,
     req: pb::WriteRequest,
     field: &str,
@@ -103,6 +110,7 @@ fn put_command_inner(
     let rec = req
         .record
         .ok_or_else(|| invalid(&format!("{field}record"), "is required"))?;
+    super::lease::check_use(node, caller, &format!("{field}record.lease"), rec.lease)?;
     if rec.expiry < 0 {
         return Err(invalid(
             &format!("{field}record.expiry"),
@@ -150,21 +158,26 @@ fn delete_command(caller: &Caller, req: pb::DeleteRequest, field: &str) -> Resul
         table: opts.table,
         key: req.key,
     }));
-    super::sync::fenced(cmd, req.fence, field)
+    super::sync::fenced(caller, cmd, req.fence, field)
 }
 
-fn txn_ops(caller: &Caller, ops: Vec<pb::TxnOp>, branch: &str) -> Result<Vec<Command>, Status> {
+fn txn_ops(
+    node: &Node,
+    caller: &Caller,
+    ops: Vec<pb::TxnOp>,
+    branch: &str,
+) -> Result<Vec<Command>, Status> {
     ops.into_iter()
         .enumerate()
         .map(|(i, op)| match op.op {
             Some(pb::txn_op::Op::Write(w)) => {
-                put_command(caller, w, &format!("{branch}[{i}].write."))
+                put_command(node, caller, w, &format!("{branch}[{i}].write."))
             }
             Some(pb::txn_op::Op::Delete(d)) => {
                 delete_command(caller, d, &format!("{branch}[{i}].delete."))
             }
             Some(pb::txn_op::Op::Publish(p)) => {
-                super::events::publish_command(p, &format!("{branch}[{i}].publish."))
+                super::events::publish_command(caller, p, &format!("{branch}[{i}].publish."))
             }
             None => Err(invalid(
                 &format!("{branch}[{i}]"),
@@ -278,7 +291,7 @@ impl pb::store_server::Store for StoreService {
         &self,
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let cmd = put_command(&Caller::of(&req), req.into_inner(), "")?;
+        let cmd = put_command(&self.node, &Caller::of(&req), req.into_inner(), "")?;
         let (_, out) = self.node.write(cmd).await.map_err(status)?;
         let revision = match out {
             Outcome::Store(view::Out::Put { revision }) => revision,
@@ -374,10 +387,10 @@ impl pb::store_server::Store for StoreService {
                     })
                 })
                 .collect::<Result<_, Status>>()?,
-            success: txn_ops(&caller, req.success, "success")?,
-            failure: txn_ops(&caller, req.failure, "failure")?,
+            success: txn_ops(&self.node, &caller, req.success, "success")?,
+            failure: txn_ops(&self.node, &caller, req.failure, "failure")?,
         };
-        let cmd = super::sync::fenced(Command::Txn(txn), req.fence, "")?;
+        let cmd = super::sync::fenced(&caller, Command::Txn(txn), req.fence, "")?;
         let (_, out) = self.node.write(cmd).await.map_err(status)?;
         let Outcome::Txn {
             succeeded,

@@ -11,10 +11,16 @@ use micro_state::views::lock::{self as view, Fence, Locks};
 use micro_state::{keys, Command};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{names, Caller};
 use crate::errors::{invalid, status};
 
-/// Wraps `cmd` in its fence, if the request carries one.
-pub fn fenced(cmd: Command, fence: Option<pb::Fence>, field: &str) -> Result<Command, Status> {
+/// Wraps `cmd` in its fence (a lock of the caller's namespace), if the request carries one.
+pub fn fenced(
+    caller: &Caller,
+    cmd: Command,
+    fence: Option<pb::Fence>,
+    field: &str,
+) -> Result<Command, Status> {
     // A planted bug for the fault harness (`micro-jepsen --planted-fence-bug`) to prove that
     // its lock checker notices stale writes: the fence is dropped, so a holder that lost its
     // lock writes anyway. It exists only in debug builds; release binaries have no such switch.
@@ -33,7 +39,7 @@ pub fn fenced(cmd: Command, fence: Option<pb::Fence>, field: &str) -> Result<Com
             }
             Ok(Command::Fenced(
                 Fence {
-                    lock: f.lock,
+                    lock: caller.scoped(&format!("{field}fence.lock"), &f.lock)?,
                     token: f.token,
                 },
                 Box::new(cmd),
@@ -73,8 +79,9 @@ impl Drop for Waiting {
 
 impl SyncService {
     /// The lease to hold the lock with: the one given, or a new one of `ttl` seconds.
-    async fn lease(&self, lease: u64, ttl: i64) -> Result<u64, Status> {
+    async fn lease(&self, caller: &Caller, lease: u64, ttl: i64) -> Result<u64, Status> {
         if lease != 0 {
+            super::lease::check_use(&self.node, caller, "lease", lease)?;
             return Ok(lease);
         }
         let max = (lease_view::MAX_TTL_MS / 1000) as i64;
@@ -86,10 +93,13 @@ impl SyncService {
         }
         match self
             .node
-            .run::<Leases>(lease_view::Cmd::Grant {
-                id: 0,
-                ttl_ms: ttl as u64 * 1000,
-            })
+            .run::<Leases>(super::lease::on_behalf(
+                caller,
+                lease_view::Cmd::Grant {
+                    id: 0,
+                    ttl_ms: ttl as u64 * 1000,
+                },
+            ))
             .await
             .map_err(status)?
         {
@@ -157,6 +167,7 @@ impl SyncService {
                     let holder = view::meta(self.node.view(), &name)
                         .map(|m| m.holder)
                         .unwrap_or_default();
+                    let name = names::shown(&name);
                     return Err(Status::deadline_exceeded(format!(
                         "lock {name:?} is still held (by token {holder}) after {wait_ms} ms; gave up the place in the queue"
                     )));
@@ -167,6 +178,7 @@ impl SyncService {
                         .map_err(|e| status(e.into()))?;
                     if !queued && view::meta(self.node.view(), &name).map_err(|e| status(e.into()))?.holder != token {
                         guard.armed = false;
+                        let name = names::shown(&name);
                         return Err(Status::aborted(format!(
                             "lease {lease} ended while waiting for lock {name:?}; keep it alive while waiting"
                         )));
@@ -179,32 +191,32 @@ impl SyncService {
     /// Lock and Campaign: queue under a lease (given, or granted for `ttl`) and wait to hold.
     async fn hold(
         &self,
+        caller: &Caller,
         name: &str,
         lease: u64,
         ttl: i64,
         value: Vec<u8>,
         wait_ms: u64,
     ) -> Result<(u64, u64), Status> {
-        check_name(name)?;
-        let lease = self.lease(lease, ttl).await?;
-        let token = self
-            .acquire(name.to_string(), lease, value, wait_ms)
-            .await?;
+        let name = stored_name(caller, name)?;
+        let lease = self.lease(caller, lease, ttl).await?;
+        let token = self.acquire(name, lease, value, wait_ms).await?;
         Ok((token, lease))
     }
 
     /// Unlock and Resign: leave the queue (promoting the next waiter if this one held it).
-    async fn release(&self, name: String, token: u64) -> Result<(), Status> {
-        check_name(&name)?;
+    async fn release(&self, caller: &Caller, name: &str, token: u64) -> Result<(), Status> {
+        let name = stored_name(caller, name)?;
         let cmd = view::Cmd::Release { name, token };
         self.node.run::<Locks>(cmd).await.map_err(status)?;
         Ok(())
     }
 
+    /// The holder of the lock stored as `name`.
     fn leader(&self, name: &str) -> Result<pb::LeaderResponse, Status> {
         let m = view::meta(self.node.view(), name).map_err(|e| status(e.into()))?;
         Ok(pb::LeaderResponse {
-            name: name.to_string(),
+            name: names::shown(name).to_string(),
             token: m.holder,
             value: m.value,
             revision: micro_state::revision(self.node.view()).map_err(|e| status(e.into()))?,
@@ -212,11 +224,12 @@ impl SyncService {
     }
 }
 
-fn check_name(name: &str) -> Result<(), Status> {
+/// The stored name of a lock or election the caller names.
+fn stored_name(caller: &Caller, name: &str) -> Result<String, Status> {
     if name.is_empty() {
         return Err(invalid("name", "must not be empty"));
     }
-    Ok(())
+    caller.scoped("name", name)
 }
 
 type ObserveStream = super::feed::ResponseStream<pb::LeaderResponse>;
@@ -227,9 +240,17 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
         let (token, lease) = self
-            .hold(&req.name, req.lease, req.ttl, Vec::new(), req.wait_ms)
+            .hold(
+                &caller,
+                &req.name,
+                req.lease,
+                req.ttl,
+                Vec::new(),
+                req.wait_ms,
+            )
             .await?;
         Ok(Response::new(pb::LockResponse {
             name: req.name,
@@ -242,25 +263,30 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
-        self.release(req.name, req.token).await?;
+        self.release(&caller, &req.name, req.token).await?;
         Ok(Response::new(pb::UnlockResponse {}))
     }
 
     async fn list(
         &self,
-        _req: Request<pb::ListRequest>,
+        req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        let caller = Caller::of(&req);
         self.node.read_barrier(true).await.map_err(status)?;
         let mut locks = Vec::new();
         for (name, m) in view::list(self.node.view()).map_err(|e| status(e.into()))? {
+            let Some(shown) = caller.owns(&name) else {
+                continue;
+            };
             let waiters = view::waiters(self.node.view(), &name).map_err(|e| status(e.into()))?;
             let lease = waiters
                 .iter()
                 .find(|(t, _)| *t == m.holder)
                 .map_or(0, |(_, w)| w.lease);
             locks.push(pb::LockStatus {
-                name,
+                name: shown.to_string(),
                 token: m.holder,
                 lease,
                 waiting: waiters.len().saturating_sub(1) as u64,
@@ -273,9 +299,17 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
         let (token, lease) = self
-            .hold(&req.name, req.lease, req.ttl, req.value, req.wait_ms)
+            .hold(
+                &caller,
+                &req.name,
+                req.lease,
+                req.ttl,
+                req.value,
+                req.wait_ms,
+            )
             .await?;
         Ok(Response::new(pb::CampaignResponse {
             name: req.name,
@@ -288,10 +322,10 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
-        check_name(&req.name)?;
         let cmd = view::Cmd::Proclaim {
-            name: req.name,
+            name: stored_name(&caller, &req.name)?,
             token: req.token,
             value: req.value,
         };
@@ -303,8 +337,8 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::LeaderRequest>,
     ) -> Result<Response<pb::LeaderResponse>, Status> {
-        let name = req.into_inner().name;
-        check_name(&name)?;
+        let caller = Caller::of(&req);
+        let name = stored_name(&caller, &req.into_inner().name)?;
         self.node.read_barrier(true).await.map_err(status)?;
         Ok(Response::new(self.leader(&name)?))
     }
@@ -315,19 +349,20 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::ObserveRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
-        check_name(&req.name)?;
+        let stored = stored_name(&caller, &req.name)?;
         // Without a start, the current leader comes first, then every change after it.
         let (first, from) = if req.from_revision == 0 {
             self.node.read_barrier(true).await.map_err(status)?;
-            let now = self.leader(&req.name)?;
+            let now = self.leader(&stored)?;
             let from = now.revision + 1;
             (Some(now), from)
         } else {
             (None, req.from_revision)
         };
         let spec = WatchSpec {
-            key: keys::lock_meta_key(&req.name),
+            key: keys::lock_meta_key(&stored),
             prefix: false,
             from_revision: from,
             progress_every: None,
@@ -355,8 +390,9 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
+        let caller = Caller::of(&req);
         let req = req.into_inner();
-        self.release(req.name, req.token).await?;
+        self.release(&caller, &req.name, req.token).await?;
         Ok(Response::new(pb::ResignResponse {}))
     }
 }

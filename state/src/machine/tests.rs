@@ -446,7 +446,22 @@ fn arb_cmd() -> impl Strategy<Value = Command> {
         lease_id
             .clone()
             .prop_map(|id| Command::Lease(lease::Cmd::KeepAlive { id })),
-        lease_id.prop_map(|id| Command::Lease(lease::Cmd::Revoke { id })),
+        lease_id
+            .clone()
+            .prop_map(|id| Command::Lease(lease::Cmd::Revoke { id })),
+        (
+            prop::sample::select(vec!["micro", "team-a"]),
+            lease_id,
+            0u8..3
+        )
+            .prop_map(|(ns, id, op)| Command::Lease(lease::Cmd::In {
+                namespace: ns.into(),
+                cmd: Box::new(match op {
+                    0 => lease::Cmd::Grant { id, ttl_ms: 2000 },
+                    1 => lease::Cmd::KeepAlive { id },
+                    _ => lease::Cmd::Revoke { id },
+                }),
+            })),
         (key.clone(), "[a-z]{0,4}", 0u64..3000).prop_map(|(k, v, ttl)| put(k, &v, ttl)),
         key.clone().prop_map(|k| c::Delete(Delete {
             key: k.into(),
@@ -930,6 +945,95 @@ mod kernel {
         assert!(lease::get(&s, 7).unwrap().is_none());
         assert!(lease::attached(&s, 7).unwrap().is_empty());
         assert_eq!(crate::next_expiry(&s).unwrap(), None);
+    }
+
+    #[test]
+    fn a_namespace_cannot_keep_or_revoke_another_namespaces_lease() {
+        let scoped = |ns: &str, cmd| {
+            Command::Lease(lease::Cmd::In {
+                namespace: ns.into(),
+                cmd: Box::new(cmd),
+            })
+        };
+        let mut s = MemStore::default();
+        let (out, _) = apply_at(
+            &mut s,
+            1,
+            1,
+            &req(
+                1000,
+                vec![
+                    scoped(
+                        "team-a",
+                        lease::Cmd::Grant {
+                            id: 3,
+                            ttl_ms: 5000,
+                        },
+                    ),
+                    grant(4, 5000),
+                ],
+            ),
+        );
+        assert!(matches!(
+            out[0],
+            Outcome::Lease(lease::Out::Granted { id: 3, .. })
+        ));
+        assert_eq!(lease::namespace(&s, 3).unwrap(), "team-a");
+        assert_eq!(lease::namespace(&s, 4).unwrap(), "micro");
+        let (out, _) = apply_at(
+            &mut s,
+            2,
+            1,
+            &req(
+                1100,
+                vec![
+                    scoped("team-b", lease::Cmd::Revoke { id: 3 }),
+                    scoped("team-b", lease::Cmd::KeepAlive { id: 3 }),
+                    scoped("team-a", lease::Cmd::Revoke { id: 4 }),
+                    scoped("micro", lease::Cmd::KeepAlive { id: 4 }),
+                ],
+            ),
+        );
+        assert_eq!(out[0], Outcome::Lease(lease::Out::NotFound { id: 3 }));
+        assert_eq!(out[1], Outcome::Lease(lease::Out::NotFound { id: 3 }));
+        assert_eq!(out[2], Outcome::Lease(lease::Out::NotFound { id: 4 }));
+        assert!(matches!(
+            out[3],
+            Outcome::Lease(lease::Out::Kept { id: 4, .. })
+        ));
+        assert!(lease::get(&s, 3).unwrap().is_some());
+        // Its own namespace revokes it, and the namespace record goes with it; an unscoped
+        // command (an admin's) reaches any lease.
+        let (out, _) = apply_at(
+            &mut s,
+            3,
+            1,
+            &req(
+                1200,
+                vec![
+                    scoped("team-a", lease::Cmd::Revoke { id: 3 }),
+                    Command::Lease(lease::Cmd::Revoke { id: 4 }),
+                ],
+            ),
+        );
+        assert!(matches!(
+            out[0],
+            Outcome::Lease(lease::Out::Revoked { id: 3, .. })
+        ));
+        assert!(matches!(
+            out[1],
+            Outcome::Lease(lease::Out::Revoked { id: 4, .. })
+        ));
+        assert_eq!(lease::namespace(&s, 3).unwrap(), "micro");
+        // A nested scope is refused before it is proposed.
+        let nested = lease::Cmd::In {
+            namespace: "a".into(),
+            cmd: Box::new(lease::Cmd::In {
+                namespace: "b".into(),
+                cmd: Box::new(lease::Cmd::KeepAlive { id: 1 }),
+            }),
+        };
+        assert!(nested.validate().is_err());
     }
 
     #[test]
