@@ -250,6 +250,9 @@ fn check_key_size(keys: u64, key_size: usize) -> anyhow::Result<()> {
 pub enum Target {
     Micro,
     Etcd,
+    /// Micro with `--auth-disabled`: the same run's baseline for what auth costs (its rows'
+    /// ratio is Micro / this).
+    MicroAuthOff,
 }
 
 impl Target {
@@ -257,7 +260,13 @@ impl Target {
         match self {
             Target::Micro => "micro",
             Target::Etcd => "etcd",
+            Target::MicroAuthOff => "micro-auth-off",
         }
+    }
+
+    /// A Micro cluster, whatever its flags.
+    pub fn is_micro(self) -> bool {
+        matches!(self, Target::Micro | Target::MicroAuthOff)
     }
 }
 

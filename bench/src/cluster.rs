@@ -71,6 +71,16 @@ impl Cluster {
 
     /// Starts a Micro cluster of `n` nodes and waits until every node names the same leader.
     pub async fn start_micro_nodes(bin: &Path, root: &Path, n: usize) -> anyhow::Result<Cluster> {
+        Self::start_micro_as(Target::Micro, bin, root, n).await
+    }
+
+    /// Starts `n` nodes of a Micro `target` (with its flags) and waits for one leader.
+    pub async fn start_micro_as(
+        target: Target,
+        bin: &Path,
+        root: &Path,
+        n: usize,
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("micro-bench-micro-")
             .tempdir_in(root)?;
@@ -84,7 +94,7 @@ impl Cluster {
             let addr = format!("127.0.0.1:{}", ports[3 * i]);
             let http = format!("127.0.0.1:{}", ports[3 * i + 1]);
             let data_dir = dir.path().join(format!("node{id}"));
-            let args: Vec<String> = vec![
+            let mut args: Vec<String> = vec![
                 "server".into(),
                 "--node-id".into(),
                 id.to_string(),
@@ -101,6 +111,9 @@ impl Cluster {
                 "--initial-cluster".into(),
                 initial.clone(),
             ];
+            if target == Target::MicroAuthOff {
+                args.push("--auth-disabled".into());
+            }
             let log = dir.path().join(format!("node{id}.log"));
             let config_dir = dir.path().join("config").display().to_string();
             let env = [("MICRO_CONFIG_DIR", config_dir.as_str())];
@@ -113,12 +126,15 @@ impl Cluster {
             });
         }
         let mut c = Cluster {
-            target: Target::Micro,
+            target,
             nodes,
             _dir: dir,
         };
         let addrs: Vec<(u64, String)> = (1..).zip(c.nodes.iter().map(|n| n.addr.clone())).collect();
-        micro_testkit::auth::login(&c._dir.path().join("config"), &addrs, READY_TIMEOUT).await?;
+        if target != Target::MicroAuthOff {
+            micro_testkit::auth::login(&c._dir.path().join("config"), &addrs, READY_TIMEOUT)
+                .await?;
+        }
         c.wait_micro_leader().await?;
         Ok(c)
     }
@@ -296,7 +312,7 @@ impl Cluster {
     pub async fn watch(&self, i: usize, prefix: &str) -> anyhow::Result<Watcher> {
         let addr = self.addr_for_worker(i).to_string();
         Ok(match self.target {
-            Target::Micro => {
+            Target::Micro | Target::MicroAuthOff => {
                 let opts = micro::store::WatchOptions {
                     prefix: true,
                     ..Default::default()
@@ -399,7 +415,7 @@ fn registry_node(s: u64, n: u64) -> (String, String) {
 impl Conn {
     pub async fn open(target: Target, addr: String) -> anyhow::Result<Conn> {
         Ok(match target {
-            Target::Micro => {
+            Target::Micro | Target::MicroAuthOff => {
                 let c = micro_testkit::auth::connect(&addr)
                     .await
                     .with_context(|| format!("connect to Micro at {addr}"))?;

@@ -39,7 +39,9 @@ enum Handle {
 
 async fn open(target: Target, addr: &str) -> anyhow::Result<Handle> {
     Ok(match target {
-        Target::Micro => Handle::Micro(micro_testkit::auth::connect(addr).await?),
+        Target::Micro | Target::MicroAuthOff => {
+            Handle::Micro(micro_testkit::auth::connect(addr).await?)
+        }
         Target::Etcd => Handle::Etcd(
             tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
                 .tcp_nodelay(true)

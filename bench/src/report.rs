@@ -140,21 +140,29 @@ pub fn per_1k(cpu: Option<f64>, ops: u64) -> Option<f64> {
     cpu.filter(|_| ops > 0).map(|c| c / (ops as f64 / 1000.0))
 }
 
-/// Fills `ratio` (Micro ops/s / etcd ops/s) on every row of each (workload, clients) pair.
+/// Fills `ratio` on every row of each (workload, clients) cell: Micro ops/s / etcd ops/s on
+/// the Micro and etcd rows, Micro ops/s / its ops/s on a `micro-auth-off` row (what auth
+/// costs: 0.95 = auth on does 95 % of the work).
 pub fn fill_ratios(rows: &mut [Row]) {
-    // (workload, clients) -> (Micro ops/s, etcd ops/s)
-    type Pair = (Option<f64>, Option<f64>);
-    let mut by_cell: BTreeMap<(&str, usize), Pair> = BTreeMap::new();
+    // (workload, clients) -> (Micro, etcd, Micro without auth) ops/s
+    type Cell = (Option<f64>, Option<f64>, Option<f64>);
+    let mut by_cell: BTreeMap<(&str, usize), Cell> = BTreeMap::new();
     for r in rows.iter() {
         let e = by_cell.entry((r.workload.name(), r.clients)).or_default();
         match r.target {
             Target::Micro => e.0 = Some(r.ops_per_sec),
             Target::Etcd => e.1 = Some(r.ops_per_sec),
+            Target::MicroAuthOff => e.2 = Some(r.ops_per_sec),
         }
     }
     for r in rows.iter_mut() {
-        r.ratio = match by_cell[&(r.workload.name(), r.clients)] {
-            (Some(m), Some(e)) if e > 0.0 => Some(m / e),
+        let (micro, etcd, auth_off) = by_cell[&(r.workload.name(), r.clients)];
+        let base = match r.target {
+            Target::MicroAuthOff => auth_off,
+            _ => etcd,
+        };
+        r.ratio = match (micro, base) {
+            (Some(m), Some(b)) if b > 0.0 => Some(m / b),
             _ => None,
         };
     }
@@ -218,7 +226,7 @@ pub fn text_table(rows: &[Row]) -> String {
 /// The Markdown table.
 pub fn markdown_table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| workload | clients | target | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU s / 1k ops | bench CPU s / 1k ops | peak RSS MiB (n1/n2/n3) | errors | ratio (Micro/etcd) |\n\
+        "| workload | clients | target | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU s / 1k ops | bench CPU s / 1k ops | peak RSS MiB (n1/n2/n3) | errors | ratio (Micro/etcd; on micro-auth-off rows Micro/that) |\n\
          |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
@@ -648,6 +656,19 @@ mod tests {
             peak_rss_mib: vec![Some(50.0), Some(51.0), None],
             watch_events: 0,
         }
+    }
+
+    #[test]
+    fn an_auth_off_row_compares_micro_with_itself_without_auth() {
+        let mut rows = vec![
+            Row::new(Workload::Get, 256, Target::Micro, &outcome(9_000)),
+            Row::new(Workload::Get, 256, Target::Etcd, &outcome(4_500)),
+            Row::new(Workload::Get, 256, Target::MicroAuthOff, &outcome(10_000)),
+        ];
+        fill_ratios(&mut rows);
+        assert_eq!(rows[0].ratio, Some(2.0));
+        assert_eq!(rows[1].ratio, Some(2.0));
+        assert_eq!(rows[2].ratio, Some(0.9));
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub async fn run(a: SizeArgs) -> anyhow::Result<()> {
     targets.dedup();
     let micro = a
         .common
-        .micro(targets.contains(&Target::Micro), workspace.as_deref())?;
+        .micro(targets.iter().any(|t| t.is_micro()), workspace.as_deref())?;
     let etcd = if targets.contains(&Target::Etcd) {
         Some(crate::etcd_bin(a.etcd_bin.as_deref())?)
     } else {
@@ -56,9 +56,11 @@ pub async fn run(a: SizeArgs) -> anyhow::Result<()> {
     let (mut empty, mut loaded, mut idle_rows) = (Vec::new(), Vec::new(), Vec::new());
     for &t in &targets {
         let mut c = match t {
-            Target::Micro => Cluster::start_micro(micro.as_deref().context("micro")?, &data_root)
-                .await
-                .context("start the Micro cluster")?,
+            Target::Micro | Target::MicroAuthOff => {
+                Cluster::start_micro_as(t, micro.as_deref().context("micro")?, &data_root, 3)
+                    .await
+                    .with_context(|| format!("start the {} cluster", t.name()))?
+            }
             Target::Etcd => Cluster::start_etcd(etcd.as_deref().context("etcd")?, &data_root)
                 .await
                 .context("start the etcd cluster")?,
