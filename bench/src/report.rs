@@ -191,7 +191,7 @@ pub fn text_table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<17} {:>7}  {:<5} {:>9} {:>8} {:>8} {:>9} {:>10} {:>15} {:>6}  ratio",
+        "{:<17} {:>7}  {:<14} {:>9} {:>8} {:>8} {:>9} {:>10} {:>15} {:>6}  ratio",
         "workload",
         "clients",
         "target",
@@ -206,7 +206,7 @@ pub fn text_table(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<17} {:>7}  {:<5} {:>9.0} {:>8.2} {:>8.2} {:>9.2} {:>10} {:>15} {:>6}  ratio {}",
+            "{:<17} {:>7}  {:<14} {:>9.0} {:>8.2} {:>8.2} {:>9.2} {:>10} {:>15} {:>6}  ratio {}",
             r.workload.name(),
             r.clients,
             r.target.name(),
