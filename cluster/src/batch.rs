@@ -48,6 +48,8 @@ pub(crate) type Reply = oneshot::Sender<Result<(u64, Vec<Outcome>), Error>>;
 pub(crate) struct Pending {
     pub(crate) cmds: Vec<Command>,
     pub(crate) reply: Reply,
+    /// The client's request id, if it gave one (see `trace`).
+    pub(crate) request_id: Option<std::sync::Arc<str>>,
 }
 
 /// Queues `cmds` on a node's batcher and waits for their entry's index and outcomes.
@@ -57,7 +59,14 @@ pub(crate) async fn submit(
 ) -> Result<(u64, Vec<Outcome>), Error> {
     let (reply, rx) = oneshot::channel();
     let gone = || Error::Unavailable("the node is shutting down".into());
-    batcher.send(Pending { cmds, reply }).map_err(|_| gone())?;
+    let request_id = crate::trace::current();
+    batcher
+        .send(Pending {
+            cmds,
+            reply,
+            request_id,
+        })
+        .map_err(|_| gone())?;
     rx.await.map_err(|_| gone())?
 }
 
@@ -118,11 +127,14 @@ pub(crate) async fn run<P: Propose>(
         tokio::spawn(async move {
             let mut cmds = Vec::with_capacity(count);
             let mut groups = Vec::with_capacity(batch.len());
+            let mut ids: Vec<std::sync::Arc<str>> = Vec::new();
             for p in batch {
                 groups.push((p.cmds.len(), p.reply));
                 cmds.extend(p.cmds);
+                ids.extend(p.request_id);
             }
-            match node.propose(cmds).await {
+            let ids = (!ids.is_empty()).then(|| ids.join(",").into());
+            match crate::trace::scoped(ids, node.propose(cmds)).await {
                 Ok((index, outcomes)) if outcomes.len() == count => {
                     let mut outcomes = outcomes.into_iter();
                     for (n, reply) in groups {
@@ -166,6 +178,7 @@ mod tests {
         Pending {
             cmds,
             reply: oneshot::channel().0,
+            request_id: None,
         }
     }
 

@@ -25,6 +25,7 @@ mod peer;
 pub mod restore;
 pub mod snapshot;
 mod store;
+pub mod trace;
 pub mod watch;
 mod wire;
 

@@ -111,8 +111,11 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
 }
 
 fn build(db: &Db, dir: &std::path::Path) -> SResult<Snapshot<TypeConfig>> {
+    let started = std::time::Instant::now();
     let (bytes, meta) = snapshot_bytes(db)?;
     write_file_durably(&dir.join(SNAPSHOT_FILE), &bytes).map_err(snap_err)?;
+    metrics::histogram!("micro_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
+    metrics::gauge!("micro_snapshot_bytes").set(bytes.len() as f64);
     tracing::info!(snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
     Ok(Snapshot {
         meta,
@@ -185,6 +188,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let db = self.db.clone();
         let mut ov = Overlay::new(&*db);
         let first_revision = micro_state::revision(&ov).map_err(sm_read)? + 1;
@@ -216,6 +220,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (writes, feed) = ov.into_parts();
             self.db.commit_state(writes).map_err(sm_write)?;
             self.applied = Some(last);
+            metrics::histogram!("micro_apply_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("micro_apply_entries").record(out.len() as f64);
             // Nobody listening is fine: watchers read the persisted history when they start.
             let _ = self.feed.send(std::sync::Arc::new(crate::feed::Applied {
                 index: last.index,

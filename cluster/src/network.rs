@@ -74,12 +74,17 @@ impl Peer {
         msg: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let req = self.request(
+        let mut req = self.request(
             Payload {
                 data: codec::encode(msg),
             },
             timeout,
         );
+        if matches!(method, Method::Forward) {
+            if let Some(v) = crate::trace::current().and_then(|id| id.parse().ok()) {
+                req.metadata_mut().insert(crate::trace::HEADER, v);
+            }
+        }
         let mut c = self.client.clone();
         let fut = async {
             match method {

@@ -229,6 +229,11 @@ impl Node {
         }
     }
 
+    /// RocksDB's size figures: (column family, kind, bytes); see `micro_log::Db::sizes`.
+    pub fn disk_sizes(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.inner.db.sizes()
+    }
+
     /// The node's views (read-only), for reads after [`Node::read_barrier`].
     pub fn view(&self) -> &(impl micro_state::Read + Send + Sync) {
         &*self.inner.db
@@ -468,6 +473,12 @@ impl Node {
         payload: &P,
     ) -> Result<T, Option<ForwardError>> {
         let peer = self.inner.peer(addr).map_err(|_| None)?;
+        if matches!(method, Method::Forward) {
+            metrics::counter!("micro_forwarded_writes_total").increment(1);
+            if let Some(ids) = crate::trace::current() {
+                tracing::info!(request_id = %ids, leader = %addr, "forwarding a write to the leader");
+            }
+        }
         match peer
             .call::<_, Result<T, ForwardError>>(method, payload, REQUEST_DEADLINE)
             .await
@@ -633,13 +644,24 @@ impl Inner {
         &self,
         cmds: Vec<Command>,
     ) -> Result<(u64, Vec<Outcome>), ForwardError> {
+        let commands = cmds.len();
         let req = Request {
             time_ms: now_ms(),
             cmds,
         };
+        let started = std::time::Instant::now();
         match self.raft.client_write(req).await {
             // A rejected command is an outcome of its own: the others in the entry stand.
-            Ok(resp) => Ok((resp.log_id.index, resp.data)),
+            Ok(resp) => {
+                // Append, replicate to a quorum (each fsyncs), commit and apply on the leader.
+                metrics::histogram!("micro_proposal_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("micro_proposal_commands").record(commands as f64);
+                if let Some(ids) = crate::trace::current() {
+                    tracing::info!(request_id = %ids, index = resp.log_id.index, "write committed and applied");
+                }
+                Ok((resp.log_id.index, resp.data))
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(self.leader_hint(f.leader_id, f.leader_node))
             }

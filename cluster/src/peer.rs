@@ -124,6 +124,40 @@ impl<H: Handler> Peer for PeerService<H> {
     }
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let ids: Option<std::sync::Arc<str>> = req
+            .metadata()
+            .get(crate::trace::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(Into::into);
+        if let Some(ids) = &ids {
+            tracing::info!(request_id = %ids, "write forwarded by a follower");
+        }
+        crate::trace::scoped(ids, self.forward_here(req)).await
+    }
+
+    async fn read_index(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let res: Result<u64, ForwardError> = self.node.read_index_here().await;
+        reply(&res)
+    }
+
+    async fn membership(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let op: MembershipOp = decode(req.get_ref())?;
+        let res: Result<(), ForwardError> = self.node.change_here(op).await;
+        reply(&res)
+    }
+    async fn broker(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let d: crate::broker::Delivery = decode(req.get_ref())?;
+        reply(&self.node.deliver(&d))
+    }
+
+    async fn info(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        reply(&self.node.self_status())
+    }
+}
+
+impl<H: Handler> PeerService<H> {
+    /// A follower's write: proposed here through the batcher if this node leads.
+    async fn forward_here(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let cmds: Vec<micro_state::Command> = decode(req.get_ref())?;
         if !self.node.is_leader() {
             // Raft answers with the leader it knows, for the follower to retry there.
@@ -140,25 +174,5 @@ impl<H: Handler> Peer for PeerService<H> {
                 Err(e) => Err(ForwardError::Unavailable(e.to_string())),
             };
         reply(&res)
-    }
-
-    async fn read_index(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let res: Result<u64, ForwardError> = self.node.read_index_here().await;
-        reply(&res)
-    }
-
-    async fn membership(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let op: MembershipOp = decode(req.get_ref())?;
-        let res: Result<(), ForwardError> = self.node.change_here(op).await;
-        reply(&res)
-    }
-
-    async fn broker(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let d: crate::broker::Delivery = decode(req.get_ref())?;
-        reply(&self.node.deliver(&d))
-    }
-
-    async fn info(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        reply(&self.node.self_status())
     }
 }

@@ -74,6 +74,7 @@ impl Node {
         let (tx, rx) = mpsc::channel(64);
         let node = self.clone();
         tokio::spawn(async move {
+            let _open = crate::trace::Open::new("micro_watchers");
             if let Err(e) = follow(&node, &spec, next, live, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }

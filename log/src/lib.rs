@@ -292,6 +292,24 @@ impl Db {
         Ok(())
     }
 
+    /// RocksDB's own size figures per column family, for metrics: (family, kind, bytes) with
+    /// kind `sst` (table files), `memtable` and `live_estimate` (live data).
+    pub fn sizes(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        for cf in [CF_LOG, CF_STATE] {
+            for (kind, prop) in [
+                ("sst", "rocksdb.total-sst-files-size"),
+                ("memtable", "rocksdb.cur-size-all-mem-tables"),
+                ("live_estimate", "rocksdb.estimate-live-data-size"),
+            ] {
+                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(cf), prop) {
+                    out.push((cf, kind, v));
+                }
+            }
+        }
+        out
+    }
+
     /// Approximate bytes on disk, for status output.
     pub fn size_on_disk(&self) -> u64 {
         fn walk(p: &Path) -> u64 {

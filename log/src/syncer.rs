@@ -24,7 +24,11 @@ impl Syncer {
                     waiting.extend(rx.try_iter());
                     // Every write that precedes a queued callback is in the WAL already, so
                     // this one fsync makes all of them durable.
+                    let started = std::time::Instant::now();
                     let res = db.flush_wal(true).map_err(|e| e.into_string());
+                    metrics::histogram!("micro_log_fsync_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("micro_log_fsync_waiters").record(waiting.len() as f64);
                     for done in waiting {
                         done(res.clone());
                     }

@@ -805,6 +805,13 @@ fn grpc_request(headers: &axum::http::HeaderMap, body: Bytes) -> tonic::Request<
     {
         md.insert(crate::auth::NAMESPACE_HEADER, v);
     }
+    if let Some(v) = headers
+        .get(micro_cluster::trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok())
+    {
+        md.insert(micro_cluster::trace::HEADER, v);
+    }
     req
 }
 

@@ -16,5 +16,8 @@ pub mod cli;
 pub mod errors;
 pub mod gateway;
 pub mod grpc;
+pub mod health;
+pub mod metrics;
+pub mod observe;
 pub mod server;
 pub mod upstream;

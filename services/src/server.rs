@@ -55,6 +55,7 @@ pub async fn run(
         eprintln!("micro: WARNING: auth is disabled; every local request acts as an admin");
     }
     let node = Node::start(node_cfg.clone()).await?;
+    crate::metrics::start(&node);
     let authn = crate::auth::Authenticator::new(node.clone(), cfg.auth_disabled);
     let upstreams = crate::upstream::Upstreams::new(node.clone());
     let mut cli_addr = grpc_addr;
@@ -90,6 +91,12 @@ pub async fn run(
         let svc_sync = crate::grpc::sync::SyncService::server(node.clone());
         let (svc_auth, svc_accounts, svc_rules) =
             crate::grpc::auth::AuthService::servers(node.clone(), authn.clone());
+        let (reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(crate::health::report(node.clone(), reporter));
+        let svc_health = crate::health::HealthRoute {
+            own: health,
+            proxy: crate::upstream::Proxy(upstreams.clone()),
+        };
         let front_errors = crate::grpc::front_errors::FrontErrors::new();
         let auth_layer = crate::auth::AuthLayer::new(authn.clone());
         let routes = tonic::service::Routes::new(svc_store)
@@ -103,7 +110,8 @@ pub async fn run(
             .add_service(svc_sync)
             .add_service(svc_auth)
             .add_service(svc_accounts)
-            .add_service(svc_rules);
+            .add_service(svc_rules)
+            .add_service(svc_health);
         // Calls for services this node does not host go to their registered nodes.
         let routes = tonic::service::Routes::from(
             routes
@@ -114,6 +122,7 @@ pub async fn run(
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                .layer(crate::observe::GrpcObserve)
                 .layer(front_errors)
                 .layer(auth_layer)
                 .add_routes(routes)
@@ -123,7 +132,10 @@ pub async fn run(
         })
     };
     let http = {
-        let router = Gateway::new(grpc_addr, authn.clone(), upstreams.clone())?.router();
+        let router = Gateway::new(grpc_addr, authn.clone(), upstreams.clone())?
+            .router()
+            .merge(crate::health::routes(node.clone()))
+            .layer(axum::middleware::from_fn(crate::observe::http));
         let stop = wait(stop_rx.clone());
         tokio::spawn(async move {
             use axum::serve::ListenerExt;

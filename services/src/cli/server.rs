@@ -50,17 +50,31 @@ pub(super) struct ServerArgs {
     /// --grpc/--http addresses; for local experiments, never for a shared machine
     #[arg(long, env = "MICRO_AUTH_DISABLED", value_parser = clap::builder::BoolishValueParser::new())]
     auth_disabled: bool,
+    /// Log lines on stderr as `text` or `json` (one object a line, for log shippers); the
+    /// level is MICRO_LOG (e.g. `debug`, `info,micro_cluster=debug`)
+    #[arg(long, env = "MICRO_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
-fn init_logging() {
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
     });
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => fmt.json().with_current_span(false).init(),
+    }
 }
 
 pub(super) const TOKEN_FILE: &str = "cluster-token";
@@ -112,7 +126,7 @@ fn resolve_token(args: &ServerArgs, multi: bool) -> anyhow::Result<String> {
 pub(super) async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     // First of all, so that no signal can arrive before the handlers are in place.
     let shutdown = shutdown_signal();
-    init_logging();
+    init_logging(args.log_format);
     let initial = NodeConfig::parse_initial_cluster(&args.initial_cluster)
         .map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?;
     let token = resolve_token(&args, initial.len() > 1 || args.join.is_some())?;

@@ -461,13 +461,18 @@ async fn consume(
             s,
         ))
     });
+    let open = micro_cluster::trace::Open::new("micro_consumers");
     if req.group.is_empty() {
         tokio::spawn(async move {
             follow(node, req, start, tx).await;
             end_acks(acks).await;
+            drop(open);
         });
     } else {
-        tokio::spawn(follow_group(node, req, start, tx, acks));
+        tokio::spawn(async move {
+            follow_group(node, req, start, tx, acks).await;
+            drop(open);
+        });
     }
     let mut resp =
         Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as EventStream);

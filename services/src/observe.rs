@@ -1,0 +1,182 @@
+//! What every request leaves behind: request counts and latency (Prometheus, see `metrics`),
+//! and, for a request that carries `x-request-id`, log lines on every node it touches (see
+//! `micro_cluster::trace`) plus the id echoed in the response.
+//!
+//! One tower layer outermost on the gRPC port (so it sees the answers of auth and of the
+//! error mapper too) and one axum middleware on the HTTP port.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use micro_cluster::trace;
+use tonic::codegen::BoxFuture;
+
+/// The gRPC method as a metrics label: Micro's own by path, users' services as `proxy` (their
+/// method names are unbounded).
+fn grpc_method(path: &str) -> String {
+    let service = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .map_or("", |(s, _)| s);
+    let pkg = service.rsplit_once('.').map_or(service, |(p, _)| p);
+    if micro_proto::PUBLIC_PACKAGES.contains(&pkg) || pkg.starts_with("grpc.") {
+        path.to_string()
+    } else {
+        "proxy".to_string()
+    }
+}
+
+/// The request id a request carries, if any (at most 128 visible ASCII characters).
+fn request_id(headers: &http::HeaderMap) -> Option<Arc<str>> {
+    let v = headers.get(trace::HEADER)?.to_str().ok()?;
+    (!v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())).then(|| v.into())
+}
+
+/// The tower layer observing the gRPC port.
+#[derive(Clone, Copy, Default)]
+pub struct GrpcObserve;
+
+impl<S> tower::Layer<S> for GrpcObserve {
+    type Service = GrpcObserveService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcObserveService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcObserveService<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for GrpcObserveService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let method = grpc_method(req.uri().path());
+        let id = request_id(req.headers());
+        if let Some(id) = &id {
+            tracing::info!(request_id = %id, method = %method, "request");
+        }
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = trace::scoped(id.clone(), fut).await?;
+            // Errors are trailers-only responses (the status is in the headers); a status
+            // sent after a body (a stream that fails midway) counts as the OK it started as.
+            let code = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(0);
+            let code = tonic::Code::from_i32(code);
+            let secs = started.elapsed().as_secs_f64();
+            metrics::counter!(
+                "micro_grpc_requests_total",
+                "method" => method.clone(),
+                "code" => format!("{code:?}")
+            )
+            .increment(1);
+            metrics::histogram!("micro_grpc_request_seconds", "method" => method.clone())
+                .record(secs);
+            if let Some(id) = id {
+                tracing::info!(request_id = %id, method = %method, code = ?code, seconds = secs, "response");
+                if let Ok(v) = id.parse() {
+                    resp.headers_mut().insert(trace::HEADER, v);
+                }
+            }
+            Ok(resp)
+        })
+    }
+}
+
+/// The HTTP route as a metrics label: the first path segment for Micro's own routes, `service`
+/// for users' services (one label, whatever their names).
+fn http_route(path: &str) -> &'static str {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    const OWN: &[&str] = &[
+        "", "metrics", "health", "ui", "rpc", "store", "events", "broker", "registry", "config",
+        "auth", "cluster", "lease", "sync", "stream",
+    ];
+    OWN.iter()
+        .find(|r| **r == first)
+        .copied()
+        .unwrap_or("service")
+}
+
+/// The axum middleware observing the HTTP port.
+pub async fn http(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = Instant::now();
+    let route = http_route(req.uri().path());
+    let id = request_id(req.headers());
+    if let Some(id) = &id {
+        tracing::info!(request_id = %id, path = %req.uri().path(), "http request");
+    }
+    let mut resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let secs = started.elapsed().as_secs_f64();
+    metrics::counter!(
+        "micro_http_requests_total",
+        "route" => route,
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!("micro_http_request_seconds", "route" => route).record(secs);
+    if let Some(id) = id {
+        tracing::info!(request_id = %id, status, seconds = secs, "http response");
+        if let Ok(v) = id.parse() {
+            resp.headers_mut().insert(trace::HEADER, v);
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_stay_bounded() {
+        assert_eq!(grpc_method("/store.Store/Read"), "/store.Store/Read");
+        assert_eq!(
+            grpc_method("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        assert_eq!(grpc_method("/greeter.Say/Hello"), "proxy");
+        assert_eq!(grpc_method("garbage"), "proxy");
+        assert_eq!(http_route("/store/read"), "store");
+        assert_eq!(http_route("/metrics"), "metrics");
+        assert_eq!(http_route("/"), "");
+        assert_eq!(http_route("/greeter/say/hello"), "service");
+    }
+
+    #[test]
+    fn request_ids_are_short_visible_ascii() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(request_id(&h), None);
+        h.insert(trace::HEADER, "abc-123".parse().unwrap());
+        assert_eq!(request_id(&h).as_deref(), Some("abc-123"));
+        h.insert(trace::HEADER, "a b".parse().unwrap());
+        assert_eq!(request_id(&h), None);
+        h.insert(trace::HEADER, "x".repeat(129).parse().unwrap());
+        assert_eq!(request_id(&h), None);
+    }
+}
