@@ -253,6 +253,8 @@ pub enum Target {
     /// Micro with `--auth-disabled`: the same run's baseline for what auth costs (its rows'
     /// ratio is Micro / this).
     MicroAuthOff,
+    /// Micro with `--metrics-disabled`: the baseline for what recording metrics costs.
+    MicroMetricsOff,
 }
 
 impl Target {
@@ -261,12 +263,22 @@ impl Target {
             Target::Micro => "micro",
             Target::Etcd => "etcd",
             Target::MicroAuthOff => "micro-auth-off",
+            Target::MicroMetricsOff => "micro-metrics-off",
         }
     }
 
     /// A Micro cluster, whatever its flags.
     pub fn is_micro(self) -> bool {
-        matches!(self, Target::Micro | Target::MicroAuthOff)
+        self == Target::Micro || self.variant_flag().is_some()
+    }
+
+    /// For a Micro variant (a baseline Micro is compared with), the server flag that makes it.
+    pub fn variant_flag(self) -> Option<&'static str> {
+        match self {
+            Target::MicroAuthOff => Some("--auth-disabled"),
+            Target::MicroMetricsOff => Some("--metrics-disabled"),
+            Target::Micro | Target::Etcd => None,
+        }
     }
 }
 

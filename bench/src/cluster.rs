@@ -111,9 +111,7 @@ impl Cluster {
                 "--initial-cluster".into(),
                 initial.clone(),
             ];
-            if target == Target::MicroAuthOff {
-                args.push("--auth-disabled".into());
-            }
+            args.extend(target.variant_flag().map(String::from));
             let log = dir.path().join(format!("node{id}.log"));
             let config_dir = dir.path().join("config").display().to_string();
             let env = [("MICRO_CONFIG_DIR", config_dir.as_str())];
@@ -312,7 +310,7 @@ impl Cluster {
     pub async fn watch(&self, i: usize, prefix: &str) -> anyhow::Result<Watcher> {
         let addr = self.addr_for_worker(i).to_string();
         Ok(match self.target {
-            Target::Micro | Target::MicroAuthOff => {
+            Target::Micro | Target::MicroAuthOff | Target::MicroMetricsOff => {
                 let opts = micro::store::WatchOptions {
                     prefix: true,
                     ..Default::default()
@@ -415,7 +413,7 @@ fn registry_node(s: u64, n: u64) -> (String, String) {
 impl Conn {
     pub async fn open(target: Target, addr: String) -> anyhow::Result<Conn> {
         Ok(match target {
-            Target::Micro | Target::MicroAuthOff => {
+            Target::Micro | Target::MicroAuthOff | Target::MicroMetricsOff => {
                 let c = micro_testkit::auth::connect(&addr)
                     .await
                     .with_context(|| format!("connect to Micro at {addr}"))?;

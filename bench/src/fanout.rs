@@ -39,7 +39,7 @@ enum Handle {
 
 async fn open(target: Target, addr: &str) -> anyhow::Result<Handle> {
     Ok(match target {
-        Target::Micro | Target::MicroAuthOff => {
+        Target::Micro | Target::MicroAuthOff | Target::MicroMetricsOff => {
             Handle::Micro(micro_testkit::auth::connect(addr).await?)
         }
         Target::Etcd => Handle::Etcd(

@@ -294,7 +294,7 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
     for t in &targets {
         let t0 = Instant::now();
         let c = match t {
-            Target::Micro | Target::MicroAuthOff => {
+            Target::Micro | Target::MicroAuthOff | Target::MicroMetricsOff => {
                 Cluster::start_micro_as(*t, micro.as_deref().context("micro")?, &data_root, 3)
                     .await
                     .with_context(|| format!("start the {} cluster", t.name()))?

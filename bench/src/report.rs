@@ -141,27 +141,21 @@ pub fn per_1k(cpu: Option<f64>, ops: u64) -> Option<f64> {
 }
 
 /// Fills `ratio` on every row of each (workload, clients) cell: Micro ops/s / etcd ops/s on
-/// the Micro and etcd rows, Micro ops/s / its ops/s on a `micro-auth-off` row (what auth
-/// costs: 0.95 = auth on does 95 % of the work).
+/// the Micro and etcd rows, Micro ops/s / its ops/s on a variant's row (`micro-auth-off`,
+/// `micro-metrics-off`: what auth or metrics cost; 0.95 = Micro does 95 % of the work).
 pub fn fill_ratios(rows: &mut [Row]) {
-    // (workload, clients) -> (Micro, etcd, Micro without auth) ops/s
-    type Cell = (Option<f64>, Option<f64>, Option<f64>);
-    let mut by_cell: BTreeMap<(&str, usize), Cell> = BTreeMap::new();
+    let mut by_cell: BTreeMap<(&str, usize, Target), f64> = BTreeMap::new();
     for r in rows.iter() {
-        let e = by_cell.entry((r.workload.name(), r.clients)).or_default();
-        match r.target {
-            Target::Micro => e.0 = Some(r.ops_per_sec),
-            Target::Etcd => e.1 = Some(r.ops_per_sec),
-            Target::MicroAuthOff => e.2 = Some(r.ops_per_sec),
-        }
+        by_cell.insert((r.workload.name(), r.clients, r.target), r.ops_per_sec);
     }
     for r in rows.iter_mut() {
-        let (micro, etcd, auth_off) = by_cell[&(r.workload.name(), r.clients)];
-        let base = match r.target {
-            Target::MicroAuthOff => auth_off,
-            _ => etcd,
+        let at = |t| by_cell.get(&(r.workload.name(), r.clients, t)).copied();
+        let base = if r.target.variant_flag().is_some() {
+            at(r.target)
+        } else {
+            at(Target::Etcd)
         };
-        r.ratio = match (micro, base) {
+        r.ratio = match (at(Target::Micro), base) {
             (Some(m), Some(b)) if b > 0.0 => Some(m / b),
             _ => None,
         };
@@ -226,7 +220,7 @@ pub fn text_table(rows: &[Row]) -> String {
 /// The Markdown table.
 pub fn markdown_table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| workload | clients | target | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU s / 1k ops | bench CPU s / 1k ops | peak RSS MiB (n1/n2/n3) | errors | ratio (Micro/etcd; on micro-auth-off rows Micro/that) |\n\
+        "| workload | clients | target | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU s / 1k ops | bench CPU s / 1k ops | peak RSS MiB (n1/n2/n3) | errors | ratio (Micro/etcd; on a micro-*-off row Micro/that) |\n\
          |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {

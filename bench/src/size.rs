@@ -56,7 +56,7 @@ pub async fn run(a: SizeArgs) -> anyhow::Result<()> {
     let (mut empty, mut loaded, mut idle_rows) = (Vec::new(), Vec::new(), Vec::new());
     for &t in &targets {
         let mut c = match t {
-            Target::Micro | Target::MicroAuthOff => {
+            Target::Micro | Target::MicroAuthOff | Target::MicroMetricsOff => {
                 Cluster::start_micro_as(t, micro.as_deref().context("micro")?, &data_root, 3)
                     .await
                     .with_context(|| format!("start the {} cluster", t.name()))?

@@ -132,6 +132,8 @@ enum Cmd {
     Logout,
     /// Who the CLI is logged in as
     User,
+    /// The web dashboard's address, signed in as you: open it in a browser
+    Dashboard,
     /// Named servers and their credentials: list, set, add, del
     Env {
         #[command(subcommand)]
@@ -199,6 +201,7 @@ pub fn main() -> ExitCode {
             Cmd::Login(args) => auth::login(t, cli.output, args).await,
             Cmd::Logout => auth::logout(t),
             Cmd::User => auth::user(t, cli.output).await,
+            Cmd::Dashboard => auth::dashboard(t, cli.output).await,
             Cmd::Env { cmd } => auth::env(t, cli.output, cmd),
             Cmd::Auth { cmd } => auth::auth(t, cli.output, cmd).await,
             Cmd::Call {

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod dashboard;
 pub mod errors;
 pub mod gateway;
 pub mod grpc;

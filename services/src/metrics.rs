@@ -51,8 +51,15 @@ const RECORDED: &[(&str, &str)] = &[
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Turns recording off for this process (`micro server --metrics-disabled`): every record
+/// through the facade is then a no-op, and `/metrics` has only the scrape-time metrics.
+/// Call before [`start`].
+pub fn disable() {
+    let _ = HANDLE.set(None);
+}
+
 /// The process's Prometheus recorder, installed on first use (None if another recorder got
-/// there first, as in tests that run several nodes in one process).
+/// there first, as in tests that run several nodes in one process, or if disabled).
 fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {

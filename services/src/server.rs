@@ -135,6 +135,7 @@ pub async fn run(
         let router = Gateway::new(grpc_addr, authn.clone(), upstreams.clone())?
             .router()
             .merge(crate::health::routes(node.clone()))
+            .merge(crate::dashboard::routes())
             .layer(axum::middleware::from_fn(crate::observe::http));
         let stop = wait(stop_rx.clone());
         tokio::spawn(async move {

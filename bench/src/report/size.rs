@@ -67,13 +67,13 @@ pub fn fill_size_ratios(rows: &mut [SizeRow]) {
         match r.target {
             Target::Micro => e.0 = Some(r.mean_allocated_bytes),
             Target::Etcd => e.1 = Some(r.mean_allocated_bytes),
-            // Auth changes nothing on disk worth a ratio of its own.
-            Target::MicroAuthOff => {}
+            // A variant's flag changes nothing on disk worth a ratio of its own.
+            Target::MicroAuthOff | Target::MicroMetricsOff => {}
         }
     }
     for r in rows.iter_mut() {
         r.ratio = match by_when[&r.when] {
-            _ if r.target == Target::MicroAuthOff => None,
+            _ if r.target.variant_flag().is_some() => None,
             (Some(m), Some(e)) if e > 0.0 => Some(m / e),
             _ => None,
         };

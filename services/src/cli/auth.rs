@@ -324,6 +324,33 @@ pub(super) async fn user(t: &Target, out: Output) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `micro dashboard`: the node's dashboard URL with a fresh access token in its fragment (the
+/// page moves it into a cookie and out of the address bar at once).
+pub(super) async fn dashboard(t: &Target, out: Output) -> anyhow::Result<ExitCode> {
+    let client = t.connect().await?;
+    let status = client.cluster_status().await?;
+    let http = status
+        .members
+        .iter()
+        .find(|m| m.id == status.node_id)
+        .map(|m| m.http_address.clone())
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!("node {} did not report its HTTP address", status.node_id)
+        })?;
+    let token = client.token().access_token;
+    let url = if token.is_empty() {
+        format!("http://{http}/")
+    } else {
+        format!("http://{http}/#/cluster?token={token}")
+    };
+    match out {
+        Output::Json => print_json(&serde_json::json!({ "url": url })),
+        Output::Table => println!("{url}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) fn env(t: &Target, out: Output, cmd: Option<EnvCmd>) -> anyhow::Result<ExitCode> {
     let mut envs = Envs::load(&t.dir)?;
     match cmd {

@@ -54,6 +54,10 @@ pub(super) struct ServerArgs {
     /// level is MICRO_LOG (e.g. `debug`, `info,micro_cluster=debug`)
     #[arg(long, env = "MICRO_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Record no request, proposal or fsync metrics (`/metrics` keeps the Raft state and
+    /// sizes read when scraped); for measuring what recording costs
+    #[arg(long, env = "MICRO_METRICS_DISABLED", value_parser = clap::builder::BoolishValueParser::new())]
+    metrics_disabled: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -127,6 +131,9 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     // First of all, so that no signal can arrive before the handlers are in place.
     let shutdown = shutdown_signal();
     init_logging(args.log_format);
+    if args.metrics_disabled {
+        crate::metrics::disable();
+    }
     let initial = NodeConfig::parse_initial_cluster(&args.initial_cluster)
         .map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?;
     let token = resolve_token(&args, initial.len() > 1 || args.join.is_some())?;

@@ -399,11 +399,26 @@ impl pb::stream_server::Stream for EventsService {
         let caller = Caller::of(&req);
         self.node.read_barrier(true).await.map_err(status)?;
         let topics = view::topics(self.node.view()).map_err(|e| status(e.into()))?;
+        let mut groups: BTreeMap<String, Vec<pb::GroupStatus>> = BTreeMap::new();
+        for (topic, name, g) in view::groups(self.node.view()).map_err(|e| status(e.into()))? {
+            let last = topics
+                .iter()
+                .find(|(t, _)| *t == topic)
+                .map_or(0, |(_, m)| m.last_seq);
+            groups.entry(topic).or_default().push(pb::GroupStatus {
+                name,
+                cursor: g.cursor,
+                pending: g.pending.len() as u64,
+                lag: (last + 1).saturating_sub(g.cursor),
+                dead: g.dead,
+            });
+        }
         Ok(Response::new(pb::TopicsResponse {
             topics: topics
                 .iter()
-                .filter_map(|(stored, m)| Some((caller.owns(stored)?, m)))
-                .map(|(name, m)| pb::Topic {
+                .filter_map(|(stored, m)| Some((stored, caller.owns(stored)?, m)))
+                .map(|(stored, name, m)| pb::Topic {
+                    groups: groups.remove(stored.as_str()).unwrap_or_default(),
                     name: name.to_string(),
                     first_sequence: m.first_seq,
                     last_sequence: m.last_seq,
