@@ -32,19 +32,35 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
+/// A GET-only route: another method gets a 405 in Micro's JSON, before its body is read (so
+/// it also says `Connection: close`, as every such early answer of the gateway does).
+pub(crate) fn get_only<H, T>(handler: H) -> axum::routing::MethodRouter
+where
+    H: axum::handler::Handler<T, ()>,
+    T: 'static,
+{
+    get(handler).fallback(|| async {
+        crate::gateway::error_closing(
+            "micro.gateway",
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is served here",
+        )
+    })
+}
+
 /// `/`, `/ui/app.js`, `/ui/app.css`.
 pub fn routes() -> axum::Router {
     axum::Router::new()
         .route(
             "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+            get_only(|| async { asset("text/html; charset=utf-8", INDEX) }),
         )
         .route(
             "/ui/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+            get_only(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
         )
         .route(
             "/ui/app.css",
-            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+            get_only(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
         )
 }

@@ -125,7 +125,7 @@ fn error(id: &str, status: StatusCode, detail: impl AsRef<str>) -> Response {
 /// it the server closed the connection silently after answering, and a client that reused
 /// it from its pool (reqwest does) failed its next request with "connection closed before
 /// message completed" (found by the hostile-client test).
-fn error_closing(id: &str, status: StatusCode, detail: impl AsRef<str>) -> Response {
+pub(crate) fn error_closing(id: &str, status: StatusCode, detail: impl AsRef<str>) -> Response {
     let mut r = error(id, status, detail);
     r.headers_mut().insert(
         axum::http::header::CONNECTION,

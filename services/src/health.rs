@@ -167,7 +167,7 @@ where
 
 /// `/metrics`, `/health` and `/health/ready` on the HTTP port: no token needed.
 pub fn routes(node: Node) -> axum::Router {
-    use axum::routing::get;
+    use crate::dashboard::get_only as get;
     let for_metrics = node.clone();
     let for_ready = node.clone();
     axum::Router::new()
