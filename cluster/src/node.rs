@@ -650,7 +650,23 @@ impl Inner {
             cmds,
         };
         let started = std::time::Instant::now();
-        match self.raft.client_write(req).await {
+        let span = if crate::trace::spans_on() {
+            let ids = crate::trace::current();
+            tracing::info_span!(
+                "propose",
+                commands,
+                request_id = ids.as_deref().unwrap_or(""),
+                index = tracing::field::Empty
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let written =
+            tracing::Instrument::instrument(self.raft.client_write(req), span.clone()).await;
+        if let Ok(resp) = &written {
+            span.record("index", resp.log_id.index);
+        }
+        match written {
             // A rejected command is an outcome of its own: the others in the entry stand.
             Ok(resp) => {
                 // Append, replicate to a quorum (each fsyncs), commit and apply on the leader.

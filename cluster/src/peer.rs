@@ -132,7 +132,13 @@ impl<H: Handler> Peer for PeerService<H> {
         if let Some(ids) = &ids {
             tracing::info!(request_id = %ids, "write forwarded by a follower");
         }
-        crate::trace::scoped(ids, self.forward_here(req)).await
+        let span = if crate::trace::spans_on() {
+            tracing::info_span!("forwarded_write", request_id = ids.as_deref().unwrap_or(""))
+        } else {
+            tracing::Span::none()
+        };
+        tracing::Instrument::instrument(crate::trace::scoped(ids, self.forward_here(req)), span)
+            .await
     }
 
     async fn read_index(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {

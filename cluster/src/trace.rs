@@ -8,6 +8,20 @@
 
 use std::sync::Arc;
 
+/// Whether spans are made for requests, proposals and forwards (only when something exports
+/// them: `micro server --otlp-endpoint`); without, the request path makes none.
+static SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns span making on (once an exporter is installed).
+pub fn enable_spans() {
+    SPANS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether spans are on.
+pub fn spans_on() -> bool {
+    SPANS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The metadata (and HTTP header) carrying a request id.
 pub const HEADER: &str = "x-request-id";
 

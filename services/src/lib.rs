@@ -20,5 +20,6 @@ pub mod grpc;
 pub mod health;
 pub mod metrics;
 pub mod observe;
+pub mod otel;
 pub mod server;
 pub mod upstream;

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use micro_cluster::trace;
 use tonic::codegen::BoxFuture;
+use tracing::Instrument;
 
 /// The gRPC method as a metrics label: Micro's own by path, users' services as `proxy` (their
 /// method names are unbounded).
@@ -73,9 +74,21 @@ where
         if let Some(id) = &id {
             tracing::info!(request_id = %id, method = %method, "request");
         }
-        let fut = self.inner.call(req);
+        let span = if trace::spans_on() {
+            tracing::info_span!(
+                "grpc",
+                method = %method,
+                request_id = id.as_deref().unwrap_or(""),
+                code = tracing::field::Empty
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let fut = span.in_scope(|| self.inner.call(req));
         Box::pin(async move {
-            let mut resp = trace::scoped(id.clone(), fut).await?;
+            let mut resp = trace::scoped(id.clone(), fut)
+                .instrument(span.clone())
+                .await?;
             // Errors are trailers-only responses (the status is in the headers); a status
             // sent after a body (a stream that fails midway) counts as the OK it started as.
             let code = resp
@@ -85,6 +98,7 @@ where
                 .and_then(|v| v.parse::<i32>().ok())
                 .unwrap_or(0);
             let code = tonic::Code::from_i32(code);
+            span.record("code", tracing::field::debug(code));
             let secs = started.elapsed().as_secs_f64();
             metrics::counter!(
                 "micro_grpc_requests_total",
@@ -130,8 +144,20 @@ pub async fn http(
     if let Some(id) = &id {
         tracing::info!(request_id = %id, path = %req.uri().path(), "http request");
     }
-    let mut resp = next.run(req).await;
+    let span = if trace::spans_on() {
+        tracing::info_span!(
+            "http",
+            method = %req.method(),
+            path = %req.uri().path(),
+            request_id = id.as_deref().unwrap_or(""),
+            status = tracing::field::Empty
+        )
+    } else {
+        tracing::Span::none()
+    };
+    let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
+    span.record("status", status);
     let secs = started.elapsed().as_secs_f64();
     metrics::counter!(
         "micro_http_requests_total",

@@ -8,6 +8,8 @@ use micro_tests::{eventually, TestCluster};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const LONG: Duration = Duration::from_secs(30);
+/// One cluster at a time: the leader-change test measures an election against a 5 s bound.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `promtool check metrics` on `text` (Debian's `prometheus` package, installed by
 /// scripts/deps): any lint problem fails.
@@ -87,6 +89,7 @@ fn signal(c: &TestCluster, id: u64, sig: &str) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_request_ids_on_three_nodes() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let mut c = TestCluster::start(3).await?;
     let leader = c.wait_leader(LONG).await?;
     let follower = (1..=3).find(|i| *i != leader).expect("a follower");
@@ -257,6 +260,70 @@ async fn metrics_health_and_request_ids_on_three_nodes() -> anyhow::Result<()> {
     // Together again, it is ready again.
     eventually("ready again", LONG, || async {
         Ok(ready(&c, alone).await.ok().filter(|(code, _)| *code == 200))
+    })
+    .await?;
+    Ok(())
+}
+
+/// With `--otlp-endpoint`, requests, a follower's forward and the leader's proposal reach an
+/// OpenTelemetry collector (a stand-in here: it keeps the OTLP/HTTP bodies it is sent) as
+/// spans carrying the caller's request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_collector() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    use std::sync::{Arc, Mutex};
+    let bodies: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let sink = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: bytes::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().expect("bodies").extend_from_slice(&body);
+                // An empty ExportTraceServiceResponse.
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let collector = format!("http://{}/v1/traces", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut c = TestCluster::new(3).with_args(&["--otlp-endpoint", &collector]);
+    for id in 1..=3 {
+        c.spawn(id)?;
+    }
+    let leader = c.wait_leader(LONG).await?;
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    let token = c.admin_token().await?;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/store/write", c.spec(follower).http))
+        .bearer_auth(&token)
+        .header("x-request-id", "otlp-span-7")
+        .json(&serde_json::json!({"record": {"key": "spanned", "value": "aGk="}}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    // Spans are batched (every 5 s by default): wait for the ones of each kind to arrive.
+    // Protobuf keeps strings as they are, so the names and the id are found in the bytes.
+    let has = |needle: &str| {
+        let b = bodies.lock().expect("bodies");
+        b.windows(needle.len()).any(|w| w == needle.as_bytes())
+    };
+    eventually("spans at the collector", LONG, || async {
+        Ok([
+            "otlp-span-7",
+            "forwarded_write",
+            "propose",
+            "/store.Store/Write",
+            "micro.node_id",
+        ]
+        .iter()
+        .all(|n| has(n))
+        .then_some(()))
     })
     .await?;
     Ok(())

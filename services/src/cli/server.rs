@@ -58,6 +58,10 @@ pub(super) struct ServerArgs {
     /// sizes read when scraped); for measuring what recording costs
     #[arg(long, env = "MICRO_METRICS_DISABLED", value_parser = clap::builder::BoolishValueParser::new())]
     metrics_disabled: bool,
+    /// Export a span per request, forwarded write and proposal to this OpenTelemetry collector
+    /// (OTLP over HTTP/protobuf, e.g. http://127.0.0.1:4318/v1/traces); none by default
+    #[arg(long, env = "MICRO_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -66,19 +70,41 @@ enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr as `format`, and spans to an OTLP collector if given one.
+fn init_logging(
+    format: LogFormat,
+    otlp: Option<&str>,
+    node_id: u64,
+) -> anyhow::Result<Option<crate::otel::Export>> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
     });
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => fmt
+    let text = matches!(format, LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => fmt.json().with_current_span(false).init(),
-    }
+    });
+    let json = matches!(format, LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+    });
+    let (otel, export) = match otlp {
+        Some(endpoint) => {
+            let (layer, export) = crate::otel::layer(endpoint, node_id)?;
+            (Some(layer), Some(export))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otel)
+        .init();
+    Ok(export)
 }
 
 pub(super) const TOKEN_FILE: &str = "cluster-token";
@@ -130,7 +156,7 @@ fn resolve_token(args: &ServerArgs, multi: bool) -> anyhow::Result<String> {
 pub(super) async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     // First of all, so that no signal can arrive before the handlers are in place.
     let shutdown = shutdown_signal();
-    init_logging(args.log_format);
+    let export = init_logging(args.log_format, args.otlp_endpoint.as_deref(), args.node_id)?;
     if args.metrics_disabled {
         crate::metrics::disable();
     }
@@ -155,7 +181,12 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         auth_disabled: args.auth_disabled,
         config_dir: micro::env::config_dir(),
     };
-    crate::server::run(cfg, shutdown).await?;
+    let res = crate::server::run(cfg, shutdown).await;
+    if let Some(export) = export {
+        // Flushes the last spans (a blocking call: off the async threads).
+        let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
+    }
+    res?;
     Ok(ExitCode::SUCCESS)
 }
 
