@@ -321,6 +321,19 @@ impl Workload {
         }
     }
 
+    /// The gRPC method of Micro's that the workload's requests (mostly) are, for the stage
+    /// breakdown.
+    pub fn grpc_method(self) -> Option<&'static str> {
+        match self {
+            Workload::Put | Workload::PutWatched => Some("/store.Store/Write"),
+            Workload::Get | Workload::GetSerializable | Workload::Mixed => {
+                Some("/store.Store/Read")
+            }
+            Workload::RegistryGet => Some("/registry.Registry/GetService"),
+            Workload::Lock | Workload::LockContended => Some("/sync.Sync/Lock"),
+        }
+    }
+
     /// Whether the workload reads keys that must exist (so the key space is preloaded).
     pub fn reads(self) -> bool {
         matches!(
@@ -346,6 +359,10 @@ pub struct CompareArgs {
     /// Concurrent closed-loop clients per cell, comma separated (client i talks to node i % 3)
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     pub clients: Vec<usize>,
+    /// Connections the clients share per node, comma separated: 0 gives every client its
+    /// own; N multiplexes the clients of a node over N channels (how services share a client)
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub conns: Vec<usize>,
     /// Size of the key space (keys 0..N, zero padded to --key-size)
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,

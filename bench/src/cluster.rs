@@ -296,6 +296,26 @@ impl Cluster {
         &self.nodes[i % self.nodes.len()].addr
     }
 
+    /// A connection for each worker, worker `i` to node `i % 3`: its own when `per_node` is 0,
+    /// else one of `per_node` channels to that node, shared round-robin with the node's other
+    /// workers.
+    pub async fn connect_shared(
+        &self,
+        workers: usize,
+        per_node: usize,
+    ) -> anyhow::Result<Vec<Conn>> {
+        if per_node == 0 {
+            return self.connect(workers).await;
+        }
+        let nodes = self.nodes.len();
+        let shared = self.connect(nodes * per_node).await?;
+        // shared[j] is on node j % nodes; worker i (node i % nodes) takes the
+        // ((i / nodes) % per_node)-th channel of its node.
+        Ok((0..workers)
+            .map(|i| shared[(i % nodes) + nodes * ((i / nodes) % per_node)].clone())
+            .collect())
+    }
+
     /// One connection per worker, worker `i` to node `i % 3`.
     pub async fn connect(&self, workers: usize) -> anyhow::Result<Vec<Conn>> {
         let conns = futures::future::join_all(
@@ -392,6 +412,7 @@ async fn channel(addr: &str) -> anyhow::Result<Channel> {
 /// One worker's connection to one node.
 // One Conn per worker, made once: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
 pub enum Conn {
     Micro(micro::Store, micro::Registry, micro::Client),
     Etcd(pb::kv_client::KvClient<Channel>, Channel),

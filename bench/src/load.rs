@@ -24,6 +24,8 @@ pub fn new_histogram() -> Histogram<u64> {
 pub struct Cell {
     pub workload: Workload,
     pub clients: usize,
+    /// Connections per node the clients share (0: one per client).
+    pub conns: usize,
     pub warmup: Duration,
     pub duration: Duration,
     pub keys: u64,
@@ -192,7 +194,7 @@ pub(crate) async fn watch_cell_each(
 /// Runs one cell against `cluster`: connects `clients` workers, loads for warmup + duration.
 pub async fn run_cell(cluster: &mut Cluster, cell: &Cell) -> anyhow::Result<CellOutcome> {
     let conns = cluster
-        .connect(cell.clients)
+        .connect_shared(cell.clients, cell.conns)
         .await
         .with_context(|| format!("{} clients for {}", cell.clients, cluster.target.name()))?;
     let counter = Arc::new(AtomicU64::new(0));

@@ -18,6 +18,7 @@ mod procs;
 mod report;
 mod services;
 mod size;
+mod stages;
 mod streams;
 
 use std::collections::BTreeMap;
@@ -311,9 +312,10 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
         clusters.push(c);
     }
 
-    let cell_for = |workload, clients| Cell {
+    let cell_for = |workload, clients, conns| Cell {
         workload,
         clients,
+        conns,
         warmup: a.warmup,
         duration: a.duration,
         keys: a.keys,
@@ -331,7 +333,7 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
     let mut preload_seconds = BTreeMap::new();
     if a.workload.iter().any(|w| w.reads()) {
         for c in &clusters {
-            let secs = load::preload(c, &cell_for(args::Workload::Get, 1))
+            let secs = load::preload(c, &cell_for(args::Workload::Get, 1, 0))
                 .await
                 .with_context(|| format!("preload {}", c.target.name()))?;
             eprintln!(
@@ -346,23 +348,38 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &w in &a.workload {
         for &n in &a.clients {
-            for c in &mut clusters {
-                let cell = cell_for(w, n);
-                let o = load::run_cell(c, &cell).await.with_context(|| {
-                    format!("{} {} with {n} clients", c.target.name(), w.name())
-                })?;
-                let row = Row::new(w, n, c.target, &o);
-                eprintln!(
-                    "{:>5} {:<16} c={:<4} {:>8.0} ops/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
-                    c.target.name(),
-                    w.name(),
-                    n,
-                    row.ops_per_sec,
-                    row.p50_ms,
-                    row.p99_ms,
-                    row.errors
-                );
-                rows.push(row);
+            for &conns in &a.conns {
+                for c in &mut clusters {
+                    let cell = cell_for(w, n, conns);
+                    // Micro says where the time went: its metrics before and after the cell.
+                    let http: Vec<String> = c.nodes.iter().filter_map(|n| n.http.clone()).collect();
+                    let before = if c.target.is_micro() {
+                        Some(stages::scrape(&http).await)
+                    } else {
+                        None
+                    };
+                    let o = load::run_cell(c, &cell).await.with_context(|| {
+                        format!("{} {} with {n} clients", c.target.name(), w.name())
+                    })?;
+                    let mut row = Row::new(w, n, c.target, &o);
+                    row.conns = conns;
+                    if let (Some(before), Some(method)) = (before, w.grpc_method()) {
+                        let after = stages::scrape(&http).await;
+                        row.stages = Some(stages::stages(&before, &after, method));
+                    }
+                    eprintln!(
+                        "{:>5} {:<16} c={:<4} conns={:<3} {:>8.0} ops/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
+                        c.target.name(),
+                        w.name(),
+                        n,
+                        report::fmt_conns(conns),
+                        row.ops_per_sec,
+                        row.p50_ms,
+                        row.p99_ms,
+                        row.errors
+                    );
+                    rows.push(row);
+                }
             }
         }
     }
@@ -409,6 +426,7 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
             targets,
             workloads: a.workload.clone(),
             clients: a.clients.clone(),
+            conns: a.conns.clone(),
             keys: a.keys,
             key_size: a.key_size,
             value_size: a.value_size,

@@ -76,6 +76,12 @@ pub struct Row {
     /// Changes delivered to the watchers (`put-watched`; warmup included).
     #[serde(default)]
     pub watch_events: u64,
+    /// Connections per node the clients shared (0: one per client).
+    #[serde(default)]
+    pub conns: usize,
+    /// Micro only: where its time went, from its own metrics.
+    #[serde(default)]
+    pub stages: Option<crate::stages::Stages>,
 }
 
 impl Row {
@@ -100,7 +106,18 @@ impl Row {
             ratio: None,
             error_samples: o.error_samples.clone(),
             watch_events: o.watch_events,
+            conns: 0,
+            stages: None,
         }
+    }
+}
+
+/// `0` (one connection per client) as `per client`, else the number.
+pub fn fmt_conns(conns: usize) -> String {
+    if conns == 0 {
+        "per client".into()
+    } else {
+        conns.to_string()
     }
 }
 
@@ -144,12 +161,19 @@ pub fn per_1k(cpu: Option<f64>, ops: u64) -> Option<f64> {
 /// the Micro and etcd rows, Micro ops/s / its ops/s on a variant's row (`micro-auth-off`,
 /// `micro-metrics-off`: what auth or metrics cost; 0.95 = Micro does 95 % of the work).
 pub fn fill_ratios(rows: &mut [Row]) {
-    let mut by_cell: BTreeMap<(&str, usize, Target), f64> = BTreeMap::new();
+    let mut by_cell: BTreeMap<(&str, usize, usize, Target), f64> = BTreeMap::new();
     for r in rows.iter() {
-        by_cell.insert((r.workload.name(), r.clients, r.target), r.ops_per_sec);
+        by_cell.insert(
+            (r.workload.name(), r.clients, r.conns, r.target),
+            r.ops_per_sec,
+        );
     }
     for r in rows.iter_mut() {
-        let at = |t| by_cell.get(&(r.workload.name(), r.clients, t)).copied();
+        let at = |t| {
+            by_cell
+                .get(&(r.workload.name(), r.clients, r.conns, t))
+                .copied()
+        };
         let base = if r.target.variant_flag().is_some() {
             at(r.target)
         } else {
@@ -185,9 +209,10 @@ pub fn text_table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<17} {:>7}  {:<14} {:>9} {:>8} {:>8} {:>9} {:>10} {:>15} {:>6}  ratio",
+        "{:<17} {:>7} {:>10}  {:<14} {:>9} {:>8} {:>8} {:>9} {:>10} {:>15} {:>6}  ratio",
         "workload",
         "clients",
+        "conns",
         "target",
         "ops/s",
         "p50 ms",
@@ -200,9 +225,10 @@ pub fn text_table(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<17} {:>7}  {:<14} {:>9.0} {:>8.2} {:>8.2} {:>9.2} {:>10} {:>15} {:>6}  ratio {}",
+            "{:<17} {:>7} {:>10}  {:<14} {:>9.0} {:>8.2} {:>8.2} {:>9.2} {:>10} {:>15} {:>6}  ratio {}",
             r.workload.name(),
             r.clients,
+            fmt_conns(r.conns),
             r.target.name(),
             r.ops_per_sec,
             r.p50_ms,
@@ -217,18 +243,51 @@ pub fn text_table(rows: &[Row]) -> String {
     s
 }
 
+/// Micro's stage breakdown, one line per Micro cell that has one.
+pub fn stages_table(rows: &[Row]) -> String {
+    let with: Vec<&Row> = rows.iter().filter(|r| r.stages.is_some()).collect();
+    if with.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\nWhere Micro's time went (means over the cell, from its own metrics; see docs/observability.md):\n\n\
+         | workload | clients | conns/node | target | server ms / request | forwards / request | proposal ms (leader) | commands / entry | fsync ms | fsyncs / entry (all nodes) | apply ms |\n\
+         |---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in with {
+        let st = r.stages.as_ref().expect("filtered");
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.workload.name(),
+            r.clients,
+            fmt_conns(r.conns),
+            r.target.name(),
+            fmt_opt(st.server_ms, 3),
+            fmt_opt(st.forwards_per_request, 2),
+            fmt_opt(st.proposal_ms, 3),
+            fmt_opt(st.commands_per_entry, 1),
+            fmt_opt(st.fsync_ms, 3),
+            fmt_opt(st.fsyncs_per_entry, 2),
+            fmt_opt(st.apply_ms, 3),
+        );
+    }
+    s
+}
+
 /// The Markdown table.
 pub fn markdown_table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| workload | clients | target | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU s / 1k ops | bench CPU s / 1k ops | peak RSS MiB (n1/n2/n3) | errors | ratio (Micro/etcd; on a micro-*-off row Micro/that) |\n\
-         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| workload | clients | conns/node | target | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU s / 1k ops | bench CPU s / 1k ops | peak RSS MiB (n1/n2/n3) | errors | ratio (Micro/etcd; on a micro-*-off row Micro/that) |\n\
+         |---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
             r.workload.name(),
             r.clients,
+            fmt_conns(r.conns),
             r.target.name(),
             r.ops_per_sec,
             r.p50_ms,
@@ -354,6 +413,8 @@ pub struct Params {
     pub targets: Vec<Target>,
     pub workloads: Vec<Workload>,
     pub clients: Vec<usize>,
+    #[serde(default)]
+    pub conns: Vec<usize>,
     pub keys: u64,
     pub key_size: usize,
     pub value_size: usize,
@@ -423,6 +484,7 @@ impl Report {
         }
         let _ = writeln!(s, "- Whole run: {:.0} s\n", self.wall_seconds);
         s.push_str(&markdown_table(&self.rows));
+        s.push_str(&stages_table(&self.rows));
         push_errors(
             &mut s,
             self.rows.iter().map(|r| {
@@ -684,7 +746,30 @@ mod tests {
         assert!(lines[1].ends_with("ratio 0.25"), "{}", lines[1]);
         assert!(lines[3].ends_with("ratio -"));
         assert!(lines[1].contains("50/51/-"));
-        assert!(markdown_table(&rows).contains("| put | 16 | etcd | 2000 |"));
+        assert!(markdown_table(&rows).contains("| put | 16 | per client | etcd | 2000 |"));
+    }
+
+    #[test]
+    fn shared_connection_cells_compare_with_their_own_kind() {
+        let mut rows = vec![
+            Row::new(Workload::Put, 16, Target::Micro, &outcome(6_000)),
+            Row::new(Workload::Put, 16, Target::Etcd, &outcome(3_000)),
+            Row::new(Workload::Put, 16, Target::Micro, &outcome(8_000)),
+            Row::new(Workload::Put, 16, Target::Etcd, &outcome(2_000)),
+        ];
+        rows[2].conns = 8;
+        rows[3].conns = 8;
+        rows[2].stages = Some(crate::stages::Stages {
+            proposal_ms: Some(1.5),
+            ..Default::default()
+        });
+        fill_ratios(&mut rows);
+        assert_eq!(rows[0].ratio, Some(2.0));
+        assert_eq!(rows[2].ratio, Some(4.0));
+        assert!(markdown_table(&rows).contains("| put | 16 | 8 | micro |"));
+        let stages = stages_table(&rows);
+        assert!(stages.contains("| put | 16 | 8 | micro | - | - | 1.500 |"), "{stages}");
+        assert_eq!(stages.lines().filter(|l| l.starts_with("| put")).count(), 1);
     }
 
     #[test]

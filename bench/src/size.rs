@@ -44,6 +44,7 @@ pub async fn run(a: SizeArgs) -> anyhow::Result<()> {
     let cell = Cell {
         workload: Workload::Put,
         clients: 16,
+        conns: 0,
         warmup: std::time::Duration::ZERO,
         duration: std::time::Duration::ZERO,
         keys: a.keys,
