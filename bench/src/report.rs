@@ -768,7 +768,10 @@ mod tests {
         assert_eq!(rows[2].ratio, Some(4.0));
         assert!(markdown_table(&rows).contains("| put | 16 | 8 | micro |"));
         let stages = stages_table(&rows);
-        assert!(stages.contains("| put | 16 | 8 | micro | - | - | 1.500 |"), "{stages}");
+        assert!(
+            stages.contains("| put | 16 | 8 | micro | - | - | 1.500 |"),
+            "{stages}"
+        );
         assert_eq!(stages.lines().filter(|l| l.starts_with("| put")).count(), 1);
     }
 

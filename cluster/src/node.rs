@@ -84,7 +84,8 @@ pub struct Node {
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
-fn state_name(s: ServerState) -> &'static str {
+/// A Raft role as status, health and metrics name it.
+pub fn state_name(s: ServerState) -> &'static str {
     match s {
         ServerState::Leader => "leader",
         ServerState::Follower => "follower",

@@ -48,16 +48,6 @@ pub struct Readiness {
     pub applied_index: u64,
 }
 
-fn state_name(s: ServerState) -> &'static str {
-    match s {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
-}
-
 /// Whether `node` is ready to serve, and why not.
 pub fn readiness(node: &Node) -> Readiness {
     let m = node.raft().metrics().borrow().clone();
@@ -85,7 +75,7 @@ pub fn readiness(node: &Node) -> Readiness {
         reason,
         node_id: m.id,
         leader: m.current_leader.unwrap_or(0),
-        state: state_name(m.state),
+        state: micro_cluster::node::state_name(m.state),
         term: m.current_term,
         last_log_index: last_log,
         applied_index: applied,

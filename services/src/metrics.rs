@@ -197,13 +197,14 @@ fn scrape_time(node: &Node, out: &mut String) {
         "gauge",
         "This node's Raft role (1 for the current one)",
     );
-    for (name, s) in [
-        ("leader", ServerState::Leader),
-        ("follower", ServerState::Follower),
-        ("candidate", ServerState::Candidate),
-        ("learner", ServerState::Learner),
+    for s in [
+        ServerState::Leader,
+        ServerState::Follower,
+        ServerState::Candidate,
+        ServerState::Learner,
     ] {
         let v = if m.state == s { 1.0 } else { 0.0 };
+        let name = micro_cluster::node::state_name(s);
         f.sample("micro_raft_state", &[("state", name)], v);
     }
     f.gauge(
