@@ -50,6 +50,12 @@ pub struct Stages {
     pub fsyncs_per_entry: Option<f64>,
     /// Mean time to apply one run of committed entries, over every node.
     pub apply_ms: Option<f64>,
+    /// Mean time from a log append to durable (write, group fsync), over every node.
+    #[serde(default)]
+    pub append_ms: Option<f64>,
+    /// Leader: mean replication round trip to a follower (messages with entries).
+    #[serde(default)]
+    pub replicate_ms: Option<f64>,
     /// Forward calls from followers to the leader per request.
     pub forwards_per_request: Option<f64>,
 }
@@ -89,6 +95,8 @@ pub fn stages(before: &Scrape, after: &Scrape, method: &str) -> Stages {
         fsync_ms: mean_ms("micro_log_fsync_seconds"),
         fsyncs_per_entry: ratio(d("micro_log_fsync_seconds_count"), entries),
         apply_ms: mean_ms("micro_apply_seconds"),
+        append_ms: mean_ms("micro_log_append_seconds"),
+        replicate_ms: mean_ms("micro_raft_append_entries_seconds"),
         forwards_per_request: ratio(d("micro_forwarded_writes_total"), requests),
     }
 }

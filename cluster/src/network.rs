@@ -254,7 +254,15 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(Method::AppendEntries, &rpc, &option).await
+        let started = std::time::Instant::now();
+        let entries = rpc.entries.len();
+        let res = self.call(Method::AppendEntries, &rpc, &option).await;
+        // Heartbeats carry no entries: only replication rounds say what a round costs.
+        if entries > 0 {
+            metrics::histogram!("micro_raft_append_entries_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        res
     }
 
     async fn vote(

@@ -252,6 +252,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let encoded: Vec<(u64, Vec<u8>)> = entries
             .into_iter()
             .map(|e| (e.log_id.index, encode_entry(&e)))
@@ -262,6 +263,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Durable only after the group-commit fsync; openraft waits for the callback before
         // counting these entries towards a quorum.
         self.db.sync_then(move |r| {
+            // From the append call to durable: encode, write, wait for and do the fsync.
+            metrics::histogram!("micro_log_append_seconds").record(started.elapsed().as_secs_f64());
             callback.log_io_completed(r.map_err(std::io::Error::other));
         });
         Ok(())

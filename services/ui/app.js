@@ -406,10 +406,20 @@ function route() {
   document.querySelectorAll("#nav a").forEach((a) =>
     a.classList.toggle("active", a.dataset.page === page));
   renderWho();
-  if (!token()) { showLogin(); return; }
   const main = $("#main");
-  main.dataset.page = page;
-  (pages[page] || pages.cluster)(main);
+  const show = () => {
+    main.dataset.page = page;
+    (pages[page] || pages.cluster)(main);
+  };
+  if (token()) {
+    show();
+    return;
+  }
+  // No session: a node started with --auth-disabled answers anyway; any other asks for one
+  // (the 401 shows the sign-in form).
+  api("/cluster/status").then(show, (e) => {
+    if (e.status !== 401) showLogin(e.message);
+  });
 }
 
 window.addEventListener("hashchange", route);
