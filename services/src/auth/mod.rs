@@ -146,6 +146,25 @@ pub mod names {
             assert_eq!(split("\0odd"), ("micro", "\0odd"));
             assert_eq!(split(&scoped("b", "x/y")), ("b", "x/y"));
         }
+
+        proptest::proptest! {
+            /// Any namespace and NUL-free name round-trip, and never collide with another
+            /// namespace's; any stored string splits without panicking.
+            #[test]
+            fn scoped_names_never_collide(
+                ns in "[a-zA-Z0-9._-]{1,12}",
+                other in "[a-zA-Z0-9._-]{1,12}",
+                name in "[^\u{0}]{0,24}",
+                raw in ".{0,40}",
+            ) {
+                let stored = scoped(&ns, &name);
+                proptest::prop_assert_eq!(split(&stored), (ns.as_str(), name.as_str()));
+                if other != ns {
+                    proptest::prop_assert_ne!(scoped(&other, &name), stored);
+                }
+                let _ = split(&raw);
+            }
+        }
     }
 }
 
