@@ -273,3 +273,27 @@ fn a_namespaced_lease_command_has_pinned_bytes() {
     let back = decode_entry_bytes(&bytes).unwrap();
     assert_eq!(format!("{back:?}"), format!("{e:?}"));
 }
+
+/// An auth refresh token that prunes the account's expired ones (appended to `auth::Cmd`).
+const V2_REFRESH_PRUNED: &str = "0203012a01fd00505c18a301000001090901610131040707070709";
+
+#[test]
+fn a_pruning_refresh_command_has_pinned_bytes() {
+    use micro_state::views::auth;
+    let e = openraft::Entry::<TypeConfig> {
+        log_id: log_id(),
+        payload: openraft::EntryPayload::Normal(micro_state::Request {
+            time_ms: 1_800_000_000_000,
+            cmds: vec![micro_state::Command::Auth(auth::Cmd::AddRefreshPruned {
+                namespace: "a".into(),
+                id: "1".into(),
+                digest: vec![7; 4],
+                expires_ms: 9,
+            })],
+        }),
+    };
+    let bytes = codec::encode_as(micro_state::command::ENTRY_VERSION, &e);
+    assert_eq!(hex(&bytes), V2_REFRESH_PRUNED);
+    let back = decode_entry_bytes(&bytes).unwrap();
+    assert_eq!(format!("{back:?}"), format!("{e:?}"));
+}

@@ -235,7 +235,7 @@ impl pb::auth_server::Auth for AuthService {
                 return Err(wrong_login());
             }
             let (refresh, digest) = token::new_refresh(&ns, &account.id).map_err(internal)?;
-            let cmd = view::Cmd::AddRefresh {
+            let cmd = view::Cmd::AddRefreshPruned {
                 namespace: ns,
                 id: account.id.clone(),
                 digest,

@@ -123,6 +123,15 @@ pub enum Cmd {
         namespace: String,
         id: String,
     },
+    /// As `AddRefresh`, and drops the account's refresh tokens that have expired by the
+    /// entry's clock, so an account that logs in often does not collect them. (Appended:
+    /// `AddRefresh` keeps its meaning for the entries already in logs.)
+    AddRefreshPruned {
+        namespace: String,
+        id: String,
+        digest: Vec<u8>,
+        expires_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +214,12 @@ impl Cmd {
                 check_name("new_secret", secret_hash, true)
             }
             Cmd::AddRefresh {
+                namespace,
+                id,
+                digest,
+                ..
+            }
+            | Cmd::AddRefreshPruned {
                 namespace,
                 id,
                 digest,
@@ -374,9 +389,21 @@ fn drop_refresh<S: Read + ?Sized>(
     ns: &str,
     id: &str,
 ) -> Result<(), StorageError> {
+    drop_refresh_where(ov, ns, id, |_| true)
+}
+
+/// Drops the account's refresh tokens that `doomed` picks.
+fn drop_refresh_where<S: Read + ?Sized>(
+    ov: &mut Overlay<'_, S>,
+    ns: &str,
+    id: &str,
+    doomed: impl Fn(&Refresh) -> bool,
+) -> Result<(), StorageError> {
     let prefix = key(REFRESH, ns, Some(id), b"");
-    for (k, _) in scan_values::<_, Refresh>(ov, &prefix, "refresh token")? {
-        ov.delete(k);
+    for (k, r) in scan_values::<_, Refresh>(ov, &prefix, "refresh token")? {
+        if doomed(&r) {
+            ov.delete(k);
+        }
     }
     Ok(())
 }
@@ -485,10 +512,19 @@ pub(crate) fn apply<S: Read + ?Sized>(
             id,
             digest,
             expires_ms,
+        }
+        | Cmd::AddRefreshPruned {
+            namespace,
+            id,
+            digest,
+            expires_ms,
         } => {
             if account(ov, namespace, id)?.is_none() {
                 Out::NotFound
             } else {
+                if matches!(cmd, Cmd::AddRefreshPruned { .. }) {
+                    drop_refresh_where(ov, namespace, id, |r| r.expires_ms <= now)?;
+                }
                 let r = Refresh {
                     expires_ms: *expires_ms,
                 };
@@ -585,6 +621,38 @@ mod tests {
         assert!(refresh(&s, "a", "1", &[7; 32]).unwrap().is_none());
         assert!(login(&s, "a", "ann").unwrap().is_none());
         assert_eq!(accounts(&s, "b").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_pruning_refresh_token_takes_the_accounts_expired_ones_away() {
+        let mut s = MemStore::default();
+        run(&mut s, Cmd::CreateAccount(acct("a", "1", "ann")), 1, 10);
+        run(&mut s, Cmd::CreateAccount(acct("a", "2", "bob")), 2, 10);
+        let add = |id: &str, d: u8, expires_ms| Cmd::AddRefresh {
+            namespace: "a".into(),
+            id: id.into(),
+            digest: vec![d; 32],
+            expires_ms,
+        };
+        assert_eq!(run(&mut s, add("1", 1, 100), 3, 20), Out::Done);
+        assert_eq!(run(&mut s, add("1", 2, 500), 4, 20), Out::Done);
+        assert_eq!(run(&mut s, add("2", 1, 100), 5, 20), Out::Done);
+        // The old command keeps its meaning: nothing is dropped.
+        assert_eq!(run(&mut s, add("1", 4, 900), 6, 150), Out::Done);
+        assert!(refresh(&s, "a", "1", &[1; 32]).unwrap().is_some());
+        // At 150 the first of ann's has expired: her next (pruning) login drops it, keeps the
+        // live ones, and leaves bob's alone.
+        let pruned = Cmd::AddRefreshPruned {
+            namespace: "a".into(),
+            id: "1".into(),
+            digest: vec![3; 32],
+            expires_ms: 900,
+        };
+        assert_eq!(run(&mut s, pruned, 7, 150), Out::Done);
+        assert!(refresh(&s, "a", "1", &[1; 32]).unwrap().is_none());
+        assert!(refresh(&s, "a", "1", &[2; 32]).unwrap().is_some());
+        assert!(refresh(&s, "a", "1", &[3; 32]).unwrap().is_some());
+        assert!(refresh(&s, "a", "2", &[1; 32]).unwrap().is_some());
     }
 
     #[test]
