@@ -236,16 +236,29 @@ fn kernel_request() -> micro_state::Request {
 
 const V2_KERNEL: &str = "0203012a01fd00505c18a30100000a020007fbb80b02010702020700000000016b000000070301090500056d6963726f0767726565746572027631010161016201030a014101026e310b3132372e302e302e313a31020000fc905f0100050100076772656574657202763101026e310600036170700101610101016201310001000601036170700101610602200101010101010101010101010101010101010101010101010101010101010101";
 
-#[test]
-fn the_kernel_views_commands_have_pinned_bytes() {
+/// Checks that an entry of `request` encodes to exactly `expected` (hex) and decodes back.
+fn assert_pinned(request: micro_state::Request, expected: &str) {
     let e = openraft::Entry::<TypeConfig> {
         log_id: log_id(),
-        payload: openraft::EntryPayload::Normal(kernel_request()),
+        payload: openraft::EntryPayload::Normal(request),
     };
     let bytes = codec::encode_as(micro_state::command::ENTRY_VERSION, &e);
-    assert_eq!(hex(&bytes), V2_KERNEL);
+    assert_eq!(hex(&bytes), expected);
     let back = decode_entry_bytes(&bytes).unwrap();
     assert_eq!(format!("{back:?}"), format!("{e:?}"));
+}
+
+/// One command in an entry of a fixed time.
+fn one(cmd: micro_state::Command) -> micro_state::Request {
+    micro_state::Request {
+        time_ms: 1_800_000_000_000,
+        cmds: vec![cmd],
+    }
+}
+
+#[test]
+fn the_kernel_views_commands_have_pinned_bytes() {
+    assert_pinned(kernel_request(), V2_KERNEL);
 }
 
 /// A lease command on behalf of a namespace (appended to `lease::Cmd` with auth's
@@ -255,23 +268,14 @@ const V2_LEASE_IN: &str = "0203012a01fd00505c18a3010000010203067465616d2d610007f
 #[test]
 fn a_namespaced_lease_command_has_pinned_bytes() {
     use micro_state::views::lease;
-    let e = openraft::Entry::<TypeConfig> {
-        log_id: log_id(),
-        payload: openraft::EntryPayload::Normal(micro_state::Request {
-            time_ms: 1_800_000_000_000,
-            cmds: vec![micro_state::Command::Lease(lease::Cmd::In {
-                namespace: "team-a".into(),
-                cmd: Box::new(lease::Cmd::Grant {
-                    id: 7,
-                    ttl_ms: 3000,
-                }),
-            })],
+    let cmd = lease::Cmd::In {
+        namespace: "team-a".into(),
+        cmd: Box::new(lease::Cmd::Grant {
+            id: 7,
+            ttl_ms: 3000,
         }),
     };
-    let bytes = codec::encode_as(micro_state::command::ENTRY_VERSION, &e);
-    assert_eq!(hex(&bytes), V2_LEASE_IN);
-    let back = decode_entry_bytes(&bytes).unwrap();
-    assert_eq!(format!("{back:?}"), format!("{e:?}"));
+    assert_pinned(one(micro_state::Command::Lease(cmd)), V2_LEASE_IN);
 }
 
 /// An auth refresh token that prunes the account's expired ones (appended to `auth::Cmd`).
@@ -280,20 +284,11 @@ const V2_REFRESH_PRUNED: &str = "0203012a01fd00505c18a30100000109090161013104070
 #[test]
 fn a_pruning_refresh_command_has_pinned_bytes() {
     use micro_state::views::auth;
-    let e = openraft::Entry::<TypeConfig> {
-        log_id: log_id(),
-        payload: openraft::EntryPayload::Normal(micro_state::Request {
-            time_ms: 1_800_000_000_000,
-            cmds: vec![micro_state::Command::Auth(auth::Cmd::AddRefreshPruned {
-                namespace: "a".into(),
-                id: "1".into(),
-                digest: vec![7; 4],
-                expires_ms: 9,
-            })],
-        }),
+    let cmd = auth::Cmd::AddRefreshPruned {
+        namespace: "a".into(),
+        id: "1".into(),
+        digest: vec![7; 4],
+        expires_ms: 9,
     };
-    let bytes = codec::encode_as(micro_state::command::ENTRY_VERSION, &e);
-    assert_eq!(hex(&bytes), V2_REFRESH_PRUNED);
-    let back = decode_entry_bytes(&bytes).unwrap();
-    assert_eq!(format!("{back:?}"), format!("{e:?}"));
+    assert_pinned(one(micro_state::Command::Auth(cmd)), V2_REFRESH_PRUNED);
 }
