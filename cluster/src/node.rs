@@ -733,6 +733,15 @@ impl Inner {
             field: "id".into(),
             reason,
         };
+        // What the membership looks like once the change is in: the answer waits for this
+        // node's metrics to show it, so the caller's next call (promote after add) is judged
+        // by it rather than by a view from before.
+        let settled: Box<dyn Fn(&openraft::Membership<u64, BasicNode>) -> bool + Send + Sync> =
+            match op {
+                MembershipOp::AddLearner { id, .. } => Box::new(move |m| m.get_node(&id).is_some()),
+                MembershipOp::Promote { id } => Box::new(move |m| m.voter_ids().any(|v| v == id)),
+                MembershipOp::Remove { id } => Box::new(move |m| m.get_node(&id).is_none()),
+            };
         let res = match op {
             MembershipOp::AddLearner { id, addr } => {
                 if id == 0 {
@@ -802,7 +811,19 @@ impl Inner {
             }
         };
         match res {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // Bounded: the change is committed either way; a slow metrics update only
+                // means the next call may see the old membership.
+                let _ = self
+                    .raft
+                    .wait(Some(Duration::from_secs(2)))
+                    .metrics(
+                        |m| settled(m.membership_config.membership()),
+                        "the membership change to show",
+                    )
+                    .await;
+                Ok(())
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(self.leader_hint(f.leader_id, f.leader_node))
             }
