@@ -736,12 +736,18 @@ impl Inner {
         // What the membership looks like once the change is in: the answer waits for this
         // node's metrics to show it, so the caller's next call (promote after add) is judged
         // by it rather than by a view from before.
-        let settled: Box<dyn Fn(&openraft::Membership<u64, BasicNode>) -> bool + Send + Sync> =
-            match op {
-                MembershipOp::AddLearner { id, .. } => Box::new(move |m| m.get_node(&id).is_some()),
-                MembershipOp::Promote { id } => Box::new(move |m| m.voter_ids().any(|v| v == id)),
-                MembershipOp::Remove { id } => Box::new(move |m| m.get_node(&id).is_none()),
+        let settled = {
+            // (node, a member afterwards, a voter afterwards if that is the point)
+            let (id, member, voter) = match op {
+                MembershipOp::AddLearner { id, .. } => (id, true, None),
+                MembershipOp::Promote { id } => (id, true, Some(true)),
+                MembershipOp::Remove { id } => (id, false, None),
             };
+            move |m: &openraft::Membership<u64, BasicNode>| {
+                m.get_node(&id).is_some() == member
+                    && voter.is_none_or(|v| m.voter_ids().any(|x| x == id) == v)
+            }
+        };
         let res = match op {
             MembershipOp::AddLearner { id, addr } => {
                 if id == 0 {
