@@ -13,18 +13,49 @@ use micro_cluster::trace;
 use tonic::codegen::BoxFuture;
 use tracing::Instrument;
 
-/// The gRPC method as a metrics label: Micro's own by path, users' services as `proxy` (their
-/// method names are unbounded).
-fn grpc_method(path: &str) -> String {
-    let service = path
-        .strip_prefix('/')
-        .and_then(|p| p.split_once('/'))
-        .map_or("", |(s, _)| s);
-    let pkg = service.rsplit_once('.').map_or(service, |(p, _)| p);
-    if micro_proto::PUBLIC_PACKAGES.contains(&pkg) || pkg.starts_with("grpc.") {
-        path.to_string()
-    } else {
-        "proxy".to_string()
+/// The gRPC method as a metrics label: a method the node serves, by its path; anything else
+/// (users' services, paths naming nothing) is `proxy`. Only served methods, so a client cannot
+/// mint series by calling made-up paths; `&'static`, so a request's label allocates nothing.
+fn grpc_method(path: &str) -> &'static str {
+    static SERVED: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    let served = SERVED.get_or_init(|| {
+        let mut services = crate::grpc::front_errors::served();
+        services.insert(
+            "grpc.health.v1.Health".into(),
+            vec!["Check".into(), "Watch".into()],
+        );
+        // Leaked once: a fixed, small set of paths that lives as long as the process.
+        services
+            .iter()
+            .flat_map(|(svc, methods)| methods.iter().map(move |m| format!("/{svc}/{m}")))
+            .map(|p| &*Box::leak(p.into_boxed_str()))
+            .collect()
+    });
+    served.get(path).copied().unwrap_or("proxy")
+}
+
+/// A status code as a metrics label (its `Debug` name), without formatting one per request.
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "Ok",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
     }
 }
 
@@ -102,12 +133,11 @@ where
             let secs = started.elapsed().as_secs_f64();
             metrics::counter!(
                 "micro_grpc_requests_total",
-                "method" => method.clone(),
-                "code" => format!("{code:?}")
+                "method" => method,
+                "code" => code_label(code)
             )
             .increment(1);
-            metrics::histogram!("micro_grpc_request_seconds", "method" => method.clone())
-                .record(secs);
+            metrics::histogram!("micro_grpc_request_seconds", "method" => method).record(secs);
             if let Some(id) = id {
                 tracing::info!(request_id = %id, method = %method, code = ?code, seconds = secs, "response");
                 if let Ok(v) = id.parse() {
@@ -188,6 +218,16 @@ mod tests {
         );
         assert_eq!(grpc_method("/greeter.Say/Hello"), "proxy");
         assert_eq!(grpc_method("garbage"), "proxy");
+        // Made-up paths, even in Micro's packages, mint no series of their own.
+        assert_eq!(grpc_method("/store.Store/Nope"), "proxy");
+        assert_eq!(grpc_method("/grpc.made.Up/X"), "proxy");
+        for code in [
+            tonic::Code::Ok,
+            tonic::Code::PermissionDenied,
+            tonic::Code::Unauthenticated,
+        ] {
+            assert_eq!(code_label(code), format!("{code:?}"));
+        }
         assert_eq!(http_route("/store/read"), "store");
         assert_eq!(http_route("/metrics"), "metrics");
         assert_eq!(http_route("/"), "");

@@ -399,12 +399,13 @@ impl pb::stream_server::Stream for EventsService {
         let caller = Caller::of(&req);
         self.node.read_barrier(true).await.map_err(status)?;
         let topics = view::topics(self.node.view()).map_err(|e| status(e.into()))?;
+        let last_seq: BTreeMap<&str, u64> = topics
+            .iter()
+            .map(|(t, m)| (t.as_str(), m.last_seq))
+            .collect();
         let mut groups: BTreeMap<String, Vec<pb::GroupStatus>> = BTreeMap::new();
         for (topic, name, g) in view::groups(self.node.view()).map_err(|e| status(e.into()))? {
-            let last = topics
-                .iter()
-                .find(|(t, _)| *t == topic)
-                .map_or(0, |(_, m)| m.last_seq);
+            let last = last_seq.get(topic.as_str()).copied().unwrap_or(0);
             groups.entry(topic).or_default().push(pb::GroupStatus {
                 name,
                 cursor: g.cursor,

@@ -16,6 +16,20 @@ use tonic::{Code, Status};
 /// The message prost's `DecodeError` starts with (tonic-prost passes it on as `INTERNAL`).
 const DECODE_ERROR: &str = "failed to decode Protobuf message";
 
+/// Every service of the public packages (`micro_proto::PUBLIC_PACKAGES`) → its methods, from
+/// Micro's descriptor set.
+pub fn served() -> BTreeMap<String, Vec<String>> {
+    let pool = prost_reflect::DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET)
+        .expect("the compiled descriptor set decodes");
+    pool.services()
+        .filter(|s| micro_proto::PUBLIC_PACKAGES.contains(&s.package_name()))
+        .map(|s| {
+            let methods = s.methods().map(|m| m.name().to_string()).collect();
+            (s.full_name().to_string(), methods)
+        })
+        .collect()
+}
+
 /// A tower layer over the gRPC router: see the module docs.
 #[derive(Clone)]
 pub struct FrontErrors {
@@ -34,18 +48,8 @@ impl FrontErrors {
     /// (`micro_proto::PUBLIC_PACKAGES`), with their methods from Micro's descriptor set.
     /// (`tests/tests/services.rs` checks that the server really serves all of them.)
     pub fn new() -> FrontErrors {
-        let pool = prost_reflect::DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET)
-            .expect("the compiled descriptor set decodes");
-        let services = pool
-            .services()
-            .filter(|s| micro_proto::PUBLIC_PACKAGES.contains(&s.package_name()))
-            .map(|s| {
-                let methods = s.methods().map(|m| m.name().to_string()).collect();
-                (s.full_name().to_string(), methods)
-            })
-            .collect();
         FrontErrors {
-            services: Arc::new(services),
+            services: Arc::new(served()),
         }
     }
 

@@ -230,13 +230,6 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// A length-prefixed string at the start of `b`, and the rest.
-fn take_str(b: &[u8]) -> Option<(&str, &[u8])> {
-    let len = u16::from_be_bytes(b.get(..2)?.try_into().ok()?) as usize;
-    let s = std::str::from_utf8(b.get(2..2 + len)?).ok()?;
-    Some((s, &b[2 + len..]))
-}
-
 fn event_key(topic: &str, seq: u64) -> Vec<u8> {
     let mut k = vec![keys::EVENT];
     put_str(&mut k, topic);
@@ -293,12 +286,8 @@ pub fn groups<S: Read + ?Sized>(s: &S) -> Result<Vec<(String, String, GroupState
         Some(&[keys::GROUP + 1]),
         false,
         &mut |k, v| {
-            let parsed = take_str(&k[1..]).map(|(topic, rest)| {
-                (
-                    topic.to_string(),
-                    String::from_utf8_lossy(rest).into_owned(),
-                )
-            });
+            let parsed = keys::take_str(&k[1..])
+                .map(|(topic, rest)| (topic, String::from_utf8_lossy(rest).into_owned()));
             match (parsed, codec::decode(v)) {
                 (Some((topic, group)), Ok(g)) => out.push((topic, group, g)),
                 (None, _) => err = Some(StorageError("corrupt group key".into())),
