@@ -292,3 +292,73 @@ fn a_pruning_refresh_command_has_pinned_bytes() {
     };
     assert_pinned(one(micro_state::Command::Auth(cmd)), V2_REFRESH_PRUNED);
 }
+
+/// The runtime view's commands (appended to `Command` with `micro run`).
+const V2_RUNTIME: &str = "0203012a01fd00505c18a3010000050a00056d6963726f01670131022f730000000103413d31000000020972756e74696d652d670972756e74696d652d670773657276696365056d6963726f0107736572766963650001680001730a01056d6963726f016703000a03056d6963726f016702030102030a04056d6963726f01670102010703000665786974203104626f6f6d000a02056d6963726f0167";
+
+#[test]
+fn the_runtime_commands_have_pinned_bytes() {
+    use micro_state::views::{auth, runtime as rt};
+    let spec = rt::Spec {
+        namespace: "micro".into(),
+        name: "g".into(),
+        version: "1".into(),
+        source: "/s".into(),
+        env: vec!["A=1".into()],
+        instances: 2,
+        ..Default::default()
+    };
+    let account = auth::Account {
+        id: "runtime-g".into(),
+        name: "runtime-g".into(),
+        kind: "service".into(),
+        issuer: "micro".into(),
+        scopes: vec!["service".into()],
+        secret_hash: "h".into(),
+        ..Default::default()
+    };
+    let report = rt::Report {
+        namespace: "micro".into(),
+        name: "g".into(),
+        instance: 1,
+        node: 2,
+        generation: 1,
+        status: rt::Status::Error,
+        restarts: 3,
+        error: "exit 1".into(),
+        output: "boom".into(),
+        ..Default::default()
+    };
+    let cmds = vec![
+        rt::Cmd::Create(Box::new(rt::Create {
+            spec,
+            account,
+            secret: "s".into(),
+        })),
+        rt::Cmd::Update {
+            namespace: "micro".into(),
+            name: "g".into(),
+            instances: 3,
+            entrypoint: String::new(),
+        },
+        rt::Cmd::Place {
+            namespace: "micro".into(),
+            name: "g".into(),
+            generation: 2,
+            nodes: vec![1, 2, 3],
+        },
+        rt::Cmd::Report(report),
+        rt::Cmd::Delete {
+            namespace: "micro".into(),
+            name: "g".into(),
+        },
+    ];
+    let request = micro_state::Request {
+        time_ms: 1_800_000_000_000,
+        cmds: cmds
+            .into_iter()
+            .map(micro_state::Command::Runtime)
+            .collect(),
+    };
+    assert_pinned(request, V2_RUNTIME);
+}

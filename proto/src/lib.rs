@@ -43,6 +43,10 @@ pub mod auth {
     tonic::include_proto!("auth");
 }
 
+pub mod runtime {
+    tonic::include_proto!("runtime");
+}
+
 pub mod raft {
     tonic::include_proto!("raft");
 }
@@ -51,6 +55,7 @@ pub mod raft {
 /// internal peer protocol and is not among them.
 pub const PUBLIC_PACKAGES: &[&str] = &[
     "store", "events", "broker", "cluster", "lease", "registry", "config", "sync", "auth",
+    "runtime",
 ];
 
 /// The encoded `FileDescriptorSet` of every service above.

@@ -152,7 +152,8 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:8081";
 
 impl Resolved {
     /// `MICRO_SERVER`, else the server of env `MICRO_ENV` (else the current env), else
-    /// [`DEFAULT_SERVER`]; credentials from the environment, else that env's login.
+    /// [`DEFAULT_SERVER`]; credentials from the environment, else that env's login; the
+    /// namespace from `MICRO_NAMESPACE`, else that env's.
     pub fn from_env() -> Resolved {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let envs = Envs::load(&config_dir()).unwrap_or_default();
@@ -171,7 +172,8 @@ impl Resolved {
         Resolved {
             server,
             credentials,
-            namespace: env.namespace.clone(),
+            // Micro v3's runtime names a service's namespace this way.
+            namespace: var("MICRO_NAMESPACE").or_else(|| env.namespace.clone()),
             env_name,
         }
     }

@@ -192,6 +192,11 @@ impl Client {
         self.auth.headers(h);
     }
 
+    /// The runtime: services `micro run` builds, runs and supervises on the cluster.
+    pub fn runtime(&self) -> proto::runtime::runtime_client::RuntimeClient<Transport> {
+        proto::runtime::runtime_client::RuntimeClient::new(self.channel.clone())
+    }
+
     /// Accounts, tokens and rules.
     pub fn auth(&self) -> proto::auth::auth_client::AuthClient<Transport> {
         proto::auth::auth_client::AuthClient::new(self.channel.clone())

@@ -12,6 +12,7 @@ mod lease;
 mod lock;
 mod new;
 mod registry;
+mod runtime;
 mod server;
 mod snapshot;
 mod store;
@@ -50,8 +51,10 @@ struct Cli {
     /// gRPC address of the node to talk to (default: the env's, else 127.0.0.1:8081)
     #[arg(long, global = true, env = "MICRO_SERVER")]
     server: Option<String>,
-    /// The env (named server + credentials) to use; default: the current one (`micro env`)
-    #[arg(long, short = 'e', global = true, env = "MICRO_ENV")]
+    /// The env (named server + credentials) to use; default: the current one (`micro env`).
+    /// Given before the command (`micro --env prod store list`): `micro run --env` sets a
+    /// service's environment variables
+    #[arg(long, short = 'e', env = "MICRO_ENV")]
     env: Option<String>,
     /// Output format
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
@@ -160,10 +163,40 @@ enum Cmd {
     },
     /// Create a service crate: proto, handler, test and README (`micro new greeter`)
     New(new::NewArgs),
+    /// Build and run a service on the cluster: `micro run examples/greeter --instances 3`
+    Run(runtime::RunArgs),
+    /// What `micro run` runs: every instance, its node, status, restarts and uptime
+    Status {
+        /// Only this service (its name, or the path it was run from)
+        name: Option<String>,
+    },
+    /// A service's output, from every instance on every node: `micro logs greeter -f`
+    Logs(runtime::LogsArgs),
+    /// Rebuild a service and restart its instances (`--instances` changes how many)
+    Update {
+        /// The service (its name, or the path it was run from)
+        name: String,
+        /// Run this many instances from now on (default: as many as before)
+        #[arg(long, short = 'i', default_value_t = 0)]
+        instances: i64,
+    },
+    /// Stop a service's instances and remove it
+    Kill {
+        /// The service (its name, or the path it was run from)
+        name: String,
+    },
     /// Any registered service is a command: `micro greeter say hello --name John`
     /// (`micro greeter --help` lists its endpoints)
     #[command(external_subcommand)]
     Service(Vec<String>),
+    /// (internal) How the runtime starts an instance: dies with its node
+    #[command(name = "runtime-exec", hide = true)]
+    RuntimeExec {
+        parent: u32,
+        program: String,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -175,6 +208,16 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::RuntimeExec {
+        parent,
+        program,
+        args,
+    } = &cli.cmd
+    {
+        let e = crate::runtime::supervisor::exec_child(*parent, program, args);
+        eprintln!("micro runtime: cannot start {program}: {e}");
+        return ExitCode::from(127);
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -212,6 +255,14 @@ pub fn main() -> ExitCode {
             Cmd::Describe { service } => call::describe(t, cli.output, service).await,
             Cmd::Service(args) => call::dynamic(t, cli.output, args).await,
             Cmd::New(args) => new::new(cli.output, args),
+            Cmd::Run(args) => runtime::run(t, cli.output, args).await,
+            Cmd::Status { name } => runtime::status(t, cli.output, name).await,
+            Cmd::Logs(args) => runtime::logs(t, cli.output, args).await,
+            Cmd::Update { name, instances } => {
+                runtime::update(t, cli.output, name, instances).await
+            }
+            Cmd::Kill { name } => runtime::kill(t, cli.output, name).await,
+            Cmd::RuntimeExec { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match res {
@@ -244,4 +295,16 @@ fn put_bytes(v: &mut Value, field: &str, bytes: &[u8]) {
 
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command line's definition only when it is parsed: check all of it here
+    /// (a flag clash in one subcommand would otherwise panic only when a user types it).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

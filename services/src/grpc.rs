@@ -11,5 +11,6 @@ pub mod front_errors;
 pub mod lease;
 pub mod pace;
 pub mod registry;
+pub mod runtime;
 pub mod store;
 pub mod sync;

@@ -5,6 +5,7 @@
 //!   JSON ↔ protobuf by reflection over the services' descriptors;
 //! - `errors`: the one mapping from node errors to gRPC statuses and from gRPC statuses to
 //!   Micro's HTTP error JSON;
+//! - `runtime`: `micro run`'s supervisor, placement and instance logs;
 //! - `server`: assembles a node and its front ends;
 //! - `cli`: the `micro` command line (clap lives only here).
 //!
@@ -21,5 +22,6 @@ pub mod health;
 pub mod metrics;
 pub mod observe;
 pub mod otel;
+pub mod runtime;
 pub mod server;
 pub mod upstream;

@@ -155,7 +155,7 @@ fn http_route(path: &str) -> &'static str {
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     const OWN: &[&str] = &[
         "", "metrics", "health", "ui", "rpc", "store", "events", "broker", "registry", "config",
-        "auth", "cluster", "lease", "sync", "stream",
+        "auth", "cluster", "lease", "sync", "stream", "runtime",
     ];
     OWN.iter()
         .find(|r| **r == first)

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use micro_cluster::{Node, NodeConfig};
 use tokio::net::TcpListener;
@@ -18,6 +19,8 @@ pub struct ServerConfig {
     pub auth_disabled: bool,
     /// The CLI config directory the first admin's credentials are written to.
     pub config_dir: std::path::PathBuf,
+    /// How `micro run` services are built, placed and logged.
+    pub runtime: crate::runtime::Config,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -70,6 +73,15 @@ pub async fn run(
         },
     ));
 
+    let (runtime_stop, runtime_stopping) = tokio::sync::watch::channel(false);
+    let runtime_grace = cfg.runtime.stop_grace;
+    let (runtime, runtime_done) = crate::runtime::Runtime::start(
+        node.clone(),
+        cfg.runtime.clone(),
+        cli_addr.to_string(),
+        runtime_stopping,
+    );
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -89,6 +101,7 @@ pub async fn run(
         let svc_registry = crate::grpc::registry::RegistryService::server(node.clone());
         let svc_config = crate::grpc::config::ConfigService::server(node.clone());
         let svc_sync = crate::grpc::sync::SyncService::server(node.clone());
+        let svc_runtime = crate::grpc::runtime::RuntimeService::server(&runtime);
         let (svc_auth, svc_accounts, svc_rules) =
             crate::grpc::auth::AuthService::servers(node.clone(), authn.clone());
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -108,6 +121,7 @@ pub async fn run(
             .add_service(svc_registry)
             .add_service(svc_config)
             .add_service(svc_sync)
+            .add_service(svc_runtime)
             .add_service(svc_auth)
             .add_service(svc_accounts)
             .add_service(svc_rules)
@@ -158,6 +172,9 @@ pub async fn run(
     );
     shutdown.await;
     eprintln!("micro node {}: shutting down", node_cfg.node_id);
+    // Instances stop first, while this node still serves them: they deregister through it.
+    let _ = runtime_stop.send(true);
+    let _ = tokio::time::timeout(runtime_grace + Duration::from_secs(2), runtime_done).await;
     let _ = stop_tx.send(true);
     node.shutdown().await;
     // Clients holding connections open would keep a graceful shutdown waiting: give them a

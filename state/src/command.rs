@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::views::{auth, config, events, lease, lock, meta, registry, store};
+use crate::views::{auth, config, events, lease, lock, meta, registry, runtime, store};
 
 /// The format version of log entries this release writes (release 1 wrote 1; see [`v1`]).
 pub const ENTRY_VERSION: u8 = 2;
@@ -46,6 +46,7 @@ pub enum Command {
     /// A write that applies only while `Fence` holds its lock's newest token.
     Fenced(lock::Fence, Box<Command>),
     Auth(auth::Cmd),
+    Runtime(runtime::Cmd),
 }
 
 /// The result of one command, by view.
@@ -76,6 +77,7 @@ pub enum Outcome {
         reason: String,
     },
     Auth(auth::Out),
+    Runtime(runtime::Out),
 }
 
 /// A view as the edges see it: the commands it takes and the outcome type they return, so a
@@ -113,6 +115,7 @@ view!(registry::Registry, registry, Registry);
 view!(config::Config, config, Config);
 view!(lock::Locks, lock, Lock);
 view!(auth::Auth, auth, Auth);
+view!(runtime::Runtime, runtime, Runtime);
 
 impl Command {
     /// Roughly how many bytes the command adds to a log entry (for batch limits).
@@ -125,6 +128,7 @@ impl Command {
             Command::Config(c) => c.size_hint(),
             Command::Lock(c) => c.size_hint(),
             Command::Auth(c) => c.size_hint(),
+            Command::Runtime(c) => c.size_hint(),
             Command::Fenced(f, c) => FIXED_SIZE + f.lock.len() + c.size_hint(),
             Command::Txn(t) => {
                 FIXED_SIZE
@@ -150,6 +154,7 @@ impl Command {
             Command::Config(c) => c.validate(),
             Command::Lock(c) => c.validate(),
             Command::Auth(c) => c.validate(),
+            Command::Runtime(c) => c.validate(),
             Command::Fenced(f, c) => {
                 f.validate()?;
                 let fenceable = match c.as_ref() {
@@ -161,6 +166,7 @@ impl Command {
                     | Command::Config(_)
                     | Command::Lock(_)
                     | Command::Auth(_)
+                    | Command::Runtime(_)
                     | Command::Fenced(..) => false,
                 };
                 if !fenceable {
@@ -186,6 +192,7 @@ impl Command {
                         | Command::Config(_)
                         | Command::Lock(_)
                         | Command::Auth(_)
+                        | Command::Runtime(_)
                         | Command::Fenced(..) => false,
                     };
                     if !allowed {

@@ -48,6 +48,9 @@ pub const AUTH: u8 = 0x0F;
 /// namespace's name; absent: `micro`.
 pub const LEASE_NS: u8 = 0x10;
 
+/// Runtime services: `RUNTIME ns(len-prefixed) name` (`views::runtime`).
+pub const RUNTIME: u8 = 0x11;
+
 /// The keyspace schema (u64; absent = 1). Apply migrates older schemas at the first entry.
 pub const META_SCHEMA: &[u8] = &[META, b'v'];
 /// The first revision still in the change feed (u64; absent = 1).

@@ -4,7 +4,7 @@
 use crate::command::{Command, Outcome, Request, Txn};
 use crate::keys;
 use crate::storage::{Overlay, Read, StorageError};
-use crate::views::{auth, config, events, lease, lock, meta, registry, store};
+use crate::views::{auth, config, events, lease, lock, meta, registry, runtime, store};
 use crate::{expiry, views};
 
 /// The keyspace schema this release writes: 2 added leases, the change feed and the general
@@ -158,6 +158,7 @@ fn apply_one<S: Read + ?Sized>(
         Command::Config(c) => config::apply(ov, c, revision, now),
         Command::Lock(c) => lock::apply(ov, c, revision, now),
         Command::Auth(c) => auth::apply(ov, c, revision, now),
+        Command::Runtime(c) => runtime::apply(ov, c, revision, now),
         Command::Fenced(f, c) => {
             if let Err(rejected) = lock::check_fence(ov, f)? {
                 return Ok(rejected);
@@ -207,6 +208,7 @@ fn apply_txn<S: Read + ?Sized>(
             | Command::Config(_)
             | Command::Lock(_)
             | Command::Auth(_)
+            | Command::Runtime(_)
             | Command::Fenced(..) => {
                 return Err(StorageError(
                     "a transaction holds a command validate() refuses".into(),

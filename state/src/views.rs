@@ -11,4 +11,5 @@ pub mod lease;
 pub mod lock;
 pub mod meta;
 pub mod registry;
+pub mod runtime;
 pub mod store;

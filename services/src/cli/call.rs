@@ -113,10 +113,20 @@ async fn invoke(
             show(item.map_err(status_error)?)?;
         }
     } else {
-        let resp = grpc
-            .unary(req, path, RawCodec)
-            .await
-            .map_err(status_error)?;
+        // An instance that just died is still registered until its TTL ends: the node marks
+        // it unreachable and picks another on the next try (nothing reached the dead one).
+        let body = req.get_ref().clone();
+        let metadata = req.metadata().clone();
+        let mut attempt = 1;
+        let resp = loop {
+            let mut req = tonic::Request::new(body.clone());
+            *req.metadata_mut() = metadata.clone();
+            grpc.ready().await?;
+            match grpc.unary(req, path.clone(), RawCodec).await {
+                Err(s) if s.code() == tonic::Code::Unavailable && attempt < 3 => attempt += 1,
+                other => break other.map_err(status_error)?,
+            }
+        };
         show(resp.into_inner())?;
     }
     Ok(ExitCode::SUCCESS)

@@ -43,7 +43,7 @@ pub(super) struct Domain {
 }
 
 /// A registry message as JSON, in the proto3 JSON mapping (what the HTTP gateway speaks).
-fn proto_json<M: Message>(msg: &M, full_name: &str) -> anyhow::Result<Value> {
+pub(super) fn proto_json<M: Message>(msg: &M, full_name: &str) -> anyhow::Result<Value> {
     let pool = prost_reflect::DescriptorPool::decode(micro::proto::FILE_DESCRIPTOR_SET)?;
     let desc = pool
         .get_message_by_name(full_name)

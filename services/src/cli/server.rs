@@ -62,6 +62,20 @@ pub(super) struct ServerArgs {
     /// (OTLP over HTTP/protobuf, e.g. http://127.0.0.1:4318/v1/traces); none by default
     #[arg(long, env = "MICRO_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Cargo profile `micro run` builds sources with: release, dev, or a custom profile
+    #[arg(long, env = "MICRO_RUNTIME_PROFILE", default_value = "release")]
+    runtime_profile: String,
+    /// How long a node may be unreachable before the leader moves its `micro run` instances
+    /// to other nodes
+    #[arg(long, env = "MICRO_RUNTIME_GRACE", default_value = "15s", value_parser = humantime::parse_duration)]
+    runtime_grace: Duration,
+    /// How long a stopping instance has after SIGTERM before it gets SIGKILL
+    #[arg(long, env = "MICRO_RUNTIME_STOP_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    runtime_stop_grace: Duration,
+    /// Size bound of one instance's log file under the data dir (a full file is rotated;
+    /// two are kept)
+    #[arg(long, env = "MICRO_RUNTIME_LOG_BYTES", default_value_t = 1024 * 1024)]
+    runtime_log_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -180,6 +194,13 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         http: args.http,
         auth_disabled: args.auth_disabled,
         config_dir: micro::env::config_dir(),
+        runtime: crate::runtime::Config {
+            profile: args.runtime_profile.clone(),
+            grace: args.runtime_grace,
+            stop_grace: args.runtime_stop_grace,
+            log_bytes: args.runtime_log_bytes,
+            ..crate::runtime::Config::new(&args.data_dir)
+        },
     };
     let res = crate::server::run(cfg, shutdown).await;
     if let Some(export) = export {

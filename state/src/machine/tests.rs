@@ -476,7 +476,69 @@ fn arb_cmd() -> impl Strategy<Value = Command> {
             success: vec![put(k, "s", 500)],
             failure: vec![],
         })),
+        (0u8..5, 0u64..4, 0u8..8).prop_map(|(op, node, status)| runtime_cmd(op, node, status)),
     ]
+}
+
+/// A runtime command on one of two services (create, place, report, update, delete).
+fn runtime_cmd(op: u8, node: u64, status: u8) -> Command {
+    use crate::views::runtime as rt;
+    let name = if node.is_multiple_of(2) { "g" } else { "h" };
+    let status = [
+        rt::Status::Pending,
+        rt::Status::Building,
+        rt::Status::Starting,
+        rt::Status::Running,
+        rt::Status::Stopping,
+        rt::Status::Stopped,
+        rt::Status::Error,
+        rt::Status::Unknown,
+    ][status as usize];
+    Command::Runtime(match op {
+        0 => rt::Cmd::Create(Box::new(rt::Create {
+            spec: rt::Spec {
+                namespace: "micro".into(),
+                name: name.into(),
+                source: "/s".into(),
+                instances: 2,
+                ..Default::default()
+            },
+            account: crate::views::auth::Account {
+                id: format!("runtime-{name}"),
+                name: format!("runtime-{name}"),
+                kind: "service".into(),
+                issuer: "micro".into(),
+                secret_hash: "h".into(),
+                ..Default::default()
+            },
+            secret: "s".into(),
+        })),
+        1 => rt::Cmd::Place {
+            namespace: "micro".into(),
+            name: name.into(),
+            generation: 1,
+            nodes: vec![node, (node + 1) % 4],
+        },
+        2 => rt::Cmd::Report(rt::Report {
+            namespace: "micro".into(),
+            name: name.into(),
+            instance: (node % 2) as u32,
+            node,
+            generation: 1,
+            status,
+            ..Default::default()
+        }),
+        3 => rt::Cmd::Update {
+            namespace: "micro".into(),
+            name: name.into(),
+            instances: 0,
+            entrypoint: String::new(),
+        },
+        _ => rt::Cmd::Delete {
+            namespace: "micro".into(),
+            name: name.into(),
+        },
+    })
 }
 
 proptest! {
@@ -1527,5 +1589,214 @@ mod lock_view {
         assert!(
             matches!(&step(&mut s, 9, 3400, vec![acquire(1)])[0], Outcome::Rejected { field, .. } if field == "lease")
         );
+    }
+}
+
+mod runtime_view {
+    use super::*;
+    use crate::views::auth;
+    use crate::views::runtime::{self as rt, Cmd, Out, Report, Status};
+
+    fn step(s: &mut MemStore, index: u64, cmd: Cmd) -> Outcome {
+        let mut ov = Overlay::new(&*s);
+        let mut out = apply(
+            &mut ov,
+            LogPos { index, term: 1 },
+            &Request {
+                time_ms: 1000 + index,
+                cmds: vec![Command::Runtime(cmd)],
+            },
+        )
+        .unwrap();
+        let (w, _) = ov.into_parts();
+        s.commit(w);
+        out.remove(0)
+    }
+
+    fn create(name: &str, instances: u32) -> Cmd {
+        Cmd::Create(Box::new(rt::Create {
+            spec: rt::Spec {
+                namespace: "micro".into(),
+                name: name.into(),
+                source: "/src".into(),
+                instances,
+                ..Default::default()
+            },
+            account: auth::Account {
+                id: format!("runtime-{name}"),
+                name: format!("runtime-{name}"),
+                kind: "service".into(),
+                issuer: "micro".into(),
+                scopes: vec!["service".into()],
+                secret_hash: "hash".into(),
+                ..Default::default()
+            },
+            secret: "secret".into(),
+        }))
+    }
+
+    fn place(nodes: &[u64], generation: u64) -> Cmd {
+        Cmd::Place {
+            namespace: "micro".into(),
+            name: "g".into(),
+            generation,
+            nodes: nodes.to_vec(),
+        }
+    }
+
+    fn report(instance: u32, node: u64, generation: u64, status: Status) -> Cmd {
+        Cmd::Report(Report {
+            namespace: "micro".into(),
+            name: "g".into(),
+            instance,
+            node,
+            generation,
+            status,
+            ..Default::default()
+        })
+    }
+
+    fn svc(s: &MemStore) -> Option<rt::Service> {
+        rt::get(s, "micro", "g").unwrap()
+    }
+
+    const DONE: Outcome = Outcome::Runtime(Out::Done);
+    const STALE: Outcome = Outcome::Runtime(Out::Stale);
+
+    #[test]
+    fn create_makes_the_account_and_the_rule_once_and_refuses_a_second_create() {
+        let mut s = MemStore::default();
+        assert_eq!(step(&mut s, 1, create("g", 2)), DONE);
+        let svc = svc(&s).unwrap();
+        assert_eq!((svc.generation, svc.instances.len()), (1, 2));
+        assert!(svc
+            .instances
+            .iter()
+            .all(|i| i.node == 0 && i.status == Status::Pending));
+        let acc = auth::account(&s, "micro", "runtime-g").unwrap().unwrap();
+        assert_eq!(acc.scopes, vec!["service".to_string()]);
+        let rule = auth::rule(&s, "micro", rt::SERVICE_RULE).unwrap().unwrap();
+        assert_eq!((rule.scope.as_str(), rule.access), ("service", 1));
+        assert_eq!(
+            step(&mut s, 2, create("g", 1)),
+            Outcome::Runtime(Out::Exists)
+        );
+        assert_eq!(svc_instances(&s), 2, "the second create changed nothing");
+    }
+
+    fn svc_instances(s: &MemStore) -> usize {
+        svc(s).map_or(0, |v| v.instances.len())
+    }
+
+    #[test]
+    fn reports_count_only_from_the_placed_node_and_the_current_generation() {
+        let mut s = MemStore::default();
+        step(&mut s, 1, create("g", 2));
+        assert_eq!(step(&mut s, 2, place(&[1, 2], 1)), DONE);
+        assert_eq!(step(&mut s, 3, place(&[1, 2], 1)), STALE, "no change");
+        assert_eq!(step(&mut s, 4, place(&[1], 1)), STALE, "wrong count");
+        assert_eq!(step(&mut s, 5, report(0, 1, 1, Status::Running)), DONE);
+        assert_eq!(
+            step(&mut s, 6, report(1, 3, 1, Status::Running)),
+            STALE,
+            "not placed there"
+        );
+        assert_eq!(
+            step(&mut s, 7, report(1, 2, 9, Status::Running)),
+            STALE,
+            "other generation"
+        );
+        assert_eq!(
+            step(&mut s, 8, report(5, 2, 1, Status::Running)),
+            STALE,
+            "no such instance"
+        );
+        let v = svc(&s).unwrap();
+        assert_eq!(v.instances[0].status, Status::Running);
+        assert_eq!(v.instances[1].status, Status::Pending);
+        // Moved: the instance starts over on its new node, the old node's word no longer counts.
+        assert_eq!(step(&mut s, 9, place(&[3, 2], 1)), DONE);
+        assert_eq!(svc(&s).unwrap().instances[0].status, Status::Pending);
+        assert_eq!(step(&mut s, 10, report(0, 1, 1, Status::Running)), STALE);
+        // Update: a new generation, instances keep their nodes, new ones wait for placement.
+        let up = Cmd::Update {
+            namespace: "micro".into(),
+            name: "g".into(),
+            instances: 3,
+            entrypoint: String::new(),
+        };
+        assert_eq!(step(&mut s, 11, up), DONE);
+        let v = svc(&s).unwrap();
+        assert_eq!(v.generation, 2);
+        assert_eq!(
+            v.instances.iter().map(|i| i.node).collect::<Vec<_>>(),
+            vec![3, 2, 0]
+        );
+        assert_eq!(step(&mut s, 12, report(0, 3, 1, Status::Running)), STALE);
+        assert_eq!(step(&mut s, 13, report(0, 3, 2, Status::Running)), DONE);
+    }
+
+    #[test]
+    fn delete_waits_for_every_instance_to_stop_then_removes_service_and_account() {
+        let mut s = MemStore::default();
+        step(&mut s, 1, create("g", 3));
+        step(&mut s, 2, place(&[1, 2, 3], 1));
+        for (i, n) in [(0, 1), (1, 2), (2, 3)] {
+            step(&mut s, 3 + i as u64, report(i, n, 1, Status::Running));
+        }
+        let del = Cmd::Delete {
+            namespace: "micro".into(),
+            name: "g".into(),
+        };
+        assert_eq!(step(&mut s, 10, del.clone()), DONE);
+        let v = svc(&s).unwrap();
+        assert!(v.deleting && v.instances.iter().all(|i| i.status == Status::Stopping));
+        // A late "running" from a node that has not seen the delete does not undo it.
+        assert_eq!(step(&mut s, 11, report(0, 1, 1, Status::Running)), DONE);
+        assert_eq!(svc(&s).unwrap().instances[0].status, Status::Stopping);
+        step(&mut s, 12, report(0, 1, 1, Status::Stopped));
+        step(&mut s, 13, report(1, 2, 1, Status::Stopped));
+        assert!(
+            auth::account(&s, "micro", "runtime-g").unwrap().is_some(),
+            "still stopping"
+        );
+        // Node 3 is dead: the leader unplaces its instance, which ends the delete.
+        assert_eq!(step(&mut s, 14, place(&[1, 2, 0], 1)), DONE);
+        assert!(svc(&s).is_none());
+        assert!(auth::account(&s, "micro", "runtime-g").unwrap().is_none());
+        assert_eq!(step(&mut s, 15, del), Outcome::Runtime(Out::NotFound));
+        // A service none of whose instances was placed goes at once.
+        step(&mut s, 16, create("g", 1));
+        step(
+            &mut s,
+            17,
+            Cmd::Delete {
+                namespace: "micro".into(),
+                name: "g".into(),
+            },
+        );
+        assert!(svc(&s).is_none());
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_naming_the_field() {
+        let mut s = MemStore::default();
+        let mut bad = create("a b", 1);
+        let field = |o: Outcome| match o {
+            Outcome::Rejected { field, .. } => field,
+            o => panic!("not rejected: {o:?}"),
+        };
+        assert_eq!(field(step(&mut s, 1, bad.clone())), "resource.service.name");
+        if let Cmd::Create(c) = &mut bad {
+            c.spec.name = "ok".into();
+            c.spec.instances = 0;
+        }
+        assert_eq!(field(step(&mut s, 2, bad.clone())), "options.instances");
+        if let Cmd::Create(c) = &mut bad {
+            c.spec.instances = 1;
+            c.spec.env = vec!["NOEQUALS".into()];
+        }
+        assert_eq!(field(step(&mut s, 3, bad)), "options.env[0]");
+        assert!(rt::list(&s, None).unwrap().is_empty());
     }
 }

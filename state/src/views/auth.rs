@@ -346,6 +346,14 @@ pub fn rules<S: Read + ?Sized>(s: &S, ns: &str) -> Result<Vec<Rule>, StorageErro
 }
 
 /// The refresh token with `digest` of account `id`, if it exists.
+/// The rule `id` of namespace `ns`.
+pub fn rule<S: Read + ?Sized>(s: &S, ns: &str, id: &str) -> Result<Option<Rule>, StorageError> {
+    match s.get(&rule_key(ns, id))? {
+        Some(b) => Ok(Some(codec::decode(&b).map_err(|e| corrupt("rule", e))?)),
+        None => Ok(None),
+    }
+}
+
 pub fn refresh<S: Read + ?Sized>(
     s: &S,
     ns: &str,
