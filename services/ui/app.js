@@ -374,6 +374,31 @@ const pages = {
     });
   },
 
+  async runtime(main) {
+    main.innerHTML = `<section class="card"><h2>Runtime</h2>
+      <p class="muted">Services started with <code>micro run</code>: every instance, its node and status.</p>
+      <div id="runtime"></div></section>`;
+    every(2000, async () => {
+      try {
+        const r = await api("/runtime/read", {});
+        const now = Date.now() / 1000;
+        const rows = [];
+        for (const s of r.services || []) {
+          for (const i of s.instances || []) {
+            const up = i.status_name === "running" && num(i.started) ? age(Math.max(0, Math.round(now - num(i.started))) * 1000) : "–";
+            rows.push({ cells: [[`<code>${esc(s.name)}</code>`], [esc(s.version)], [num(i.index), "num"],
+              [num(i.node) || "–", "num"], [`<span class="status ${esc(i.status_name)}">${esc(i.status_name)}</span>`],
+              [num(i.restarts), "num"], [up], [esc(i.error)]] });
+          }
+        }
+        $("#runtime").innerHTML = table([["name"], ["version"], ["instance", "num"], ["node", "num"], ["status"],
+          ["restarts", "num"], ["uptime"], ["info"]], rows);
+      } catch (e) {
+        $("#runtime").innerHTML = errorBox(e);
+      }
+    });
+  },
+
   async auth(main) {
     main.innerHTML = `<div class="row">
       <section class="card"><h2>Accounts</h2><div id="accounts"></div></section>

@@ -234,7 +234,7 @@ async fn the_dashboard_shows_live_cluster_store_and_streams_in_chromium() -> any
     b.screenshot(&shots.join("events.png")).await?;
 
     // The other pages render without an error.
-    for page in ["registry", "config", "locks", "auth"] {
+    for page in ["registry", "config", "locks", "runtime", "auth"] {
         b.go(&format!("{site}/#/{page}")).await?;
         b.until(
             &format!("the {page} page"),

@@ -1677,6 +1677,13 @@ mod runtime_view {
         assert_eq!(acc.scopes, vec!["service".to_string()]);
         let rule = auth::rule(&s, "micro", rt::SERVICE_RULE).unwrap().unwrap();
         assert_eq!((rule.scope.as_str(), rule.access), ("service", 1));
+        let deny = auth::rule(&s, "micro", rt::SERVICE_RULE_NO_RUNTIME)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (deny.resource_name.as_str(), deny.access, deny.priority),
+            ("runtime", 2, 1)
+        );
         assert_eq!(
             step(&mut s, 2, create("g", 1)),
             Outcome::Runtime(Out::Exists)

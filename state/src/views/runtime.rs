@@ -32,8 +32,11 @@ pub const MAX_INSTANCES: u32 = 64;
 /// The most bytes of output a report may carry (the last lines before a crash).
 pub const MAX_OUTPUT_BYTES: usize = 4096;
 /// The rule `Create` adds to a namespace (if absent) so its services' accounts (scope
-/// `service`) may call Micro and each other.
+/// `service`) may call Micro and each other (an operator may change or delete it; a later
+/// `Create` puts it back only if it is absent).
 pub const SERVICE_RULE: &str = "runtime-services";
+/// The rule `Create` adds beside [`SERVICE_RULE`]: scope `service` may not call the runtime.
+pub const SERVICE_RULE_NO_RUNTIME: &str = "runtime-services-no-runtime";
 /// The scope of the accounts the runtime generates.
 pub const SERVICE_SCOPE: &str = "service";
 
@@ -446,25 +449,24 @@ pub(crate) fn apply<S: Read + ?Sized>(
                 }
                 other => return Ok(other),
             }
-            if auth::rule(ov, &spec.namespace, SERVICE_RULE)?.is_none() {
-                let rule = auth::Rule {
-                    id: SERVICE_RULE.into(),
-                    scope: SERVICE_SCOPE.into(),
-                    resource_type: "service".into(),
-                    resource_name: "*".into(),
-                    resource_endpoint: "*".into(),
-                    access: 1,
-                    priority: 0,
-                };
-                auth::apply(
-                    ov,
-                    &auth::Cmd::PutRule {
-                        namespace: spec.namespace.clone(),
-                        rule,
-                    },
-                    revision,
-                    now,
-                )?;
+            // Services may call Micro and each other, but not run services themselves.
+            for (id, resource, access, priority) in [
+                (SERVICE_RULE, "*", 1, 0),
+                (SERVICE_RULE_NO_RUNTIME, "runtime", 2, 1),
+            ] {
+                if auth::rule(ov, &spec.namespace, id)?.is_none() {
+                    let rule = auth::Rule {
+                        id: id.into(),
+                        scope: SERVICE_SCOPE.into(),
+                        resource_type: "service".into(),
+                        resource_name: resource.into(),
+                        resource_endpoint: "*".into(),
+                        access,
+                        priority,
+                    };
+                    let namespace = spec.namespace.clone();
+                    auth::apply(ov, &auth::Cmd::PutRule { namespace, rule }, revision, now)?;
+                }
             }
             let mut svc = Service {
                 spec: spec.clone(),
