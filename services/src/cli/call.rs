@@ -59,9 +59,21 @@ async fn method_of(
     endpoint: &str,
 ) -> anyhow::Result<(MethodDescriptor, String)> {
     let (_, path) = endpoint_of(service, versions, endpoint)?;
-    let pool = micro::reflection::descriptors(client.channel(), Some(service))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read service {service}'s descriptors: {e}"))?;
+    // As for the call itself: a dead instance still registered is marked by the node and
+    // passed over on the next try.
+    let mut attempt = 1;
+    let pool = loop {
+        match micro::reflection::descriptors(client.channel(), Some(service)).await {
+            Err(micro::Error::Status(st)) if micro::discovery::retryable(&st) && attempt < 3 => {
+                attempt += 1
+            }
+            other => {
+                break other.map_err(|e| {
+                    anyhow::anyhow!("cannot read service {service}'s descriptors: {e}")
+                })?
+            }
+        }
+    };
     let (full, method) = path
         .trim_start_matches('/')
         .split_once('/')

@@ -2,7 +2,7 @@
 //! on its own: an unplaced instance goes to the live member with the fewest instances (lowest
 //! id on a tie); an instance on a member that has been unreachable for longer than the grace
 //! period, or that left the cluster, is placed again. A member is live while it answers the
-//! leader's status probe; a new leader counts every member as seen when it took over, so an
+//! leader's status probe (twice a second); a new leader counts every member as seen when it took over, so an
 //! election alone never moves an instance.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,11 +13,12 @@ use micro_state::views::runtime::{self as view, Runtime};
 use tokio::time::Instant;
 
 /// How often the leader looks at the members and the services.
-const EVERY: Duration = Duration::from_secs(1);
+const EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(node: Node, grace: Duration) {
     let mut stopping = node.stopping();
     let mut feed = node.feed();
+    let mut metrics = node.raft().metrics();
     // Member → when the leader last heard from it; cleared when leadership is lost.
     let mut seen: BTreeMap<u64, Instant> = BTreeMap::new();
     loop {
@@ -35,6 +36,12 @@ pub async fn run(node: Node, grace: Duration) {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = stopping.changed() => break,
+                // Leadership won: start watching members now, not at the next tick.
+                Ok(()) = metrics.changed(), if !leading => {
+                    if metrics.borrow_and_update().current_leader == Some(node.id()) {
+                        break;
+                    }
+                }
                 b = feed.recv() => match b {
                     // A service created, updated or deleted: place it now, not in a second.
                     Ok(b) if leading && b.changes.iter().any(|c| {
