@@ -353,7 +353,12 @@ impl Service {
         }
 
         let mut registration = self.describe();
-        let node_id = format!("{}-{}", self.name, random_id());
+        // A supervisor that names the instance (Micro's runtime does) can deregister it when
+        // the process dies without doing so itself.
+        let node_id = std::env::var("MICRO_SERVICE_NODE_ID")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| format!("{}-{}", self.name, random_id()));
         let port = advertise
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse().ok())

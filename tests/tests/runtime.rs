@@ -127,18 +127,30 @@ fn greeters_of(c: &TestCluster, id: u64) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-fn registered_greeters(c: &TestCluster, id: u64) -> usize {
+/// The registry node ids of `greeter` (the instances register with the SDK's default TTL,
+/// 90 s: an id that goes sooner was deregistered, by the instance or by the runtime).
+fn registered_ids(c: &TestCluster, id: u64) -> BTreeSet<String> {
     let (ok, out, _) = c.cli(id, &["registry", "get", "greeter", "-o", "json"]);
     if !ok {
-        return 0;
+        return BTreeSet::new();
     }
     serde_json::from_str::<Vec<Value>>(&out)
-        .map(|v| {
-            v.iter()
-                .map(|s| s["nodes"].as_array().map_or(0, Vec::len))
-                .sum()
-        })
-        .unwrap_or(0)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|s| s["nodes"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn registered_greeters(c: &TestCluster, id: u64) -> usize {
+    registered_ids(c, id).len()
+}
+
+/// The ids the runtime gives the current instances: `NAME-nNODE-iINDEX`.
+fn expected_ids(list: &[Value]) -> BTreeSet<String> {
+    list.iter()
+        .map(|i| format!("greeter-n{}-i{}", field(i, "node"), field(i, "index")))
+        .collect()
 }
 
 fn hello(c: &TestCluster, id: u64) -> anyhow::Result<()> {
@@ -176,16 +188,7 @@ async fn micro_run_builds_supervises_moves_logs_and_kills_the_greeter() -> anyho
     let started = Instant::now();
     let (ok, out, err) = c.cli(
         1,
-        &[
-            "run",
-            &source.display().to_string(),
-            "--instances",
-            "3",
-            "--env",
-            "MICRO_REGISTER_TTL=4",
-            "--env",
-            "MICRO_REGISTER_INTERVAL=1",
-        ],
+        &["run", &source.display().to_string(), "--instances", "3"],
     );
     assert!(ok, "micro run failed: {out}{err}");
     let running = eventually("three greeters running", BUILD, || async {
@@ -332,6 +335,18 @@ async fn micro_run_builds_supervises_moves_logs_and_kills_the_greeter() -> anyho
         took < GRACE + Duration::from_secs(10),
         "moved after {took:?}"
     );
+    // The dead instance could not deregister (its node was gone): the leader did, long
+    // before its 90 s TTL.
+    eventually(
+        "the registry to list exactly the placed instances",
+        SHORT,
+        || async {
+            let want = expected_ids(&instances(&c, survivor, "greeter")?);
+            let have = registered_ids(&c, survivor);
+            Ok((have == want).then_some(()))
+        },
+    )
+    .await?;
     hello(&c, survivor)?;
     c.spawn(dead)?;
     let target = c.applied(survivor).await?;

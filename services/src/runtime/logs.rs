@@ -252,6 +252,35 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a program writes comes back as written (a line is cut at MAX_LINE and
+        /// loses trailing CR/LF); whatever a damaged file holds never makes a reader panic.
+        #[test]
+        fn lines_round_trip_and_garbage_is_skipped(
+            texts in prop::collection::vec("[^\n]{0,40}", 1..20),
+            garbage in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let dir = std::env::temp_dir().join(format!(
+                "micro-logs-prop-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            ));
+            let w = LogDir::new(dir.clone(), 1 << 20).writer("micro", "p", 0);
+            for t in &texts {
+                w.line("stdout", t);
+            }
+            let back: Vec<String> = read_all(w.path()).into_iter().map(|l| l.text).collect();
+            let want: Vec<String> =
+                texts.iter().map(|t| t.trim_end_matches(['\n', '\r']).to_string()).collect();
+            prop_assert_eq!(back, want);
+            std::fs::write(w.path(), &garbage).unwrap();
+            let _ = read_all(w.path());
+            let _ = Line::parse(&String::from_utf8_lossy(&garbage));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 
     #[test]
     fn rotates_within_its_bound_and_tails_across_rotations() {

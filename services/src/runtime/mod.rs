@@ -39,6 +39,46 @@ impl Config {
     }
 }
 
+/// The registry node id an instance registers with (`MICRO_SERVICE_NODE_ID`): one per
+/// service, node and instance, so its supervisor (or the leader, when the node died) can
+/// deregister it when the process cannot.
+pub fn instance_id(name: &str, node: u64, index: u32) -> String {
+    format!("{name}-n{node}-i{index}")
+}
+
+/// Removes registry node `id` from every service of namespace `ns` that has it: for an
+/// instance that died without deregistering (crash, SIGKILL, its node died), so calls stop
+/// going to it now rather than when its TTL runs out.
+pub async fn deregister(node: &Node, ns: &str, id: &str) {
+    use micro_state::views::registry as reg;
+    let found = match reg::list(node.view(), ns, None) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("runtime: cannot read the registry: {e}");
+            return;
+        }
+    };
+    for (domain, svc) in found {
+        if !svc.nodes.contains_key(id) {
+            continue;
+        }
+        let cmd = reg::Cmd::Deregister {
+            domain,
+            name: svc.name.clone(),
+            version: svc.version.clone(),
+            nodes: vec![id.to_string()],
+        };
+        match node.run::<reg::Registry>(cmd).await {
+            Ok(_) => {
+                tracing::info!(service = %svc.name, node = %id, "runtime: deregistered a dead instance")
+            }
+            Err(e) => {
+                tracing::warn!(service = %svc.name, node = %id, "runtime: cannot deregister a dead instance: {e}")
+            }
+        }
+    }
+}
+
 /// The runtime of one node: its supervisor, its share of placement, its logs.
 #[derive(Clone)]
 pub struct Runtime {

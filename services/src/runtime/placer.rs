@@ -86,9 +86,21 @@ async fn place(node: &Node, grace: Duration, seen: &mut BTreeMap<u64, Instant>) 
             nodes: nodes.clone(),
         };
         match node.run::<Runtime>(cmd).await {
-            Ok(_) => tracing::info!(service = %svc.spec.name, ?nodes, "runtime: placed instances"),
+            Ok((_, view::Out::Done)) => {
+                tracing::info!(service = %svc.spec.name, ?nodes, "runtime: placed instances")
+            }
+            // Decided on a state that moved on: the next round decides again.
+            Ok(_) => continue,
             Err(e) => {
-                tracing::warn!(service = %svc.spec.name, "runtime: cannot place instances: {e}")
+                tracing::warn!(service = %svc.spec.name, "runtime: cannot place instances: {e}");
+                continue;
+            }
+        }
+        // Instances taken off a dead member died with it, unable to deregister.
+        for (index, (old, new)) in svc.instances.iter().map(|i| i.node).zip(&nodes).enumerate() {
+            if old != 0 && old != *new {
+                let id = super::instance_id(&svc.spec.name, old, index as u32);
+                super::deregister(node, &svc.spec.namespace, &id).await;
             }
         }
     }

@@ -333,6 +333,8 @@ async fn instance(
                 }
             }
         };
+        // It did not deregister (a crash): take it out of the registry now.
+        super::deregister(&shared.node, &ns, &super::instance_id(&name, me, index)).await;
         if started.elapsed() >= STABLE {
             backoff = FIRST_BACKOFF;
         }
@@ -530,6 +532,10 @@ fn spawn(
         .env("MICRO_SERVICE_NAME", &spec.name)
         .env("MICRO_SERVICE_VERSION", &spec.version)
         .env("MICRO_SERVICE_INSTANCE", index.to_string())
+        .env(
+            "MICRO_SERVICE_NODE_ID",
+            super::instance_id(&spec.name, shared.node.id(), index),
+        )
         // Output goes to a file: no terminal colours (the service's env may turn them on).
         .env("NO_COLOR", "1");
     for e in &spec.env {
