@@ -17,8 +17,9 @@ const EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(node: Node, grace: Duration) {
     let mut stopping = node.stopping();
-    let mut feed = node.feed();
-    let mut metrics = node.raft().metrics();
+    // Applied batches, only while leading: a follower's placer wakes only on its tick, not
+    // on every entry.
+    let mut feed: Option<micro_cluster::feed::Receiver> = None;
     // Member → when the leader last heard from it; cleared when leadership is lost.
     let mut seen: BTreeMap<u64, Instant> = BTreeMap::new();
     loop {
@@ -28,23 +29,25 @@ pub async fn run(node: Node, grace: Duration) {
         let leading = node.raft().metrics().borrow().current_leader == Some(node.id());
         if !leading {
             seen.clear();
+            feed = None;
         } else {
+            feed.get_or_insert_with(|| node.feed());
             place(&node, grace, &mut seen).await;
         }
         let deadline = Instant::now() + EVERY;
         loop {
+            let next = async {
+                match feed.as_mut() {
+                    Some(f) => f.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = stopping.changed() => break,
-                // Leadership won: start watching members now, not at the next tick.
-                Ok(()) = metrics.changed(), if !leading => {
-                    if metrics.borrow_and_update().current_leader == Some(node.id()) {
-                        break;
-                    }
-                }
-                b = feed.recv() => match b {
-                    // A service created, updated or deleted: place it now, not in a second.
-                    Ok(b) if leading && b.changes.iter().any(|c| {
+                b = next => match b {
+                    // A service created: place it now, not at the next tick.
+                    Ok(b) if b.changes.iter().any(|c| {
                         c.key.first() == Some(&micro_state::keys::RUNTIME) && c.prev_revision == 0
                     }) => break,
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
