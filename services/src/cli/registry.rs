@@ -44,12 +44,27 @@ pub(super) struct Domain {
 
 /// A registry message as JSON, in the proto3 JSON mapping (what the HTTP gateway speaks).
 pub(super) fn proto_json<M: Message>(msg: &M, full_name: &str) -> anyhow::Result<Value> {
+    proto_json_with(msg, full_name, &prost_reflect::SerializeOptions::new())
+}
+
+/// As [`proto_json`], with every field, zeros included (an instance 0 on node 0 says so,
+/// rather than leaving scripts to know proto3's defaults).
+pub(super) fn proto_json_full<M: Message>(msg: &M, full_name: &str) -> anyhow::Result<Value> {
+    let opts = prost_reflect::SerializeOptions::new().skip_default_fields(false);
+    proto_json_with(msg, full_name, &opts)
+}
+
+fn proto_json_with<M: Message>(
+    msg: &M,
+    full_name: &str,
+    opts: &prost_reflect::SerializeOptions,
+) -> anyhow::Result<Value> {
     let pool = prost_reflect::DescriptorPool::decode(micro::proto::FILE_DESCRIPTOR_SET)?;
     let desc = pool
         .get_message_by_name(full_name)
         .ok_or_else(|| anyhow::anyhow!("no message {full_name}"))?;
     let dynamic = prost_reflect::DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())?;
-    Ok(serde_json::to_value(&dynamic)?)
+    Ok(dynamic.serialize_with_options(serde_json::value::Serializer, opts)?)
 }
 
 /// A `registry.Service` from its JSON (proto3 JSON mapping, as `micro registry get -o json`

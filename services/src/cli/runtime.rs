@@ -133,13 +133,21 @@ pub(super) async fn status(
     if out == Output::Json {
         let all = services
             .iter()
-            .map(|s| registry::proto_json(s, "runtime.Service"))
+            .map(|s| registry::proto_json_full(s, "runtime.Service"))
             .collect::<anyhow::Result<Vec<_>>>()?;
         print_json(&Value::Array(all));
         return Ok(ExitCode::SUCCESS);
     }
-    if let (Some(n), true) = (&name, services.is_empty()) {
-        anyhow::bail!("no service {n:?} is run by the runtime; `micro run PATH` starts one");
+    if services.is_empty() {
+        match &name {
+            Some(n) => {
+                anyhow::bail!("no service {n:?} is run by the runtime; `micro run PATH` starts one")
+            }
+            None => {
+                println!("No service is run by the runtime; `micro run PATH` starts one.");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
