@@ -439,10 +439,12 @@ async fn a_service_that_exits_at_once_is_a_crash_loop_with_backoff_and_last_line
         }),
         options: None,
     };
+    let not_a_project = c.root().display().to_string();
     for source in [
         "relative/dir",
         "github.com/micro/services/helloworld",
         "/no/such/dir",
+        not_a_project.as_str(),
     ] {
         let e = client
             .runtime()

@@ -105,6 +105,7 @@ pub fn to_pb(svc: &view::Service) -> pb::Service {
     if !spec.kind.is_empty() {
         metadata.insert("type".into(), spec.kind.clone());
     }
+    metadata.insert("source_type".into(), spec.source_kind.name().into());
     if let Some(e) = svc.instances.iter().find(|i| !i.error.is_empty()) {
         metadata.insert("error".into(), e.error.clone());
     }
@@ -134,8 +135,10 @@ pub fn to_pb(svc: &view::Service) -> pb::Service {
     }
 }
 
-/// Checks a source the way a node will use it: an absolute path, readable here.
-fn check_source(node: &Node, source: &str) -> Result<(), Status> {
+/// What a source is, checked the way a node will use it: an absolute path, readable here, of
+/// a Cargo project or an executable. Git sources are recognised and refused (these nodes do
+/// not fetch code).
+fn check_source(node: &Node, source: &str) -> Result<view::SourceKind, Status> {
     const FIELD: &str = "resource.service.source";
     if source.is_empty() {
         return Err(invalid(
@@ -156,13 +159,18 @@ fn check_source(node: &Node, source: &str) -> Result<(), Status> {
             format!("{source:?} must be an absolute path (the CLI makes it one)"),
         ));
     }
-    if !path.exists() {
-        return Err(invalid(
+    match std::fs::metadata(path) {
+        Err(_) => Err(invalid(
             FIELD,
             format!("{source} does not exist on node {} (every node runs from its own copy of the path)", node.id()),
-        ));
+        )),
+        Ok(m) if m.is_file() => Ok(view::SourceKind::Executable),
+        Ok(_) if path.join("Cargo.toml").is_file() => Ok(view::SourceKind::Cargo),
+        Ok(_) => Err(invalid(
+            FIELD,
+            format!("{source} has no Cargo.toml: give a Cargo project directory or an executable"),
+        )),
     }
-    Ok(())
 }
 
 type LogStream = super::feed::ResponseStream<pb::LogRecord>;
@@ -178,7 +186,7 @@ impl pb::runtime_server::Runtime for RuntimeService {
         let opts = r.options.unwrap_or_default();
         let ns = caller.namespace_or("options.namespace", &opts.namespace)?;
         let svc = service_name(&r.resource)?.clone();
-        check_source(&self.node, &svc.source)?;
+        let source_kind = check_source(&self.node, &svc.source)?;
         if !opts.image.is_empty() {
             return Err(invalid(
                 "options.image",
@@ -229,6 +237,7 @@ impl pb::runtime_server::Runtime for RuntimeService {
             entrypoint: opts.entrypoint,
             metadata: svc.metadata.into_iter().collect(),
             instances,
+            source_kind,
         };
         let cmd = view::Cmd::Create(Box::new(view::Create {
             spec,

@@ -560,6 +560,12 @@ fn workdir(source: &Path) -> &Path {
 /// The program to run: the source itself if it is a file, else the binary `cargo build`
 /// makes of it (once per generation on this node, shared by its instances).
 async fn build(shared: &Shared, svc: &Service, log: &Writer) -> Result<PathBuf, String> {
+    if svc.spec.source_kind == view::SourceKind::Git {
+        return Err(format!(
+            "{} is a git source and this node does not fetch code: clone it and `micro run` the directory",
+            svc.spec.source
+        ));
+    }
     let source = PathBuf::from(&svc.spec.source);
     let meta = std::fs::metadata(&source).map_err(|e| {
         format!(

@@ -73,6 +73,30 @@ impl Status {
     }
 }
 
+/// What a source is. The front end decides it when the service is created; the supervisor
+/// acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SourceKind {
+    /// A directory with a Cargo project: built with `cargo build` on each node.
+    #[default]
+    Cargo,
+    /// An executable file: run as it is.
+    Executable,
+    /// A git repository (`github.com/org/repo[/path][@ref]`, `https://...`): kept in the model
+    /// for a runtime that can fetch code; these nodes cannot, so the front end refuses it.
+    Git,
+}
+
+impl SourceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Cargo => "cargo",
+            SourceKind::Executable => "executable",
+            SourceKind::Git => "git",
+        }
+    }
+}
+
 /// What should run: Micro v3's `Service` + `CreateOptions`, as given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Spec {
@@ -94,6 +118,7 @@ pub struct Spec {
     pub entrypoint: String,
     pub metadata: BTreeMap<String, String>,
     pub instances: u32,
+    pub source_kind: SourceKind,
 }
 
 /// One instance: where it is placed and what its node last said of it.
