@@ -4,6 +4,7 @@
 //! event's topic in the streams page), and a killed node shows as down within 5 s on a page
 //! left open. Screenshots go to `target/test-artifacts/dashboard/`.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,7 +26,10 @@ struct Browser {
 impl Browser {
     async fn start(profile: &std::path::Path) -> anyhow::Result<Browser> {
         let port = free_port();
+        // Its own process group, so that dropping the Browser (a failed test) takes Chromium
+        // down with chromedriver instead of leaving it running, orphaned.
         let driver = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -115,8 +119,24 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// Ends the session (chromedriver quits Chromium and its helpers cleanly).
+    async fn quit(self) -> anyhow::Result<()> {
+        let path = format!("/session/{}", self.session);
+        self.call("DELETE", &path, Value::Null).await?;
+        Ok(())
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Whatever is left of the group: chromedriver, and Chromium if the session was not
+        // ended (a failed test).
+        // `--` is not optional: procps-ng 4.0.2's kill reads `kill -KILL -12345` as
+        // kill(-1, SIGKILL), every process the user may signal.
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -269,5 +289,5 @@ async fn the_dashboard_shows_live_cluster_store_and_streams_in_chromium() -> any
         killed.elapsed().as_secs_f64()
     );
     b.screenshot(&shots.join("cluster-node-down.png")).await?;
-    Ok(())
+    b.quit().await
 }

@@ -188,9 +188,16 @@ async fn micro_run_builds_supervises_moves_logs_and_kills_the_greeter() -> anyho
     let started = Instant::now();
     let (ok, out, err) = c.cli(
         1,
-        &["run", &source.display().to_string(), "--instances", "3"],
+        &[
+            "run",
+            &source.display().to_string(),
+            "--instances",
+            "3",
+            "--wait",
+        ],
     );
     assert!(ok, "micro run failed: {out}{err}");
+    assert!(out.contains("greeter: 3 instance(s) running"), "{out}");
     let running = eventually("three greeters running", BUILD, || async {
         let list = instances(&c, 2, "greeter")?;
         if let Some(e) = list.iter().find(|i| i["statusName"] == "error") {
@@ -461,6 +468,7 @@ async fn a_service_that_exits_at_once_is_a_crash_loop_with_backoff_and_last_line
     let (ok, _, err) = c.cli(1, &["run", "/no/such/dir"]);
     assert!(!ok && err.contains("/no/such/dir"), "{err}");
 
+    // --wait follows it until it fails, then says why, with its last lines, and exits 1.
     let (ok, out, err) = c.cli(
         2,
         &[
@@ -468,9 +476,18 @@ async fn a_service_that_exits_at_once_is_a_crash_loop_with_backoff_and_last_line
             &project.display().to_string(),
             "--env",
             "CONFIG=/etc/crashy.toml",
+            "--wait",
         ],
     );
-    assert!(ok, "micro run failed: {out}{err}");
+    assert!(
+        !ok,
+        "micro run --wait succeeded for a crashing service: {out}"
+    );
+    assert!(err.contains("exited with exit status: 3"), "{err}");
+    assert!(
+        err.contains("fatal: no config at /etc/crashy.toml"),
+        "{err}"
+    );
     let (node, info, output) = eventually(
         "a crash loop reported",
         Duration::from_secs(120),

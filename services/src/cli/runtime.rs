@@ -26,6 +26,13 @@ pub(super) struct RunArgs {
     /// Which binary of the package to run, when it has several
     #[arg(long)]
     entrypoint: Option<String>,
+    /// Wait until every instance runs, showing progress (build, start); exit 1 if one fails
+    /// (with its last lines), or after --wait-timeout
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits (builds included)
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15m")]
+    wait_timeout: Duration,
     /// Arguments for the program
     #[arg(last = true)]
     args: Vec<String>,
@@ -93,7 +100,11 @@ pub(super) async fn run(t: &Target, out: Output, a: RunArgs) -> anyhow::Result<E
             ..Default::default()
         }),
     };
-    t.connect().await?.runtime().create(req).await?;
+    let client = t.connect().await?;
+    client.runtime().create(req).await?;
+    if a.wait {
+        return wait_running(&client, out, &name, a.wait_timeout).await;
+    }
     match out {
         Output::Json => {
             print_json(&json!({"name": name, "source": source, "instances": a.instances}))
@@ -108,6 +119,78 @@ pub(super) async fn run(t: &Target, out: Output, a: RunArgs) -> anyhow::Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long (s) every instance must have been up for `micro run --wait` to call it running.
+const SETTLE_S: i64 = 2;
+
+/// Follows a new service until every instance runs (success), one fails (exit 1, with why and
+/// its last lines) or `timeout` passes.
+async fn wait_running(
+    client: &Client,
+    out: Output,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let req = || pb::ReadRequest {
+        options: Some(pb::ReadOptions {
+            service: name.to_string(),
+            ..Default::default()
+        }),
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let services = client.runtime().read(req()).await?.into_inner().services;
+        let Some(svc) = services.into_iter().next() else {
+            bar.finish_and_clear();
+            anyhow::bail!("{name} is gone (was it killed?)");
+        };
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        for i in &svc.instances {
+            *counts.entry(i.status_name.as_str()).or_default() += 1;
+        }
+        let summary = counts
+            .iter()
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        bar.set_message(format!("{name}: {summary}"));
+        if let Some(failed) = svc.instances.iter().find(|i| i.status_name == "error") {
+            bar.finish_and_clear();
+            eprintln!(
+                "{name}: instance {} on node {}: {}",
+                failed.index, failed.node, failed.error
+            );
+            for l in failed.output.lines() {
+                eprintln!("  {l}");
+            }
+            eprintln!("`micro logs {name}` has the rest; `micro kill {name}` stops it");
+            return Ok(ExitCode::FAILURE);
+        }
+        let running = counts.get("running").copied().unwrap_or(0);
+        // Up for a couple of seconds, not just started: a program that exits at once is
+        // reported as failing, not as running.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let settled = svc.instances.iter().all(|i| now - i.started >= SETTLE_S);
+        if running == svc.instances.len() && running > 0 && settled {
+            bar.finish_and_clear();
+            match out {
+                Output::Json => print_json(&registry::proto_json_full(&svc, "runtime.Service")?),
+                Output::Table => println!("{name}: {running} instance(s) running"),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bar.finish_and_clear();
+            anyhow::bail!("{name} is not running after {timeout:?} ({summary}); `micro status {name}` and `micro logs {name}` tell why");
+        }
+    }
 }
 
 pub(super) async fn status(
