@@ -251,14 +251,14 @@ pub fn stages_table(rows: &[Row]) -> String {
     }
     let mut s = String::from(
         "\nWhere Micro's time went (means over the cell, from its own metrics; see docs/observability.md):\n\n\
-         | workload | clients | conns/node | target | server ms / request | forwards / request | proposal ms (leader) | commands / entry | append → durable ms | replication round ms | fsync ms | fsyncs / entry (all nodes) | apply ms |\n\
-         |---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | workload | clients | conns/node | target | server ms / request | forwards / request | proposal ms (leader) | commands / entry | append → durable ms | replication round ms | fsync ms | fsyncs / entry (all nodes) | apply ms | snapshots built (ms each) |\n\
+         |---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in with {
         let st = r.stages.as_ref().expect("filtered");
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.workload.name(),
             r.clients,
             fmt_conns(r.conns),
@@ -272,6 +272,11 @@ pub fn stages_table(rows: &[Row]) -> String {
             fmt_opt(st.fsync_ms, 3),
             fmt_opt(st.fsyncs_per_entry, 2),
             fmt_opt(st.apply_ms, 3),
+            match (st.snapshots, st.snapshot_ms) {
+                (Some(n), Some(ms)) if n > 0.0 => format!("{n:.0} ({ms:.0})"),
+                (Some(n), _) => format!("{n:.0}"),
+                _ => "–".into(),
+            },
         );
     }
     s

@@ -58,6 +58,13 @@ pub struct Stages {
     pub replicate_ms: Option<f64>,
     /// Forward calls from followers to the leader per request.
     pub forwards_per_request: Option<f64>,
+    /// Snapshots built during the cell, on all nodes (each reads the whole keyspace and
+    /// fsyncs a file: the usual suspect for a tail).
+    #[serde(default)]
+    pub snapshots: Option<f64>,
+    /// Mean time to build one of them.
+    #[serde(default)]
+    pub snapshot_ms: Option<f64>,
 }
 
 impl Scrape {
@@ -98,6 +105,8 @@ pub fn stages(before: &Scrape, after: &Scrape, method: &str) -> Stages {
         append_ms: mean_ms("micro_log_append_seconds"),
         replicate_ms: mean_ms("micro_raft_append_entries_seconds"),
         forwards_per_request: ratio(d("micro_forwarded_writes_total"), requests),
+        snapshots: Some(d("micro_snapshot_build_seconds_count")),
+        snapshot_ms: mean_ms("micro_snapshot_build_seconds"),
     }
 }
 
@@ -125,5 +134,6 @@ mod tests {
         assert_eq!(s.server_ms, Some(5.0));
         assert_eq!(s.forwards_per_request, Some(0.1));
         assert_eq!(s.apply_ms, None);
+        assert_eq!((s.snapshots, s.snapshot_ms), (Some(0.0), None));
     }
 }
