@@ -417,6 +417,7 @@ fn main() {
     for i in 0..200 {
         println!("starting up, step {i} of a long and chatty start-up sequence");
     }
+    eprintln!("token={}", std::env::var("TOKEN").unwrap_or_default());
     eprintln!("fatal: no config at {}", std::env::var("CONFIG").unwrap_or_default());
     std::process::exit(3);
 }
@@ -468,6 +469,9 @@ async fn a_service_that_exits_at_once_is_a_crash_loop_with_backoff_and_last_line
     let (ok, _, err) = c.cli(1, &["run", "/no/such/dir"]);
     assert!(!ok && err.contains("/no/such/dir"), "{err}");
 
+    // A secret from config secrets, read when the instance starts.
+    let (ok, _, err) = c.cli(1, &["config", "set", "crashy.token", "s3cr3t", "--secret"]);
+    assert!(ok, "{err}");
     // --wait follows it until it fails, then says why, with its last lines, and exits 1.
     let (ok, out, err) = c.cli(
         2,
@@ -476,6 +480,8 @@ async fn a_service_that_exits_at_once_is_a_crash_loop_with_backoff_and_last_line
             &project.display().to_string(),
             "--env",
             "CONFIG=/etc/crashy.toml",
+            "--secret",
+            "TOKEN=config:crashy.token",
             "--wait",
         ],
     );
@@ -487,6 +493,16 @@ async fn a_service_that_exits_at_once_is_a_crash_loop_with_backoff_and_last_line
     assert!(
         err.contains("fatal: no config at /etc/crashy.toml"),
         "{err}"
+    );
+    assert!(
+        err.contains("token=s3cr3t"),
+        "the config secret reached the program: {err}"
+    );
+    let (ok, status, _) = c.cli(1, &["status", "crashy", "-o", "json"]);
+    assert!(ok && status.contains("crashy"), "{status}");
+    assert!(
+        !status.contains("crashy.token"),
+        "status shows a secret: {status}"
     );
     let (node, info, output) = eventually(
         "a crash loop reported",

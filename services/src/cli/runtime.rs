@@ -17,7 +17,8 @@ pub(super) struct RunArgs {
     /// An environment variable for the instances, KEY=VALUE (repeatable)
     #[arg(long = "env", alias = "env_vars", value_parser = parse_kv)]
     env: Vec<(String, String)>,
-    /// A secret for the instances' environment, KEY=VALUE (repeatable; never shown)
+    /// A secret for the instances' environment, KEY=VALUE (repeatable; never shown);
+    /// KEY=config:PATH takes the value from config (secrets decrypted) at every start
     #[arg(long = "secret", value_parser = parse_kv)]
     secrets: Vec<(String, String)>,
     /// The version to report (default: latest)

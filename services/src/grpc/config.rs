@@ -180,29 +180,45 @@ impl ConfigService {
     /// The document (or value) at `path`, with its revision; `null` when nothing is there.
     async fn read(&self, ns: &str, path: &[String], secrets: bool) -> Result<(Json, u64), Status> {
         self.node.read_barrier(true).await.map_err(status)?;
-        let leaves = view::leaves(self.node.view(), ns, path).map_err(|e| status(e.into()))?;
-        let key = if secrets && leaves.iter().any(|(_, l)| l.secret) {
-            view::secret_keys(self.node.view()).map_err(|e| status(e.into()))?
-        } else {
-            None
-        };
-        let mut root = Json::Null;
-        let mut revision = 0;
-        for (p, leaf) in leaves {
-            revision = revision.max(leaf.mod_revision);
-            let value = if leaf.secret {
-                match &key {
-                    Some(k) => serde_json::from_str(&decrypt(k, ns, &p, &leaf.json)?)
-                        .map_err(|e| Status::data_loss(e.to_string()))?,
-                    None => Json::String(HIDDEN.into()),
-                }
-            } else {
-                serde_json::from_str(&leaf.json).map_err(|e| Status::data_loss(e.to_string()))?
-            };
-            insert(&mut root, &p[path.len()..], value);
-        }
-        Ok((root, revision))
+        read_local(&self.node, ns, path, secrets)
     }
+}
+
+/// The value at `path` (dot-separated) of namespace `ns`, secrets decrypted, from this node's
+/// copy: for the runtime, which hands config secrets to the instances it starts.
+pub(crate) fn secret_value(node: &Node, ns: &str, path: &str) -> Result<Json, Status> {
+    read_local(node, ns, &path_of(path)?, true).map(|(v, _)| v)
+}
+
+/// [`ConfigService::read`] without the read barrier.
+fn read_local(
+    node: &Node,
+    ns: &str,
+    path: &[String],
+    secrets: bool,
+) -> Result<(Json, u64), Status> {
+    let leaves = view::leaves(node.view(), ns, path).map_err(|e| status(e.into()))?;
+    let key = if secrets && leaves.iter().any(|(_, l)| l.secret) {
+        view::secret_keys(node.view()).map_err(|e| status(e.into()))?
+    } else {
+        None
+    };
+    let mut root = Json::Null;
+    let mut revision = 0;
+    for (p, leaf) in leaves {
+        revision = revision.max(leaf.mod_revision);
+        let value = if leaf.secret {
+            match &key {
+                Some(k) => serde_json::from_str(&decrypt(k, ns, &p, &leaf.json)?)
+                    .map_err(|e| Status::data_loss(e.to_string()))?,
+                None => Json::String(HIDDEN.into()),
+            }
+        } else {
+            serde_json::from_str(&leaf.json).map_err(|e| Status::data_loss(e.to_string()))?
+        };
+        insert(&mut root, &p[path.len()..], value);
+    }
+    Ok((root, revision))
 }
 
 type WatchStream = super::feed::ResponseStream<pb::WatchResponse>;

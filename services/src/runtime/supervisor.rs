@@ -299,7 +299,10 @@ async fn instance(
         );
         let tail: Arc<Mutex<Tails>> = Default::default();
         let started = Instant::now();
-        let exit = match spawn(&shared, &svc, index, &program) {
+        let started_child = secrets(&shared.node, &svc.spec)
+            .map_err(std::io::Error::other)
+            .and_then(|secrets| spawn(&shared, &svc, index, &program, &secrets));
+        let exit = match started_child {
             Err(e) => format!("cannot start {}: {e}", program.display()),
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
@@ -495,11 +498,38 @@ pub fn exec_child(parent: u32, program: &str, args: &[String]) -> std::io::Error
     std::process::Command::new(program).args(args).exec()
 }
 
+/// The value a secret names: `config:PATH` is the config value at PATH in the service's
+/// namespace (config secrets decrypted), read at every start so a changed secret applies on
+/// the next one; anything else is the value itself.
+pub(crate) const CONFIG_SECRET: &str = "config:";
+
+fn secrets(node: &Node, spec: &view::Spec) -> Result<Vec<(String, String)>, String> {
+    spec.secrets
+        .iter()
+        .map(|(k, v)| match v.strip_prefix(CONFIG_SECRET) {
+            None => Ok((k.clone(), v.clone())),
+            Some(path) => {
+                let value = crate::grpc::config::secret_value(node, &spec.namespace, path)
+                    .map_err(|e| format!("secret {k}: config {path}: {}", e.message()))?;
+                match value {
+                    serde_json::Value::Null => Err(format!(
+                        "secret {k}: nothing at config path {path:?} in namespace {:?} (`micro config set {path} VALUE --secret`)",
+                        spec.namespace
+                    )),
+                    serde_json::Value::String(s) => Ok((k.clone(), s)),
+                    other => Ok((k.clone(), other.to_string())),
+                }
+            }
+        })
+        .collect()
+}
+
 fn spawn(
     shared: &Shared,
     svc: &Service,
     index: u32,
     program: &Path,
+    secrets: &[(String, String)],
 ) -> std::io::Result<tokio::process::Child> {
     let spec = &svc.spec;
     let mut cmd = match spec.command.split_first() {
@@ -543,7 +573,7 @@ fn spawn(
             cmd.env(k, v);
         }
     }
-    for (k, v) in &spec.secrets {
+    for (k, v) in secrets {
         cmd.env(k, v);
     }
     cmd.spawn()
