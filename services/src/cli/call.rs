@@ -59,21 +59,12 @@ async fn method_of(
     endpoint: &str,
 ) -> anyhow::Result<(MethodDescriptor, String)> {
     let (_, path) = endpoint_of(service, versions, endpoint)?;
-    // As for the call itself: a dead instance still registered is marked by the node and
-    // passed over on the next try.
-    let mut attempt = 1;
-    let pool = loop {
-        match micro::reflection::descriptors(client.channel(), Some(service)).await {
-            Err(micro::Error::Status(st)) if micro::discovery::retryable(&st) && attempt < 3 => {
-                attempt += 1
-            }
-            other => {
-                break other.map_err(|e| {
-                    anyhow::anyhow!("cannot read service {service}'s descriptors: {e}")
-                })?
-            }
-        }
-    };
+    let pool = retried(
+        |e| matches!(e, micro::Error::Status(st) if micro::discovery::retryable(st)),
+        || micro::reflection::descriptors(client.channel(), Some(service)),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot read service {service}'s descriptors: {e}"))?;
     let (full, method) = path
         .trim_start_matches('/')
         .split_once('/')
@@ -125,23 +116,40 @@ async fn invoke(
             show(item.map_err(status_error)?)?;
         }
     } else {
-        // An instance that just died is still registered until its TTL ends: the node marks
-        // it unreachable and picks another on the next try (nothing reached the dead one).
-        let body = req.get_ref().clone();
-        let metadata = req.metadata().clone();
-        let mut attempt = 1;
-        let resp = loop {
+        let (body, metadata) = (req.get_ref().clone(), req.metadata().clone());
+        let resp = retried(micro::discovery::retryable, || {
             let mut req = tonic::Request::new(body.clone());
             *req.metadata_mut() = metadata.clone();
-            grpc.ready().await?;
-            match grpc.unary(req, path.clone(), RawCodec).await {
-                Err(s) if s.code() == tonic::Code::Unavailable && attempt < 3 => attempt += 1,
-                other => break other.map_err(status_error)?,
+            let (mut grpc, path) = (grpc.clone(), path.clone());
+            async move {
+                grpc.ready()
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                grpc.unary(req, path, RawCodec).await
             }
-        };
+        })
+        .await
+        .map_err(status_error)?;
         show(resp.into_inner())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `op` up to three times while it fails with an error `retry` accepts. An instance that
+/// just died stays registered until its TTL ends; the node's proxy marks it unreachable after
+/// one failed call and picks another on the next try (nothing reached the dead one).
+async fn retried<T, E, F, Fut>(retry: impl Fn(&E) -> bool, mut op: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if attempt < 3 && retry(&e) => attempt += 1,
+            other => return other,
+        }
+    }
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {

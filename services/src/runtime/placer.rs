@@ -59,6 +59,19 @@ pub async fn run(node: Node, grace: Duration) {
 }
 
 async fn place(node: &Node, grace: Duration, seen: &mut BTreeMap<u64, Instant>) {
+    let services = match view::list(node.view(), None) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("runtime placement: cannot read the runtime view: {e}");
+            return;
+        }
+    };
+    // Nothing to place or move: no probe of the members. Their clocks start again with the
+    // first service, as after an election.
+    if services.is_empty() {
+        seen.clear();
+        return;
+    }
     let status = node.status().await;
     let now = Instant::now();
     let members: BTreeSet<u64> = status.members.iter().map(|m| m.id).collect();
@@ -74,13 +87,6 @@ async fn place(node: &Node, grace: Duration, seen: &mut BTreeMap<u64, Instant>) 
         .filter(|(_, t)| now.duration_since(**t) <= grace)
         .map(|(id, _)| *id)
         .collect();
-    let services = match view::list(node.view(), None) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("runtime placement: cannot read the runtime view: {e}");
-            return;
-        }
-    };
     for (svc, nodes) in decide(&services, &members, &live) {
         let cmd = view::Cmd::Place {
             namespace: svc.spec.namespace.clone(),

@@ -590,28 +590,29 @@ fn workdir(source: &Path) -> &Path {
 /// The program to run: the source itself if it is a file, else the binary `cargo build`
 /// makes of it (once per generation on this node, shared by its instances).
 async fn build(shared: &Shared, svc: &Service, log: &Writer) -> Result<PathBuf, String> {
-    if svc.spec.source_kind == view::SourceKind::Git {
-        return Err(format!(
-            "{} is a git source and this node does not fetch code: clone it and `micro run` the directory",
-            svc.spec.source
-        ));
-    }
+    // The front end decided what the source is; this node checks its own copy of the path.
     let source = PathBuf::from(&svc.spec.source);
-    let meta = std::fs::metadata(&source).map_err(|e| {
+    let unreadable = |e: std::io::Error| {
         format!(
             "source {} is not readable on node {}: {e}",
             source.display(),
             shared.node.id()
         )
-    })?;
-    if meta.is_file() {
-        return Ok(source);
-    }
-    if !source.join("Cargo.toml").is_file() {
-        return Err(format!(
-            "{} has no Cargo.toml: give a Cargo project directory or an executable",
-            source.display()
-        ));
+    };
+    match svc.spec.source_kind {
+        view::SourceKind::Git => {
+            return Err(format!(
+                "{} is a git source and this node does not fetch code: clone it and `micro run` the directory",
+                svc.spec.source
+            ))
+        }
+        view::SourceKind::Executable => {
+            std::fs::metadata(&source).map_err(unreadable)?;
+            return Ok(source);
+        }
+        view::SourceKind::Cargo => {
+            std::fs::metadata(source.join("Cargo.toml")).map_err(unreadable)?;
+        }
     }
     let cell = shared
         .builds
