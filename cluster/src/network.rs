@@ -32,6 +32,97 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 pub struct Peer {
     client: PeerClient<Channel>,
     token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    /// The `Forwards` stream to this peer, opened by the first forwarded write.
+    forwards: std::sync::Arc<tokio::sync::Mutex<ForwardSlot>>,
+}
+
+/// The state of a peer's `Forwards` stream.
+enum ForwardSlot {
+    Closed,
+    Open(std::sync::Arc<Mux>),
+    /// The peer runs a version without `Forwards`: unary calls.
+    Unsupported,
+}
+
+type Answer = tokio::sync::oneshot::Sender<Result<Vec<u8>, CallError>>;
+
+/// Requests in flight on one `Forwards` stream, matched to their answers by id.
+struct Mux {
+    tx: tokio::sync::mpsc::Sender<Payload>,
+    waiting: std::sync::Mutex<Waiting>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// Set by the reader when the stream ended; nothing may wait on it after that.
+    closed: bool,
+    answers: std::collections::HashMap<u64, Answer>,
+}
+
+impl Mux {
+    fn is_closed(&self) -> bool {
+        self.waiting.lock().expect("mux lock").closed
+    }
+
+    /// Sends one forwarded write and waits for its answer. Same errors as a unary call:
+    /// `Unreachable` when nothing was sent, `Failed` when the leader may have acted on it.
+    async fn call(&self, data: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut w = self.waiting.lock().expect("mux lock");
+            if w.closed {
+                return Err(CallError::Unreachable("the forwarding stream ended".into()));
+            }
+            w.answers.insert(id, answer);
+        }
+        let msg = Payload {
+            data,
+            id,
+            request_id: crate::trace::current()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        };
+        let forget = || self.waiting.lock().expect("mux lock").answers.remove(&id);
+        if self.tx.send(msg).await.is_err() {
+            forget();
+            return Err(CallError::Unreachable("the forwarding stream ended".into()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(CallError::Failed("the forwarding stream ended".into())),
+            Err(_) => {
+                forget();
+                Err(CallError::Failed(format!("timed out after {timeout:?}")))
+            }
+        }
+    }
+
+    /// Reads answers until the stream ends, then fails whatever still waits: those requests
+    /// reached the leader, which may have acted on them.
+    async fn read(self: std::sync::Arc<Self>, mut rx: tonic::Streaming<Payload>) {
+        let why = loop {
+            match rx.message().await {
+                Ok(Some(p)) => {
+                    let answer = self.waiting.lock().expect("mux lock").answers.remove(&p.id);
+                    if let Some(a) = answer {
+                        let _ = a.send(Ok(p.data));
+                    }
+                }
+                Ok(None) => break "the leader closed the forwarding stream".to_string(),
+                Err(status) => break format!("{}: {}", status.code(), status.message()),
+            }
+        };
+        let answers = {
+            let mut w = self.waiting.lock().expect("mux lock");
+            w.closed = true;
+            std::mem::take(&mut w.answers)
+        };
+        for (_, a) in answers {
+            let _ = a.send(Err(CallError::Failed(why.clone())));
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +148,48 @@ impl Peer {
         let token = token
             .parse()
             .map_err(|_| "the cluster token must be printable ASCII".to_string())?;
-        Ok(Peer { client, token })
+        Ok(Peer {
+            client,
+            token,
+            forwards: std::sync::Arc::new(tokio::sync::Mutex::new(ForwardSlot::Closed)),
+        })
+    }
+
+    /// The open `Forwards` stream, opening it if needed; `Ok(None)` if the peer lacks it.
+    async fn forwards(&self, timeout: Duration) -> Result<Option<std::sync::Arc<Mux>>, CallError> {
+        let mut slot = self.forwards.lock().await;
+        match &*slot {
+            ForwardSlot::Open(m) if !m.is_closed() => return Ok(Some(m.clone())),
+            ForwardSlot::Unsupported => return Ok(None),
+            _ => {}
+        }
+        *slot = ForwardSlot::Closed;
+        // Room for every batcher's requests in flight; a full queue waits (backpressure).
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        req.metadata_mut().insert(TOKEN_HEADER, self.token.clone());
+        let mut c = self.client.clone();
+        let answers = match tokio::time::timeout(timeout, c.forwards(req)).await {
+            Err(_) => {
+                return Err(CallError::Unreachable(format!(
+                    "timed out after {timeout:?}"
+                )))
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                *slot = ForwardSlot::Unsupported;
+                return Ok(None);
+            }
+            Ok(Err(status)) => return Err(classify(status)),
+            Ok(Ok(resp)) => resp.into_inner(),
+        };
+        let mux = std::sync::Arc::new(Mux {
+            tx,
+            waiting: Default::default(),
+            next: std::sync::atomic::AtomicU64::new(1),
+        });
+        tokio::spawn(mux.clone().read(answers));
+        *slot = ForwardSlot::Open(mux.clone());
+        Ok(Some(mux))
     }
 
     fn request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
@@ -74,9 +206,18 @@ impl Peer {
         msg: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
+        let data = codec::encode(msg);
+        if matches!(method, Method::Forward) {
+            if let Some(mux) = self.forwards(timeout).await? {
+                let resp = mux.call(data, timeout).await?;
+                return codec::decode(&resp)
+                    .map_err(|e| CallError::Failed(format!("bad reply: {e}")));
+            }
+        }
         let mut req = self.request(
             Payload {
-                data: codec::encode(msg),
+                data,
+                ..Default::default()
             },
             timeout,
         );
@@ -103,6 +244,30 @@ impl Peer {
             Ok(Ok(r)) => r.into_inner(),
         };
         codec::decode(&resp.data).map_err(|e| CallError::Failed(format!("bad reply: {e}")))
+    }
+
+    /// Opens a replication stream (`Replicate`); `Ok(None)` when the peer runs a version
+    /// without it (UNIMPLEMENTED), which is then replicated to by unary calls.
+    pub async fn open_replication(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<ReplicationStream>, CallError> {
+        // One message in flight: openraft 0.9 waits for each answer before the next request.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        // No grpc-timeout on the stream: it lives as long as the replication task; each
+        // exchange has its own deadline instead.
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        req.metadata_mut().insert(TOKEN_HEADER, self.token.clone());
+        let mut c = self.client.clone();
+        match tokio::time::timeout(timeout, c.replicate(req)).await {
+            Err(_) => Err(CallError::Failed(format!("timed out after {timeout:?}"))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(None),
+            Ok(Err(status)) => Err(classify(status)),
+            Ok(Ok(resp)) => Ok(Some(ReplicationStream {
+                tx,
+                rx: resp.into_inner(),
+            })),
+        }
     }
 
     /// Streams a whole snapshot to the peer in checksummed chunks.
@@ -134,6 +299,43 @@ impl Peer {
             Ok(Ok(r)) => r.into_inner(),
         };
         codec::decode(&resp.data).map_err(|e| CallError::Failed(format!("bad reply: {e}")))
+    }
+}
+
+/// The leader's end of a `Replicate` stream to one follower: one request, then its answer.
+pub struct ReplicationStream {
+    tx: tokio::sync::mpsc::Sender<Payload>,
+    rx: tonic::Streaming<Payload>,
+}
+
+impl ReplicationStream {
+    /// Sends one bincode request and waits for its answer. After an error the stream is
+    /// unusable (an answer may still be on its way): drop it and open another.
+    pub async fn exchange(
+        &mut self,
+        data: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let fut = async {
+            self.tx
+                .send(Payload {
+                    data,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|_| CallError::Failed("replication stream closed".into()))?;
+            match self.rx.message().await {
+                Ok(Some(p)) => Ok(p.data),
+                Ok(None) => Err(CallError::Failed(
+                    "replication stream closed by the peer".into(),
+                )),
+                Err(status) => Err(classify(status)),
+            }
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Err(_) => Err(CallError::Failed(format!("timed out after {timeout:?}"))),
+            Ok(r) => r,
+        }
     }
 }
 
@@ -203,14 +405,26 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         RaftPeer {
             target,
             peer: self.pool.get(&node.addr),
+            stream: None,
+            unary_only: false,
         }
     }
 }
 
 /// openraft's view of one peer.
+///
+/// openraft keeps one client per replication task for the task's life, and makes a fresh one
+/// for every heartbeat and leadership check. A client opens a replication stream with its
+/// first AppendEntries that carries entries (only replication tasks send those) and sends all
+/// its later AppendEntries over it: a message on an open HTTP/2 stream instead of a unary
+/// call's new stream, headers, trailers and server task per request. Fresh clients (heartbeats,
+/// votes) stay unary, so a read's leadership check never pays for opening a stream.
 pub struct RaftPeer {
     target: u64,
     peer: Result<Peer, String>,
+    stream: Option<ReplicationStream>,
+    /// The peer answered UNIMPLEMENTED (an older version): unary calls for this client.
+    unary_only: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +462,51 @@ impl RaftPeer {
     }
 }
 
+fn unreachable(m: String) -> RPCError<u64, BasicNode, RaftError<u64>> {
+    RPCError::Unreachable(Unreachable::new(&Msg(m)))
+}
+
+impl RaftPeer {
+    /// AppendEntries over this client's replication stream, opened on first use; unary when
+    /// the peer has no such stream.
+    async fn append_streamed(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let ttl = option.hard_ttl();
+        if self.stream.is_none() {
+            let peer = self.peer.as_ref().map_err(|e| unreachable(e.clone()))?;
+            match peer.open_replication(ttl).await {
+                Ok(Some(s)) => self.stream = Some(s),
+                Ok(None) => {
+                    self.unary_only = true;
+                    return self.call(Method::AppendEntries, rpc, option).await;
+                }
+                // As for unary calls: every transport failure counts as Unreachable.
+                Err(CallError::Unreachable(m) | CallError::Failed(m)) => {
+                    return Err(unreachable(m))
+                }
+            }
+        }
+        let stream = self.stream.as_mut().expect("opened above");
+        let answer = match stream.exchange(codec::encode(rpc), ttl).await {
+            Ok(bytes) => {
+                codec::decode::<Result<AppendEntriesResponse<u64>, RaftError<u64>>>(&bytes)
+                    .map_err(|e| format!("bad reply: {e}"))
+            }
+            Err(CallError::Unreachable(m) | CallError::Failed(m)) => Err(m),
+        };
+        match answer {
+            Ok(res) => res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(m) => {
+                self.stream = None;
+                Err(unreachable(m))
+            }
+        }
+    }
+}
+
 impl RaftNetwork<TypeConfig> for RaftPeer {
     async fn append_entries(
         &mut self,
@@ -256,7 +515,12 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let started = std::time::Instant::now();
         let entries = rpc.entries.len();
-        let res = self.call(Method::AppendEntries, &rpc, &option).await;
+        let streamed = !self.unary_only && (entries > 0 || self.stream.is_some());
+        let res = if streamed {
+            self.append_streamed(&rpc, &option).await
+        } else {
+            self.call(Method::AppendEntries, &rpc, &option).await
+        };
         // Heartbeats carry no entries: only replication rounds say what a round costs.
         if entries > 0 {
             metrics::histogram!("micro_raft_append_entries_seconds")
@@ -297,5 +561,296 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
                 Ok(Ok(resp)) => Ok(resp),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The peer streams against a scripted peer on a real socket: answers matched by id,
+    //! a broken stream's calls reported as "may have happened", and older peers (no streams)
+    //! served by unary calls.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use micro_proto::raft::peer_server::{Peer as PeerApi, PeerServer};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+
+    type Answers =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<Payload, Status>> + Send + 'static>>;
+
+    /// How the scripted peer behaves.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Script {
+        /// Streams echo each request; a `Forwards` stream answers every 3 requests in reverse.
+        Streams,
+        /// The first `Forwards` stream ends after one request, unanswered; later ones echo.
+        DropFirst,
+        /// No streams (a version from before them): UNIMPLEMENTED.
+        Old,
+    }
+
+    #[derive(Clone)]
+    struct Fake {
+        script: Script,
+        opened: Arc<AtomicUsize>,
+        unary: Arc<AtomicUsize>,
+        streamed: Arc<AtomicUsize>,
+    }
+
+    fn ok_append() -> Vec<u8> {
+        let r: Result<AppendEntriesResponse<u64>, RaftError<u64>> =
+            Ok(AppendEntriesResponse::Success);
+        codec::encode(&r)
+    }
+
+    fn echo(p: &Payload, id: u64) -> Payload {
+        Payload {
+            data: p.data.clone(),
+            id,
+            ..Default::default()
+        }
+    }
+
+    #[tonic::async_trait]
+    impl PeerApi for Fake {
+        async fn append_entries(&self, _: Request<Payload>) -> Result<Response<Payload>, Status> {
+            self.unary.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(Payload {
+                data: ok_append(),
+                ..Default::default()
+            }))
+        }
+
+        type ReplicateStream = Answers;
+
+        async fn replicate(
+            &self,
+            req: Request<Streaming<Payload>>,
+        ) -> Result<Response<Answers>, Status> {
+            if self.script == Script::Old {
+                return Err(Status::unimplemented("no Replicate here"));
+            }
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            let streamed = self.streamed.clone();
+            let mut input = req.into_inner();
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(async move {
+                // Answers two requests, then ends the stream.
+                for _ in 0..2 {
+                    let Ok(Some(_)) = input.message().await else {
+                        return;
+                    };
+                    streamed.fetch_add(1, Ordering::SeqCst);
+                    let a = Payload {
+                        data: ok_append(),
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(a)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )))
+        }
+
+        async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+            self.unary.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(echo(req.get_ref(), 0)))
+        }
+
+        type ForwardsStream = Answers;
+
+        async fn forwards(
+            &self,
+            req: Request<Streaming<Payload>>,
+        ) -> Result<Response<Answers>, Status> {
+            if self.script == Script::Old {
+                return Err(Status::unimplemented("no Forwards here"));
+            }
+            let first = self.opened.fetch_add(1, Ordering::SeqCst) == 0;
+            let drop_it = first && self.script == Script::DropFirst;
+            let mut input = req.into_inner();
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok(Some(m)) = input.message().await {
+                    if drop_it {
+                        return; // ends the stream with the request unanswered
+                    }
+                    held.push(m);
+                    if held.len() == 3 {
+                        for m in held.drain(..).rev() {
+                            let _ = tx.send(Ok(echo(&m, m.id))).await;
+                        }
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )))
+        }
+
+        async fn vote(&self, _: Request<Payload>) -> Result<Response<Payload>, Status> {
+            Err(Status::unimplemented("vote"))
+        }
+        async fn snapshot(
+            &self,
+            _: Request<Streaming<micro_proto::raft::Chunk>>,
+        ) -> Result<Response<Payload>, Status> {
+            Err(Status::unimplemented("snapshot"))
+        }
+        async fn read_index(&self, _: Request<Payload>) -> Result<Response<Payload>, Status> {
+            Err(Status::unimplemented("read_index"))
+        }
+        async fn membership(&self, _: Request<Payload>) -> Result<Response<Payload>, Status> {
+            Err(Status::unimplemented("membership"))
+        }
+        async fn broker(&self, _: Request<Payload>) -> Result<Response<Payload>, Status> {
+            Err(Status::unimplemented("broker"))
+        }
+        async fn info(&self, _: Request<Payload>) -> Result<Response<Payload>, Status> {
+            Err(Status::unimplemented("info"))
+        }
+    }
+
+    async fn serve(script: Script) -> (Fake, Peer) {
+        let fake = Fake {
+            script,
+            opened: Default::default(),
+            unary: Default::default(),
+            streamed: Default::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = PeerServer::new(fake.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (fake, Peer::new(&addr.to_string(), "t").unwrap())
+    }
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn forwarded_writes_get_their_own_answers_when_they_come_back_out_of_order() {
+        let (fake, peer) = serve(Script::Streams).await;
+        let call = |s: &'static str| {
+            let peer = peer.clone();
+            async move {
+                peer.call::<String, String>(Method::Forward, &s.into(), T)
+                    .await
+            }
+        };
+        let (a, b, c) = tokio::join!(call("a"), call("b"), call("c"));
+        assert_eq!(
+            (a.unwrap(), b.unwrap(), c.unwrap()),
+            ("a".into(), "b".into(), "c".into())
+        );
+        assert_eq!(
+            fake.opened.load(Ordering::SeqCst),
+            1,
+            "one stream for all three"
+        );
+        assert_eq!(fake.unary.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_forward_cut_off_by_the_stream_may_have_happened_and_the_next_reopens() {
+        let (fake, peer) = serve(Script::DropFirst).await;
+        let first = peer
+            .call::<String, String>(Method::Forward, &"x".into(), T)
+            .await;
+        // The leader got it and may have proposed it: never "unreachable" (which retries).
+        assert!(matches!(first, Err(CallError::Failed(_))), "{first:?}");
+        let (a, b, c) = ("a".to_string(), "b".to_string(), "c".to_string());
+        let (a, b, c) = tokio::join!(
+            peer.call::<String, String>(Method::Forward, &a, T),
+            peer.call::<String, String>(Method::Forward, &b, T),
+            peer.call::<String, String>(Method::Forward, &c, T),
+        );
+        assert_eq!(
+            (a.unwrap(), b.unwrap(), c.unwrap()),
+            ("a".into(), "b".into(), "c".into())
+        );
+        assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_older_peer_gets_unary_forwards() {
+        let (fake, peer) = serve(Script::Old).await;
+        for s in ["a", "b"] {
+            let r = peer
+                .call::<String, String>(Method::Forward, &s.into(), T)
+                .await;
+            assert_eq!(r.unwrap(), s);
+        }
+        assert_eq!(fake.unary.load(Ordering::SeqCst), 2);
+    }
+
+    fn append(entries: u64) -> AppendEntriesRequest<TypeConfig> {
+        let leader = CommittedLeaderId::new(1, 1);
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: (1..=entries)
+                .map(|i| Entry {
+                    log_id: openraft::LogId::new(leader, i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: None,
+        }
+    }
+
+    async fn raft_peer(script: Script) -> (Fake, RaftPeer) {
+        let (fake, peer) = serve(script).await;
+        let client = RaftPeer {
+            target: 2,
+            peer: Ok(peer),
+            stream: None,
+            unary_only: false,
+        };
+        (fake, client)
+    }
+
+    #[tokio::test]
+    async fn replication_goes_over_one_stream_and_reopens_it_after_a_break() {
+        let (fake, mut client) = raft_peer(Script::Streams).await;
+        let opt = || RPCOption::new(T);
+        // A heartbeat of a fresh client stays unary.
+        assert!(client.append_entries(append(0), opt()).await.is_ok());
+        assert_eq!(fake.unary.load(Ordering::SeqCst), 1);
+        // Entries open the stream; the next (even empty) request uses it.
+        assert!(client.append_entries(append(2), opt()).await.is_ok());
+        assert!(client.append_entries(append(0), opt()).await.is_ok());
+        assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.streamed.load(Ordering::SeqCst), 2);
+        // The peer ended the stream after two: this request fails and openraft retries it.
+        let cut = client.append_entries(append(1), opt()).await;
+        assert!(matches!(cut, Err(RPCError::Unreachable(_))), "{cut:?}");
+        assert!(client.append_entries(append(1), opt()).await.is_ok());
+        assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+        assert_eq!(fake.unary.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_older_peer_is_replicated_to_by_unary_calls() {
+        let (fake, mut client) = raft_peer(Script::Old).await;
+        for n in [3, 0, 1] {
+            assert!(client
+                .append_entries(append(n), RPCOption::new(T))
+                .await
+                .is_ok());
+        }
+        assert_eq!(fake.unary.load(Ordering::SeqCst), 3);
+        assert!(client.unary_only);
     }
 }

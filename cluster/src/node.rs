@@ -162,8 +162,12 @@ impl Node {
         let (proposer, queued) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         {
-            let svc =
-                crate::peer::server(inner.clone(), proposer.clone(), cfg.cluster_token.clone());
+            let svc = crate::peer::server(
+                inner.clone(),
+                stop_rx.clone(),
+                proposer.clone(),
+                cfg.cluster_token.clone(),
+            );
             let mut rx = stop_rx.clone();
             // Set nodelay on accepted sockets: the builder's setting does not reach them.
             let incoming =

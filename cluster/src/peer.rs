@@ -34,18 +34,43 @@ pub(crate) trait Handler: Send + Sync + 'static {
 
 pub(crate) struct PeerService<H: Handler> {
     node: Arc<H>,
+    /// Turns true when the node stops: long-lived streams end then, so that the server's
+    /// graceful shutdown is not held open by them.
+    stop: tokio::sync::watch::Receiver<bool>,
     /// The node's write batcher: forwarded writes join the leader's own batches.
     proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
+}
+
+impl<H: Handler> Clone for PeerService<H> {
+    fn clone(&self) -> Self {
+        PeerService {
+            node: self.node.clone(),
+            stop: self.stop.clone(),
+            proposer: self.proposer.clone(),
+        }
+    }
 }
 
 fn reply<T: Serialize>(v: &T) -> Result<Response<Payload>, Status> {
     Ok(Response::new(Payload {
         data: codec::encode(v),
+        ..Default::default()
     }))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(p: &Payload) -> Result<T, Status> {
     codec::decode(&p.data).map_err(|e| Status::invalid_argument(format!("bad payload: {e}")))
+}
+
+/// The next message of a peer's stream, or its end when the node stops.
+async fn next(
+    input: &mut Streaming<Payload>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Payload>, Status> {
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => Ok(None),
+        m = input.message() => m,
+    }
 }
 
 /// Compares in time independent of where the first difference is.
@@ -56,6 +81,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// The peer service wrapped in the token check.
 pub(crate) fn server<H: Handler>(
     node: Arc<H>,
+    stop: tokio::sync::watch::Receiver<bool>,
     proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
     token: String,
 ) -> tonic::service::interceptor::InterceptedService<
@@ -73,9 +99,13 @@ pub(crate) fn server<H: Handler>(
             )),
         }
     };
-    let svc = PeerServer::new(PeerService { node, proposer })
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let svc = PeerServer::new(PeerService {
+        node,
+        stop,
+        proposer,
+    })
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
     tonic::service::interceptor::InterceptedService::new(svc, check)
 }
 
@@ -84,6 +114,39 @@ impl<H: Handler> Peer for PeerService<H> {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
         reply(&self.node.raft().append_entries(rpc).await)
+    }
+
+    type ReplicateStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<Payload, Status>> + Send + 'static>>;
+
+    /// AppendEntries requests from one leader's replication task, answered in order.
+    async fn replicate(
+        &self,
+        req: Request<Streaming<Payload>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let input = req.into_inner();
+        let raft = self.node.raft().clone();
+        let stop = self.stop.clone();
+        // `None` after an error: the stream ends with that status.
+        let answers = futures::stream::unfold(Some((input, raft, stop)), |state| async move {
+            let (mut input, raft, mut stop) = state?;
+            let msg = match next(&mut input, &mut stop).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return None,
+                Err(status) => return Some((Err(status), None)),
+            };
+            let rpc: AppendEntriesRequest<TypeConfig> = match decode(&msg) {
+                Ok(r) => r,
+                Err(status) => return Some((Err(status), None)),
+            };
+            let data = codec::encode(&raft.append_entries(rpc).await);
+            let answer = Payload {
+                data,
+                ..Default::default()
+            };
+            Some((Ok(answer), Some((input, raft, stop))))
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
@@ -129,16 +192,57 @@ impl<H: Handler> Peer for PeerService<H> {
             .get(crate::trace::HEADER)
             .and_then(|v| v.to_str().ok())
             .map(Into::into);
-        if let Some(ids) = &ids {
-            tracing::info!(request_id = %ids, "write forwarded by a follower");
-        }
-        let span = if crate::trace::spans_on() {
-            tracing::info_span!("forwarded_write", request_id = ids.as_deref().unwrap_or(""))
-        } else {
-            tracing::Span::none()
-        };
-        tracing::Instrument::instrument(crate::trace::scoped(ids, self.forward_here(req)), span)
-            .await
+        let cmds = decode(req.get_ref())?;
+        reply(&self.forwarded(cmds, ids).await)
+    }
+
+    type ForwardsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<Payload, Status>> + Send + 'static>>;
+
+    /// Forwarded writes from one follower, several at a time; each answer goes out as soon as
+    /// its entry is applied, with its request's id.
+    async fn forwards(
+        &self,
+        req: Request<Streaming<Payload>>,
+    ) -> Result<Response<Self::ForwardsStream>, Status> {
+        let mut input = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let this = self.clone();
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = match next(&mut input, &mut stop).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let cmds = match decode(&msg) {
+                    Ok(c) => c,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let ids = (!msg.request_id.is_empty()).then(|| msg.request_id.as_str().into());
+                let (this, tx) = (this.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let data = codec::encode(&this.forwarded(cmds, ids).await);
+                    let _ = tx
+                        .send(Ok(Payload {
+                            data,
+                            id: msg.id,
+                            ..Default::default()
+                        }))
+                        .await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn read_index(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
@@ -162,23 +266,39 @@ impl<H: Handler> Peer for PeerService<H> {
 }
 
 impl<H: Handler> PeerService<H> {
-    /// A follower's write: proposed here through the batcher if this node leads.
-    async fn forward_here(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let cmds: Vec<micro_state::Command> = decode(req.get_ref())?;
+    /// A follower's write (traced under the client's request id(s), if any).
+    async fn forwarded(
+        &self,
+        cmds: Vec<micro_state::Command>,
+        ids: Option<std::sync::Arc<str>>,
+    ) -> Result<(u64, Vec<micro_state::Outcome>), ForwardError> {
+        if let Some(ids) = &ids {
+            tracing::info!(request_id = %ids, "write forwarded by a follower");
+        }
+        let span = if crate::trace::spans_on() {
+            tracing::info_span!("forwarded_write", request_id = ids.as_deref().unwrap_or(""))
+        } else {
+            tracing::Span::none()
+        };
+        tracing::Instrument::instrument(crate::trace::scoped(ids, self.forward_here(cmds)), span)
+            .await
+    }
+
+    /// Proposed here through the batcher if this node leads.
+    async fn forward_here(
+        &self,
+        cmds: Vec<micro_state::Command>,
+    ) -> Result<(u64, Vec<micro_state::Outcome>), ForwardError> {
         if !self.node.is_leader() {
             // Raft answers with the leader it knows, for the follower to retry there.
-            let res: Result<(u64, Vec<micro_state::Outcome>), ForwardError> =
-                self.node.propose_here(cmds).await;
-            return reply(&res);
+            return self.node.propose_here(cmds).await;
         }
-        let res: Result<(u64, Vec<micro_state::Outcome>), ForwardError> =
-            match crate::batch::submit(&self.proposer, cmds).await {
-                Ok(r) => Ok(r),
-                Err(crate::Error::Invalid { field, reason }) => {
-                    Err(ForwardError::Invalid { field, reason })
-                }
-                Err(e) => Err(ForwardError::Unavailable(e.to_string())),
-            };
-        reply(&res)
+        match crate::batch::submit(&self.proposer, cmds).await {
+            Ok(r) => Ok(r),
+            Err(crate::Error::Invalid { field, reason }) => {
+                Err(ForwardError::Invalid { field, reason })
+            }
+            Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+        }
     }
 }
