@@ -36,9 +36,19 @@ pub struct Peer {
     forwards: std::sync::Arc<tokio::sync::Mutex<ForwardSlot>>,
 }
 
+/// Longest wait for a `Forwards` stream to open (a TCP connect and one round trip): a peer
+/// that accepts connections but does not answer (a paused process) fails fast, and the writes
+/// retry on the leader that answers.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed open, calls fail at once for this long instead of each waiting its own
+/// [`OPEN_TIMEOUT`] in turn behind the slot's lock.
+const OPEN_BACKOFF: Duration = Duration::from_millis(500);
+
 /// The state of a peer's `Forwards` stream.
 enum ForwardSlot {
     Closed,
+    /// The last open failed at this instant, for this reason.
+    Failed(tokio::time::Instant, String),
     Open(std::sync::Arc<Mux>),
     /// The peer runs a version without `Forwards`: unary calls.
     Unsupported,
@@ -161,9 +171,37 @@ impl Peer {
         match &*slot {
             ForwardSlot::Open(m) if !m.is_closed() => return Ok(Some(m.clone())),
             ForwardSlot::Unsupported => return Ok(None),
+            ForwardSlot::Failed(at, why) if at.elapsed() < OPEN_BACKOFF => {
+                return Err(CallError::Unreachable(why.clone()))
+            }
             _ => {}
         }
         *slot = ForwardSlot::Closed;
+        match self.open_forwards(timeout.min(OPEN_TIMEOUT)).await {
+            Ok(Some(mux)) => {
+                *slot = ForwardSlot::Open(mux.clone());
+                Ok(Some(mux))
+            }
+            Ok(None) => {
+                *slot = ForwardSlot::Unsupported;
+                Ok(None)
+            }
+            Err(e) => {
+                let why = match &e {
+                    CallError::Unreachable(m) | CallError::Failed(m) => m.clone(),
+                };
+                *slot = ForwardSlot::Failed(tokio::time::Instant::now(), why);
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a `Forwards` stream and starts reading its answers; `Ok(None)` if the peer lacks
+    /// it. Nothing is sent before it opens, so every failure is `Unreachable`.
+    async fn open_forwards(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<std::sync::Arc<Mux>>, CallError> {
         // Room for every batcher's requests in flight; a full queue waits (backpressure).
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -172,14 +210,17 @@ impl Peer {
         let answers = match tokio::time::timeout(timeout, c.forwards(req)).await {
             Err(_) => {
                 return Err(CallError::Unreachable(format!(
-                    "timed out after {timeout:?}"
+                    "the forwarding stream did not open within {timeout:?}"
                 )))
             }
-            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                *slot = ForwardSlot::Unsupported;
-                return Ok(None);
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => return Ok(None),
+            Ok(Err(status)) => {
+                return Err(CallError::Unreachable(format!(
+                    "{}: {}",
+                    status.code(),
+                    status.message()
+                )))
             }
-            Ok(Err(status)) => return Err(classify(status)),
             Ok(Ok(resp)) => resp.into_inner(),
         };
         let mux = std::sync::Arc::new(Mux {
@@ -188,7 +229,6 @@ impl Peer {
             next: std::sync::atomic::AtomicU64::new(1),
         });
         tokio::spawn(mux.clone().read(answers));
-        *slot = ForwardSlot::Open(mux.clone());
         Ok(Some(mux))
     }
 
@@ -591,6 +631,8 @@ mod tests {
         DropFirst,
         /// No streams (a version from before them): UNIMPLEMENTED.
         Old,
+        /// Accepts `Forwards` and never answers (a paused process).
+        Silent,
     }
 
     #[derive(Clone)]
@@ -674,6 +716,9 @@ mod tests {
                 return Err(Status::unimplemented("no Forwards here"));
             }
             let first = self.opened.fetch_add(1, Ordering::SeqCst) == 0;
+            if self.script == Script::Silent {
+                std::future::pending::<()>().await;
+            }
             let drop_it = first && self.script == Script::DropFirst;
             let mut input = req.into_inner();
             let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -793,6 +838,23 @@ mod tests {
             assert_eq!(r.unwrap(), s);
         }
         assert_eq!(fake.unary.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_silent_leader_fails_forwards_as_unreachable_after_one_bounded_wait() {
+        let (fake, peer) = serve(Script::Silent).await;
+        let (a, b, c) = ("a".to_string(), "b".to_string(), "c".to_string());
+        let (a, b, c) = tokio::join!(
+            peer.call::<String, String>(Method::Forward, &a, T),
+            peer.call::<String, String>(Method::Forward, &b, T),
+            peer.call::<String, String>(Method::Forward, &c, T),
+        );
+        // Nothing was sent, so the writes are retried (not "may have happened"), and the two
+        // that queued behind the first attempt did not each wait for their own.
+        for r in [a, b, c] {
+            assert!(matches!(r, Err(CallError::Unreachable(_))), "{r:?}");
+        }
+        assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
     }
 
     fn append(entries: u64) -> AppendEntriesRequest<TypeConfig> {

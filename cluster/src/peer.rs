@@ -41,6 +41,10 @@ pub(crate) struct PeerService<H: Handler> {
     proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
 }
 
+/// The answers of a peer stream (`Replicate`, `Forwards`).
+type Answers =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Payload, Status>> + Send + 'static>>;
+
 impl<H: Handler> Clone for PeerService<H> {
     fn clone(&self) -> Self {
         PeerService {
@@ -116,8 +120,7 @@ impl<H: Handler> Peer for PeerService<H> {
         reply(&self.node.raft().append_entries(rpc).await)
     }
 
-    type ReplicateStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<Payload, Status>> + Send + 'static>>;
+    type ReplicateStream = Answers;
 
     /// AppendEntries requests from one leader's replication task, answered in order.
     async fn replicate(
@@ -196,8 +199,7 @@ impl<H: Handler> Peer for PeerService<H> {
         reply(&self.forwarded(cmds, ids).await)
     }
 
-    type ForwardsStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<Payload, Status>> + Send + 'static>>;
+    type ForwardsStream = Answers;
 
     /// Forwarded writes from one follower, several at a time; each answer goes out as soon as
     /// its entry is applied, with its request's id.
