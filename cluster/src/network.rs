@@ -44,8 +44,16 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// [`OPEN_TIMEOUT`] in turn behind the slot's lock.
 const OPEN_BACKOFF: Duration = Duration::from_millis(500);
 
+/// The peer streams (see raft.proto).
+#[derive(Clone, Copy)]
+enum StreamKind {
+    Replicate,
+    Forwards,
+}
+
 /// The state of a peer's `Forwards` stream.
 enum ForwardSlot {
+    /// Not opened yet.
     Closed,
     /// The last open failed at this instant, for this reason.
     Failed(tokio::time::Instant, String),
@@ -176,9 +184,17 @@ impl Peer {
             }
             _ => {}
         }
-        *slot = ForwardSlot::Closed;
-        match self.open_forwards(timeout.min(OPEN_TIMEOUT)).await {
-            Ok(Some(mux)) => {
+        let opened = self
+            .open_stream(StreamKind::Forwards, 64, timeout.min(OPEN_TIMEOUT))
+            .await;
+        match opened {
+            Ok(Some((tx, answers))) => {
+                let mux = std::sync::Arc::new(Mux {
+                    tx,
+                    waiting: Default::default(),
+                    next: std::sync::atomic::AtomicU64::new(1),
+                });
+                tokio::spawn(mux.clone().read(answers));
                 *slot = ForwardSlot::Open(mux.clone());
                 Ok(Some(mux))
             }
@@ -196,40 +212,44 @@ impl Peer {
         }
     }
 
-    /// Opens a `Forwards` stream and starts reading its answers; `Ok(None)` if the peer lacks
-    /// it. Nothing is sent before it opens, so every failure is `Unreachable`.
-    async fn open_forwards(
+    /// Opens a peer stream with room for `capacity` requests queued; `Ok(None)` if the peer
+    /// runs a version without it (UNIMPLEMENTED). Nothing is sent before it opens, so every
+    /// failure is `Unreachable`. No grpc-timeout on the stream: it lives as long as its user,
+    /// and each exchange on it has its own deadline.
+    async fn open_stream(
         &self,
+        kind: StreamKind,
+        capacity: usize,
         timeout: Duration,
-    ) -> Result<Option<std::sync::Arc<Mux>>, CallError> {
-        // Room for every batcher's requests in flight; a full queue waits (backpressure).
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+    ) -> Result<
+        Option<(
+            tokio::sync::mpsc::Sender<Payload>,
+            tonic::Streaming<Payload>,
+        )>,
+        CallError,
+    > {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         req.metadata_mut().insert(TOKEN_HEADER, self.token.clone());
         let mut c = self.client.clone();
-        let answers = match tokio::time::timeout(timeout, c.forwards(req)).await {
-            Err(_) => {
-                return Err(CallError::Unreachable(format!(
-                    "the forwarding stream did not open within {timeout:?}"
-                )))
+        let open = async {
+            match kind {
+                StreamKind::Replicate => c.replicate(req).await,
+                StreamKind::Forwards => c.forwards(req).await,
             }
-            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => return Ok(None),
-            Ok(Err(status)) => {
-                return Err(CallError::Unreachable(format!(
-                    "{}: {}",
-                    status.code(),
-                    status.message()
-                )))
-            }
-            Ok(Ok(resp)) => resp.into_inner(),
         };
-        let mux = std::sync::Arc::new(Mux {
-            tx,
-            waiting: Default::default(),
-            next: std::sync::atomic::AtomicU64::new(1),
-        });
-        tokio::spawn(mux.clone().read(answers));
-        Ok(Some(mux))
+        match tokio::time::timeout(timeout, open).await {
+            Err(_) => Err(CallError::Unreachable(format!(
+                "the stream did not open within {timeout:?}"
+            ))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(None),
+            Ok(Err(status)) => Err(CallError::Unreachable(format!(
+                "{}: {}",
+                status.code(),
+                status.message()
+            ))),
+            Ok(Ok(resp)) => Ok(Some((tx, resp.into_inner()))),
+        }
     }
 
     fn request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
@@ -287,27 +307,14 @@ impl Peer {
     }
 
     /// Opens a replication stream (`Replicate`); `Ok(None)` when the peer runs a version
-    /// without it (UNIMPLEMENTED), which is then replicated to by unary calls.
+    /// without it, which is then replicated to by unary calls.
     pub async fn open_replication(
         &self,
         timeout: Duration,
     ) -> Result<Option<ReplicationStream>, CallError> {
         // One message in flight: openraft 0.9 waits for each answer before the next request.
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        // No grpc-timeout on the stream: it lives as long as the replication task; each
-        // exchange has its own deadline instead.
-        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        req.metadata_mut().insert(TOKEN_HEADER, self.token.clone());
-        let mut c = self.client.clone();
-        match tokio::time::timeout(timeout, c.replicate(req)).await {
-            Err(_) => Err(CallError::Failed(format!("timed out after {timeout:?}"))),
-            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(None),
-            Ok(Err(status)) => Err(classify(status)),
-            Ok(Ok(resp)) => Ok(Some(ReplicationStream {
-                tx,
-                rx: resp.into_inner(),
-            })),
-        }
+        let opened = self.open_stream(StreamKind::Replicate, 1, timeout).await?;
+        Ok(opened.map(|(tx, rx)| ReplicationStream { tx, rx }))
     }
 
     /// Streams a whole snapshot to the peer in checksummed chunks.

@@ -66,15 +66,40 @@ fn decode<T: serde::de::DeserializeOwned>(p: &Payload) -> Result<T, Status> {
     codec::decode(&p.data).map_err(|e| Status::invalid_argument(format!("bad payload: {e}")))
 }
 
-/// The next message of a peer's stream, or its end when the node stops.
-async fn next(
-    input: &mut Streaming<Payload>,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<Option<Payload>, Status> {
-    tokio::select! {
-        _ = stop.wait_for(|s| *s) => Ok(None),
-        m = input.message() => m,
-    }
+/// Serves one peer stream: `start` turns each request into the future of its answer (an error
+/// there ends the stream with it), and up to `in_flight` answers are worked on at once, sent
+/// as each is ready (with 1: in request order). Everything runs in the response stream itself,
+/// no task or channel per message. The stream ends when the peer closes it or the node stops,
+/// so it never holds the server's graceful shutdown open.
+fn serve_stream<F, Fut>(
+    input: Streaming<Payload>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    in_flight: usize,
+    start: F,
+) -> Answers
+where
+    F: Fn(Payload) -> Result<Fut, Status> + Send + 'static,
+    Fut: std::future::Future<Output = Payload> + Send + 'static,
+{
+    use futures::{FutureExt, StreamExt};
+    let requests = futures::stream::unfold((input, stop), |(mut input, mut stop)| async move {
+        let msg = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return None,
+            m = input.message() => m,
+        };
+        match msg {
+            Ok(Some(m)) => Some((Ok(m), (input, stop))),
+            Ok(None) => None,
+            Err(status) => Some((Err(status), (input, stop))),
+        }
+    });
+    let answers = requests
+        .map(move |m| match m.and_then(&start) {
+            Ok(answer) => answer.map(Ok).left_future(),
+            Err(status) => futures::future::ready(Err(status)).right_future(),
+        })
+        .buffer_unordered(in_flight);
+    Box::pin(answers)
 }
 
 /// Compares in time independent of where the first difference is.
@@ -127,29 +152,18 @@ impl<H: Handler> Peer for PeerService<H> {
         &self,
         req: Request<Streaming<Payload>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
-        let input = req.into_inner();
         let raft = self.node.raft().clone();
-        let stop = self.stop.clone();
-        // `None` after an error: the stream ends with that status.
-        let answers = futures::stream::unfold(Some((input, raft, stop)), |state| async move {
-            let (mut input, raft, mut stop) = state?;
-            let msg = match next(&mut input, &mut stop).await {
-                Ok(Some(m)) => m,
-                Ok(None) => return None,
-                Err(status) => return Some((Err(status), None)),
-            };
-            let rpc: AppendEntriesRequest<TypeConfig> = match decode(&msg) {
-                Ok(r) => r,
-                Err(status) => return Some((Err(status), None)),
-            };
-            let data = codec::encode(&raft.append_entries(rpc).await);
-            let answer = Payload {
-                data,
-                ..Default::default()
-            };
-            Some((Ok(answer), Some((input, raft, stop))))
+        let answers = serve_stream(req.into_inner(), self.stop.clone(), 1, move |msg| {
+            let rpc: AppendEntriesRequest<TypeConfig> = decode(&msg)?;
+            let raft = raft.clone();
+            Ok(async move {
+                Payload {
+                    data: codec::encode(&raft.append_entries(rpc).await),
+                    ..Default::default()
+                }
+            })
         });
-        Ok(Response::new(Box::pin(answers)))
+        Ok(Response::new(answers))
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
@@ -207,44 +221,20 @@ impl<H: Handler> Peer for PeerService<H> {
         &self,
         req: Request<Streaming<Payload>>,
     ) -> Result<Response<Self::ForwardsStream>, Status> {
-        let mut input = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
         let this = self.clone();
-        let mut stop = self.stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let msg = match next(&mut input, &mut stop).await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => return,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                let cmds = match decode(&msg) {
-                    Ok(c) => c,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                let ids = (!msg.request_id.is_empty()).then(|| msg.request_id.as_str().into());
-                let (this, tx) = (this.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let data = codec::encode(&this.forwarded(cmds, ids).await);
-                    let _ = tx
-                        .send(Ok(Payload {
-                            data,
-                            id: msg.id,
-                            ..Default::default()
-                        }))
-                        .await;
-                });
-            }
+        let answers = serve_stream(req.into_inner(), self.stop.clone(), 64, move |msg| {
+            let cmds = decode(&msg)?;
+            let ids = (!msg.request_id.is_empty()).then(|| msg.request_id.as_str().into());
+            let this = this.clone();
+            Ok(async move {
+                Payload {
+                    data: codec::encode(&this.forwarded(cmds, ids).await),
+                    id: msg.id,
+                    ..Default::default()
+                }
+            })
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(answers))
     }
 
     async fn read_index(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
