@@ -112,7 +112,7 @@ impl Mux {
             Ok(Err(_)) => Err(CallError::Failed("the forwarding stream ended".into())),
             Err(_) => {
                 forget();
-                Err(CallError::Failed(format!("timed out after {timeout:?}")))
+                Err(CallError::TimedOut(timeout))
             }
         }
     }
@@ -148,9 +148,13 @@ pub enum CallError {
     /// The call never reached the peer (refused, no route): safe to retry elsewhere.
     #[error("peer unreachable: {0}")]
     Unreachable(String),
-    /// The call may or may not have been processed (timeout, reset, server error).
+    /// The call may or may not have been processed (reset, server error).
     #[error("peer call failed: {0}")]
     Failed(String),
+    /// No answer in time: like `Failed`, it may or may not have been processed. Kept apart
+    /// because a slow peer is not a gone one: Raft retries it at once instead of backing off.
+    #[error("peer call timed out after {0:?}")]
+    TimedOut(Duration),
 }
 
 impl Peer {
@@ -205,6 +209,7 @@ impl Peer {
             Err(e) => {
                 let why = match &e {
                     CallError::Unreachable(m) | CallError::Failed(m) => m.clone(),
+                    CallError::TimedOut(_) => e.to_string(),
                 };
                 *slot = ForwardSlot::Failed(tokio::time::Instant::now(), why);
                 Err(e)
@@ -299,7 +304,7 @@ impl Peer {
             }
         };
         let resp = match tokio::time::timeout(timeout, fut).await {
-            Err(_) => return Err(CallError::Failed(format!("timed out after {timeout:?}"))),
+            Err(_) => return Err(CallError::TimedOut(timeout)),
             Ok(Err(status)) => return Err(classify(status)),
             Ok(Ok(r)) => r.into_inner(),
         };
@@ -314,7 +319,7 @@ impl Peer {
     ) -> Result<Option<ReplicationStream>, CallError> {
         // One message in flight: openraft 0.9 waits for each answer before the next request.
         let opened = self.open_stream(StreamKind::Replicate, 1, timeout).await?;
-        Ok(opened.map(|(tx, rx)| ReplicationStream { tx, rx }))
+        Ok(opened.map(|(tx, rx)| ReplicationStream::new(tx, rx)))
     }
 
     /// Streams a whole snapshot to the peer in checksummed chunks.
@@ -341,7 +346,7 @@ impl Peer {
         let req = self.request(tokio_stream::iter(chunks), timeout);
         let mut c = self.client.clone();
         let resp = match tokio::time::timeout(timeout, c.snapshot(req)).await {
-            Err(_) => return Err(CallError::Failed(format!("timed out after {timeout:?}"))),
+            Err(_) => return Err(CallError::TimedOut(timeout)),
             Ok(Err(status)) => return Err(classify(status)),
             Ok(Ok(r)) => r.into_inner(),
         };
@@ -350,37 +355,91 @@ impl Peer {
 }
 
 /// The leader's end of a `Replicate` stream to one follower: one request, then its answer.
+///
+/// Requests carry increasing ids that the peer echoes, so after a request was given up on
+/// (timed out, or the caller's future dropped) its late answer is recognised and skipped
+/// instead of being taken for the next request's: an old `Success` read as the answer to a
+/// longer request would make the leader count entries the follower does not have.
 pub struct ReplicationStream {
     tx: tokio::sync::mpsc::Sender<Payload>,
     rx: tonic::Streaming<Payload>,
+    /// The id of the last request sent.
+    sent: u64,
+    /// The last request sent has had its answer.
+    answered: bool,
+    /// The peer echoes ids (versions before the ids answer 0): only then can the stream
+    /// outlive a request that was not answered.
+    echoes_ids: bool,
 }
 
 impl ReplicationStream {
-    /// Sends one bincode request and waits for its answer. After an error the stream is
-    /// unusable (an answer may still be on its way): drop it and open another.
+    fn new(tx: tokio::sync::mpsc::Sender<Payload>, rx: tonic::Streaming<Payload>) -> Self {
+        ReplicationStream {
+            tx,
+            rx,
+            sent: 0,
+            answered: true,
+            echoes_ids: false,
+        }
+    }
+
+    /// Whether the stream can carry another request: an unanswered one's late answer could
+    /// not be told apart from the next one's unless the peer echoes ids.
+    pub fn usable(&self) -> bool {
+        self.answered || self.echoes_ids
+    }
+
+    /// Sends one bincode request and waits for its answer, skipping late answers to earlier
+    /// requests. After an error other than [`CallError::TimedOut`] the stream is broken: drop
+    /// it and open another.
     pub async fn exchange(
         &mut self,
         data: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
         let fut = async {
+            let id = self.sent + 1;
             self.tx
                 .send(Payload {
                     data,
+                    id,
                     ..Default::default()
                 })
                 .await
                 .map_err(|_| CallError::Failed("replication stream closed".into()))?;
-            match self.rx.message().await {
-                Ok(Some(p)) => Ok(p.data),
-                Ok(None) => Err(CallError::Failed(
-                    "replication stream closed by the peer".into(),
-                )),
-                Err(status) => Err(classify(status)),
+            self.sent = id;
+            self.answered = false;
+            loop {
+                match self.rx.message().await {
+                    Ok(Some(p)) if p.id == id => {
+                        self.answered = true;
+                        self.echoes_ids = true;
+                        return Ok(p.data);
+                    }
+                    // A peer from before the ids: the stream carries one request at a time.
+                    Ok(Some(p)) if p.id == 0 && !self.echoes_ids => {
+                        self.answered = true;
+                        return Ok(p.data);
+                    }
+                    // The late answer to a request given up on.
+                    Ok(Some(p)) if p.id != 0 && p.id < id => continue,
+                    Ok(Some(p)) => {
+                        return Err(CallError::Failed(format!(
+                            "answer {} to request {id} on the replication stream",
+                            p.id
+                        )))
+                    }
+                    Ok(None) => {
+                        return Err(CallError::Failed(
+                            "replication stream closed by the peer".into(),
+                        ))
+                    }
+                    Err(status) => return Err(classify(status)),
+                }
             }
         };
         match tokio::time::timeout(timeout, fut).await {
-            Err(_) => Err(CallError::Failed(format!("timed out after {timeout:?}"))),
+            Err(_) => Err(CallError::TimedOut(timeout)),
             Ok(r) => r,
         }
     }
@@ -454,6 +513,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peer: self.pool.get(&node.addr),
             stream: None,
             unary_only: false,
+            timeouts: 0,
         }
     }
 }
@@ -472,6 +532,8 @@ pub struct RaftPeer {
     stream: Option<ReplicationStream>,
     /// The peer answered UNIMPLEMENTED (an older version): unary calls for this client.
     unary_only: bool,
+    /// Replication requests in a row that got no answer in time.
+    timeouts: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -504,6 +566,7 @@ impl RaftPeer {
                 CallError::Unreachable(m) | CallError::Failed(m) => {
                     RPCError::Unreachable(Unreachable::new(&Msg(m)))
                 }
+                e @ CallError::TimedOut(_) => RPCError::Unreachable(Unreachable::new(&e)),
             })?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
@@ -516,39 +579,63 @@ fn unreachable(m: String) -> RPCError<u64, BasicNode, RaftError<u64>> {
 impl RaftPeer {
     /// AppendEntries over this client's replication stream, opened on first use; unary when
     /// the peer has no such stream.
+    ///
+    /// A request the follower does not answer in time is a `Timeout` for openraft, which
+    /// sends it again at once: a follower slowed for a moment (its disk or CPU busy with a
+    /// snapshot, a loaded machine) catches up as soon as it answers. As `Unreachable`, openraft
+    /// would stop replicating to it for 500 ms, and if the other follower was slow at the same
+    /// time every write waited those 500 ms. A second timeout in a row is `Unreachable`: a
+    /// peer that stays silent (paused, cut off) is backed off like a gone one.
     async fn append_streamed(
         &mut self,
         rpc: &AppendEntriesRequest<TypeConfig>,
         option: &RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let ttl = option.hard_ttl();
+        // openraft drops the call at hard_ttl; finish by soft_ttl so the stream's state is known.
+        let deadline = tokio::time::Instant::now() + option.soft_ttl();
+        if self.stream.as_ref().is_some_and(|s| !s.usable()) {
+            self.stream = None;
+        }
         if self.stream.is_none() {
             let peer = self.peer.as_ref().map_err(|e| unreachable(e.clone()))?;
-            match peer.open_replication(ttl).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match peer.open_replication(left).await {
                 Ok(Some(s)) => self.stream = Some(s),
                 Ok(None) => {
                     self.unary_only = true;
                     return self.call(Method::AppendEntries, rpc, option).await;
                 }
                 // As for unary calls: every transport failure counts as Unreachable.
-                Err(CallError::Unreachable(m) | CallError::Failed(m)) => {
-                    return Err(unreachable(m))
-                }
+                Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
             }
         }
         let stream = self.stream.as_mut().expect("opened above");
-        let answer = match stream.exchange(codec::encode(rpc), ttl).await {
-            Ok(bytes) => {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer = stream
+            .exchange(codec::encode(rpc), left)
+            .await
+            .and_then(|bytes| {
                 codec::decode::<Result<AppendEntriesResponse<u64>, RaftError<u64>>>(&bytes)
-                    .map_err(|e| format!("bad reply: {e}"))
-            }
-            Err(CallError::Unreachable(m) | CallError::Failed(m)) => Err(m),
-        };
+                    .map_err(|e| CallError::Failed(format!("bad reply: {e}")))
+            });
         match answer {
-            Ok(res) => res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Err(m) => {
+            Ok(res) => {
+                self.timeouts = 0;
+                res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Err(CallError::TimedOut(timeout)) if self.timeouts == 0 => {
+                self.timeouts = 1;
+                Err(RPCError::Timeout(openraft::error::Timeout {
+                    action: openraft::RPCTypes::AppendEntries,
+                    id: rpc.vote.leader_id().voted_for().unwrap_or_default(),
+                    target: self.target,
+                    timeout,
+                }))
+            }
+            Err(e) => {
+                self.timeouts = 0;
                 self.stream = None;
-                Err(unreachable(m))
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
         }
     }
@@ -604,6 +691,7 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
             res = send => match res {
                 Err(CallError::Unreachable(m)) => Err(StreamingError::Unreachable(Unreachable::new(&Msg(m)))),
                 Err(CallError::Failed(m)) => Err(StreamingError::Network(NetworkError::new(&Msg(m)))),
+                Err(e @ CallError::TimedOut(_)) => Err(StreamingError::Network(NetworkError::new(&Msg(e.to_string())))),
                 Ok(Err(remote)) => Err(StreamingError::Network(NetworkError::new(&Msg(remote)))),
                 Ok(Ok(resp)) => Ok(resp),
             }
@@ -640,6 +728,12 @@ mod tests {
         Old,
         /// Accepts `Forwards` and never answers (a paused process).
         Silent,
+        /// The first `Replicate` stream answers its first request at once, its second
+        /// (`Conflict`) only after the third arrives, then the third (`Success`); ids echoed,
+        /// or 0 as before the ids.
+        LateSecond { echo_ids: bool },
+        /// Accepts `Replicate` streams and never answers.
+        SilentReplicate,
     }
 
     #[derive(Clone)]
@@ -653,6 +747,12 @@ mod tests {
     fn ok_append() -> Vec<u8> {
         let r: Result<AppendEntriesResponse<u64>, RaftError<u64>> =
             Ok(AppendEntriesResponse::Success);
+        codec::encode(&r)
+    }
+
+    fn conflict_append() -> Vec<u8> {
+        let r: Result<AppendEntriesResponse<u64>, RaftError<u64>> =
+            Ok(AppendEntriesResponse::Conflict);
         codec::encode(&r)
     }
 
@@ -683,10 +783,55 @@ mod tests {
             if self.script == Script::Old {
                 return Err(Status::unimplemented("no Replicate here"));
             }
-            self.opened.fetch_add(1, Ordering::SeqCst);
+            let first = self.opened.fetch_add(1, Ordering::SeqCst) == 0;
             let streamed = self.streamed.clone();
             let mut input = req.into_inner();
             let (tx, rx) = tokio::sync::mpsc::channel(4);
+            match self.script {
+                Script::SilentReplicate => {
+                    tokio::spawn(async move {
+                        while let Ok(Some(_)) = input.message().await {}
+                        drop(tx);
+                    });
+                    return Ok(Response::new(Box::pin(
+                        tokio_stream::wrappers::ReceiverStream::new(rx),
+                    )));
+                }
+                Script::LateSecond { echo_ids } if first => {
+                    tokio::spawn(async move {
+                        let id = |m: &Payload| if echo_ids { m.id } else { 0 };
+                        let Ok(Some(m)) = input.message().await else {
+                            return;
+                        };
+                        let p = Payload {
+                            data: ok_append(),
+                            id: id(&m),
+                            ..Default::default()
+                        };
+                        let _ = tx.send(Ok(p)).await;
+                        let Ok(Some(a)) = input.message().await else {
+                            return;
+                        };
+                        let Ok(Some(b)) = input.message().await else {
+                            return;
+                        };
+                        streamed.fetch_add(2, Ordering::SeqCst);
+                        for (m, data) in [(a, conflict_append()), (b, ok_append())] {
+                            let p = Payload {
+                                data,
+                                id: id(&m),
+                                ..Default::default()
+                            };
+                            let _ = tx.send(Ok(p)).await;
+                        }
+                        while let Ok(Some(_)) = input.message().await {}
+                    });
+                    return Ok(Response::new(Box::pin(
+                        tokio_stream::wrappers::ReceiverStream::new(rx),
+                    )));
+                }
+                _ => {}
+            }
             tokio::spawn(async move {
                 // Answers two requests, then ends the stream.
                 for _ in 0..2 {
@@ -886,6 +1031,7 @@ mod tests {
             peer: Ok(peer),
             stream: None,
             unary_only: false,
+            timeouts: 0,
         };
         (fake, client)
     }
@@ -908,6 +1054,60 @@ mod tests {
         assert!(client.append_entries(append(1), opt()).await.is_ok());
         assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
         assert_eq!(fake.unary.load(Ordering::SeqCst), 1);
+    }
+
+    fn is_success(r: &Result<AppendEntriesResponse<u64>, impl std::fmt::Debug>) -> bool {
+        matches!(r, Ok(AppendEntriesResponse::Success))
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_is_skipped_not_taken_for_the_next_requests() {
+        let (fake, mut client) = raft_peer(Script::LateSecond { echo_ids: true }).await;
+        let short = RPCOption::new(Duration::from_millis(200));
+        assert!(is_success(
+            &client.append_entries(append(1), short.clone()).await
+        ));
+        // No answer in time: a Timeout (openraft sends again at once), not Unreachable (which
+        // would stop replication to this follower for 500 ms).
+        let slow = client.append_entries(append(1), short.clone()).await;
+        assert!(matches!(slow, Err(RPCError::Timeout(_))), "{slow:?}");
+        // The first request's late answer (Conflict) arrives first on the same stream: it
+        // must not be read as the answer to this one.
+        let next = client.append_entries(append(2), RPCOption::new(T)).await;
+        assert!(is_success(&next), "{next:?}");
+        assert_eq!(fake.opened.load(Ordering::SeqCst), 1, "the stream was kept");
+    }
+
+    #[tokio::test]
+    async fn after_a_timeout_a_peer_without_ids_gets_a_new_stream() {
+        let (fake, mut client) = raft_peer(Script::LateSecond { echo_ids: false }).await;
+        let short = RPCOption::new(Duration::from_millis(200));
+        assert!(is_success(
+            &client.append_entries(append(1), short.clone()).await
+        ));
+        let slow = client.append_entries(append(1), short).await;
+        assert!(matches!(slow, Err(RPCError::Timeout(_))), "{slow:?}");
+        // Answers without ids cannot be told apart: the old stream is dropped, a new one
+        // carries the request.
+        let next = client.append_entries(append(2), RPCOption::new(T)).await;
+        assert!(is_success(&next), "{next:?}");
+        assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_stays_silent_is_backed_off_after_the_second_timeout() {
+        let (_fake, mut client) = raft_peer(Script::SilentReplicate).await;
+        let short = || RPCOption::new(Duration::from_millis(100));
+        let first = client.append_entries(append(1), short()).await;
+        assert!(matches!(first, Err(RPCError::Timeout(_))), "{first:?}");
+        let second = client.append_entries(append(1), short()).await;
+        assert!(
+            matches!(second, Err(RPCError::Unreachable(_))),
+            "{second:?}"
+        );
+        // And the count starts again: a follower that answers late once is retried at once.
+        let third = client.append_entries(append(1), short()).await;
+        assert!(matches!(third, Err(RPCError::Timeout(_))), "{third:?}");
     }
 
     #[tokio::test]

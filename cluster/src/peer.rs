@@ -159,6 +159,7 @@ impl<H: Handler> Peer for PeerService<H> {
             Ok(async move {
                 Payload {
                     data: codec::encode(&raft.append_entries(rpc).await),
+                    id: msg.id,
                     ..Default::default()
                 }
             })
