@@ -505,9 +505,11 @@ impl Node {
             Ok(Err(e)) => Err(Some(e)),
             Err(CallError::Unreachable(_)) => Err(None),
             // The leader may have acted on it: never retry blindly, say the outcome is unknown.
-            Err(CallError::Failed(m)) => Err(Some(ForwardError::Unavailable(format!(
-                "the request reached the leader but no answer came back ({m}); it may or may not have taken effect"
-            )))),
+            Err(e @ (CallError::Failed(_) | CallError::TimedOut(_))) => {
+                Err(Some(ForwardError::Unavailable(format!(
+                    "the request reached the leader but no answer came back ({e}); it may or may not have taken effect"
+                ))))
+            }
         }
     }
 
@@ -976,23 +978,35 @@ async fn ticker(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                 tracing::debug!("tick not proposed: {e:?}");
             }
         }
-        match compaction_target(&inner) {
-            Ok(Some(revision)) => {
-                let cmd = Command::Meta(meta::Cmd::Compact { revision });
-                if let Err(e) = inner.propose_here(vec![cmd]).await {
-                    tracing::debug!("compaction not proposed: {e:?}");
+        // Small steps, several per tick when behind, so the history keeps up with heavy writes
+        // while no single entry takes long to apply.
+        for _ in 0..COMPACT_STEPS_PER_TICK {
+            match compaction_step(&inner) {
+                Ok(Some(revision)) => {
+                    let cmd = Command::Meta(meta::Cmd::Compact { revision });
+                    if let Err(e) = inner.propose_here(vec![cmd]).await {
+                        tracing::debug!("compaction not proposed: {e:?}");
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("reading the change feed: {e}");
+                    break;
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!("reading the change feed: {e}"),
         }
     }
 }
 
-/// The revision the leader should compact the change feed to, if it holds more than the
-/// configured number of revisions (with 10% slack, so compactions come in steps) or
-/// revisions older than the configured age.
-fn compaction_target(inner: &Inner) -> Result<Option<u64>, micro_state::StorageError> {
+/// Compaction commands the ticker proposes at most per tick (each waits for its commit).
+const COMPACT_STEPS_PER_TICK: usize = 8;
+
+/// The revision the leader should compact the change feed to next, if it holds more than the
+/// configured number of revisions (with 10% slack, so compactions come in batches) or
+/// revisions older than the configured age: one step of at most
+/// [`history::MAX_COMPACT_CHANGES`] changes towards that target.
+fn compaction_step(inner: &Inner) -> Result<Option<u64>, micro_state::StorageError> {
     let db = &*inner.db;
     let first = micro_state::compact_revision(db)?;
     let current = micro_state::revision(db)?;
@@ -1008,7 +1022,11 @@ fn compaction_target(inner: &Inner) -> Result<Option<u64>, micro_state::StorageE
             history::first_revision_since(db, cutoff, history::MAX_COMPACT_STEP as usize)?;
         target = target.max(found.unwrap_or(looked_to));
     }
-    Ok((target > first).then_some(target.min(first + history::MAX_COMPACT_STEP)))
+    if target <= first {
+        return Ok(None);
+    }
+    let to = target.min(first + history::MAX_COMPACT_STEP);
+    history::compact_step(db, first, to, history::MAX_COMPACT_CHANGES).map(Some)
 }
 
 #[cfg(test)]

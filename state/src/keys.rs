@@ -167,6 +167,16 @@ pub fn history_key(revision: u64, n: u32) -> Vec<u8> {
     out
 }
 
+/// The revision of a change feed key made by [`history_key`].
+pub fn parse_history_key(key: &[u8]) -> Option<u64> {
+    match key {
+        [HISTORY, rest @ ..] if rest.len() == 12 => {
+            Some(u64::from_be_bytes(rest[..8].try_into().ok()?))
+        }
+        _ => None,
+    }
+}
+
 /// The first key of `revision` in the change feed (every change of it sorts at or after).
 pub fn history_start(revision: u64) -> Vec<u8> {
     let mut out = vec![HISTORY];

@@ -480,14 +480,24 @@ impl pb::store_server::Store for StoreService {
         req: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
         let revision = req.into_inner().revision;
-        let mut first =
-            micro_state::compact_revision(self.node.view()).map_err(|e| status(e.into()))?;
-        // One command drops a bounded step; repeat until the asked revision is reached.
+        // Steps are picked from this node's copy: bring it up to date first.
+        self.node.read_barrier(true).await.map_err(status)?;
+        let view = self.node.view();
+        let mut first = micro_state::compact_revision(view).map_err(|e| status(e.into()))?;
+        let current = micro_state::revision(view).map_err(|e| status(e.into()))?;
+        // One command drops a bounded step; repeat until the asked revision is reached. A
+        // revision past the current one goes as it is, for the state machine to refuse whole.
         while first < revision {
+            let step = if revision > current + 1 {
+                revision
+            } else {
+                history::compact_step(view, first, revision, history::MAX_COMPACT_CHANGES)
+                    .map_err(|e| status(e.into()))?
+            };
             let (_, out) = self
                 .node
                 .run::<micro_state::views::meta::Meta>(micro_state::views::meta::Cmd::Compact {
-                    revision,
+                    revision: step,
                 })
                 .await
                 .map_err(status)?;

@@ -1184,6 +1184,44 @@ mod kernel {
     }
 
     #[test]
+    fn compaction_steps_stop_at_a_revision_within_the_change_budget() {
+        let mut s = MemStore::default();
+        // Revision 1: a transaction of 5 changes; revisions 2..=7: one change each.
+        let txn = Command::Txn(Txn {
+            compare: vec![],
+            success: (0..5).map(|i| put(&format!("t{i}"), "v", 0)).collect(),
+            failure: vec![],
+        });
+        apply_at(&mut s, 1, 1, &req(1, vec![txn]));
+        for i in 2..=7u64 {
+            apply_at(&mut s, i, 1, &req(i, vec![put("k", "v", 0)]));
+        }
+        let step = |s: &MemStore, from, to, max| history::compact_step(s, from, to, max).unwrap();
+        // A revision over the budget is still dropped whole, alone.
+        assert_eq!(step(&s, 1, 8, 4), 2);
+        // Whole revisions up to the budget: 2, 3, 4, 5 (4 changes), stopping before 6.
+        assert_eq!(step(&s, 2, 8, 4), 6);
+        // Everything fits: the target itself.
+        assert_eq!(step(&s, 1, 8, 100), 8);
+        assert_eq!(step(&s, 6, 8, 4), 8);
+        assert_eq!(step(&s, 3, 4, 1), 4);
+        // Each step applied in turn reaches the target with no change left below it.
+        let mut first = 1;
+        let mut index = 8;
+        while first < 8 {
+            let to = step(&s, first, 8, 3);
+            let compact = Command::Meta(meta::Cmd::Compact { revision: to });
+            let (out, _) = apply_at(&mut s, index, 1, &req(index, vec![compact]));
+            assert_eq!(out[0], Outcome::Meta(meta::Out::Compacted { revision: to }));
+            assert!(to > first);
+            first = to;
+            index += 1;
+        }
+        let rest = history::read(&s, 1, &|_| true, usize::MAX).unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+
+    #[test]
     fn history_keeps_every_change_until_compacted() {
         let mut s = MemStore::default();
         for i in 1..=5u64 {

@@ -15,7 +15,8 @@ pub enum Cmd {
     /// Names the cluster once; later proposals are ignored, so the first one wins everywhere.
     SetClusterId(String),
     /// Drops the change feed below `revision` (at most `history::MAX_COMPACT_STEP` revisions
-    /// per command).
+    /// per command; proposers keep each step to `history::MAX_COMPACT_CHANGES` changes with
+    /// `history::compact_step`).
     Compact { revision: u64 },
 }
 
