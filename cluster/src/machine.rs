@@ -112,14 +112,24 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
 
 fn build(db: &Db, dir: &std::path::Path) -> SResult<Snapshot<TypeConfig>> {
     let started = std::time::Instant::now();
-    let (bytes, meta) = snapshot_bytes(db)?;
-    write_file_durably(&dir.join(SNAPSHOT_FILE), &bytes).map_err(snap_err)?;
+    // Streamed to disk as it is read: a snapshot is the whole keyspace (tens of MB and more),
+    // and building it in memory took three copies of it, with the reallocations between.
+    let mut w = snapshot::FileWriter::create(&dir.join(SNAPSHOT_FILE)).map_err(snap_err)?;
+    let (header, meta) = scan_into(db, w.records())?;
+    let bytes = w.finish(header).map_err(snap_err)?;
     metrics::histogram!("micro_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
-    metrics::gauge!("micro_snapshot_bytes").set(bytes.len() as f64);
-    tracing::info!(snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
+    metrics::gauge!("micro_snapshot_bytes").set(bytes as f64);
+    tracing::info!(
+        snapshot_id = %meta.snapshot_id,
+        bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "built snapshot"
+    );
+    // openraft (0.9) keeps only the meta of a snapshot it had built; whoever needs the data
+    // (a lagging follower, `install`) gets it from `get_current_snapshot`, which reads the file.
     Ok(Snapshot {
         meta,
-        snapshot: Box::new(bytes),
+        snapshot: Box::default(),
     })
 }
 
@@ -128,11 +138,25 @@ pub(crate) fn snapshot_bytes(
     db: &Db,
 ) -> SResult<(Vec<u8>, SnapshotMeta<u64, openraft::BasicNode>)> {
     let mut w = snapshot::Writer::new();
+    let (header, meta) = scan_into(db, &mut w)?;
+    Ok((w.finish(header), meta))
+}
+
+/// Writes every record of the keyspace as of now (a consistent RocksDB snapshot) to `w`;
+/// returns the file's header and the snapshot's meta.
+fn scan_into<W: std::io::Write>(
+    db: &Db,
+    w: &mut snapshot::Writer<W>,
+) -> SResult<(snapshot::Header, SnapshotMeta<u64, openraft::BasicNode>)> {
     let mut applied = None;
     let mut membership = None;
     let mut cluster_id = None;
     let mut revision = None;
+    let mut failed = None;
     db.for_each_state(|k, v| {
+        if failed.is_some() {
+            return;
+        }
         if k == META_APPLIED {
             applied = Some(v.to_vec());
         } else if k == META_MEMBERSHIP {
@@ -142,9 +166,14 @@ pub(crate) fn snapshot_bytes(
         } else if k == keys::META_REVISION {
             revision = v.try_into().ok().map(u64::from_be_bytes);
         }
-        w.record(k, v);
+        if let Err(e) = w.record(k, v) {
+            failed = Some(e);
+        }
     })
     .map_err(sm_read)?;
+    if let Some(e) = failed {
+        return Err(snap_err(e));
+    }
     let last_log_id: Option<LogId> = match applied {
         Some(b) => codec::decode(&b).map_err(sm_read)?,
         None => None,
@@ -157,7 +186,7 @@ pub(crate) fn snapshot_bytes(
         Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
         None => "empty".to_string(),
     };
-    let bytes = w.finish(snapshot::Header {
+    let header = snapshot::Header {
         cluster_id: cluster_id.unwrap_or_default(),
         snapshot_id: snapshot_id.clone(),
         last_log_id,
@@ -165,9 +194,9 @@ pub(crate) fn snapshot_bytes(
         // Before the revision counter existed, revisions were log indexes.
         revision: revision.unwrap_or_else(|| last_log_id.map_or(0, |l| l.index)),
         record_count: 0,
-    });
+    };
     Ok((
-        bytes,
+        header,
         SnapshotMeta {
             last_log_id,
             last_membership,

@@ -15,6 +15,9 @@
 //! Chunks let a reader name where damage is; the trailing crc covers everything, so a cut
 //! short, a flipped byte or a newer version is refused before anything is written.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
 use micro_state::codec;
 use serde::{Deserialize, Serialize};
 
@@ -60,25 +63,56 @@ pub enum Error {
     Count { declared: u64, actual: u64 },
 }
 
-/// Builds a snapshot file in memory.
-pub struct Writer {
-    out: Vec<u8>,
+/// Writes the records of a snapshot file (its body) to a sink as they come, with the
+/// checksums, and finishes the file once the header (which counts the records) is known:
+/// in memory ([`Writer::new`], [`Writer::finish`]) or streamed to disk ([`FileWriter`]).
+pub struct Writer<W: Write = Vec<u8>> {
+    body: W,
+    /// crc32 of the body so far: the file's trailing crc is this combined with the prefix's.
+    body_crc: crc32fast::Hasher,
+    body_len: u64,
     chunk: Vec<u8>,
     chunk_count: u32,
     count: u64,
 }
 
-impl Writer {
+impl Writer<Vec<u8>> {
     pub fn new() -> Self {
+        Self::to(Vec::new())
+    }
+
+    /// Finishes the file with `header` (its `record_count` is filled in).
+    pub fn finish(self, header: Header) -> Vec<u8> {
+        // Writes into a Vec cannot fail.
+        let (body, prefix, crc) = self.end(header).unwrap_or_default();
+        let mut out = Vec::with_capacity(prefix.len() + body.len() + 4);
+        out.extend_from_slice(&prefix);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+}
+
+impl Default for Writer<Vec<u8>> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<W: Write> Writer<W> {
+    /// A writer whose body goes to `body`.
+    pub fn to(body: W) -> Self {
         Writer {
-            out: Vec::new(),
+            body,
+            body_crc: crc32fast::Hasher::new(),
+            body_len: 0,
             chunk: Vec::with_capacity(CHUNK_BYTES + 1024),
             chunk_count: 0,
             count: 0,
         }
     }
 
-    pub fn record(&mut self, k: &[u8], v: &[u8]) {
+    pub fn record(&mut self, k: &[u8], v: &[u8]) -> std::io::Result<()> {
         self.chunk
             .extend_from_slice(&(k.len() as u32).to_le_bytes());
         self.chunk.extend_from_slice(k);
@@ -88,45 +122,108 @@ impl Writer {
         self.chunk_count += 1;
         self.count += 1;
         if self.chunk.len() >= CHUNK_BYTES {
-            self.flush_chunk();
+            self.flush_chunk()?;
         }
+        Ok(())
     }
 
-    fn flush_chunk(&mut self) {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.body.write_all(bytes)?;
+        self.body_crc.update(bytes);
+        self.body_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
         if self.chunk_count == 0 {
-            return;
+            return Ok(());
         }
-        self.out
-            .extend_from_slice(&(self.chunk.len() as u32).to_le_bytes());
-        self.out.extend_from_slice(&self.chunk_count.to_le_bytes());
-        self.out.extend_from_slice(&self.chunk);
-        self.out
-            .extend_from_slice(&crc32fast::hash(&self.chunk).to_le_bytes());
+        let chunk = std::mem::take(&mut self.chunk);
+        self.put(&(chunk.len() as u32).to_le_bytes())?;
+        self.put(&self.chunk_count.to_le_bytes())?;
+        self.put(&chunk)?;
+        self.put(&crc32fast::hash(&chunk).to_le_bytes())?;
+        self.chunk = chunk;
         self.chunk.clear();
         self.chunk_count = 0;
+        Ok(())
     }
 
-    /// Finishes the file with `header` (its `record_count` is filled in).
-    pub fn finish(mut self, mut header: Header) -> Vec<u8> {
-        self.flush_chunk();
+    /// Ends the body (last chunk, end marker) and returns the sink, the bytes that go before
+    /// the body (magic, version, header with `record_count` filled in) and the crc32 of
+    /// prefix and body together, which ends the file.
+    pub fn end(mut self, mut header: Header) -> std::io::Result<(W, Vec<u8>, u32)> {
+        self.flush_chunk()?;
+        self.put(&[0u8; 8])?;
         header.record_count = self.count;
         let h = codec::encode(&header);
-        let mut out = Vec::with_capacity(8 + 1 + 4 + h.len() + self.out.len() + 12);
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        out.extend_from_slice(&(h.len() as u32).to_le_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(&self.out);
-        out.extend_from_slice(&[0u8; 8]);
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        let mut prefix = Vec::with_capacity(8 + 1 + 4 + h.len());
+        prefix.extend_from_slice(MAGIC);
+        prefix.push(VERSION);
+        prefix.extend_from_slice(&(h.len() as u32).to_le_bytes());
+        prefix.extend_from_slice(&h);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&prefix);
+        crc.combine(&self.body_crc);
+        Ok((self.body, prefix, crc.finalize()))
     }
 }
 
-impl Default for Writer {
-    fn default() -> Self {
-        Self::new()
+/// Streams a snapshot file to disk instead of building it in memory: the body goes to a
+/// side file as records come, and [`FileWriter::finish`] writes the file (header, body,
+/// crc) next to its destination, syncs it and renames it into place.
+pub struct FileWriter {
+    path: PathBuf,
+    body_path: SideFile,
+    w: Writer<std::io::BufWriter<std::fs::File>>,
+}
+
+/// The body's side file, removed when dropped: after `finish`, or by a build that failed.
+struct SideFile(PathBuf);
+
+impl Drop for SideFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl FileWriter {
+    /// Starts the snapshot file that will be at `path`.
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        let body_path = path.with_extension("body");
+        let body = std::fs::File::create(&body_path)?;
+        Ok(FileWriter {
+            path: path.to_path_buf(),
+            body_path: SideFile(body_path),
+            w: Writer::to(std::io::BufWriter::with_capacity(1 << 20, body)),
+        })
+    }
+
+    /// Where the records go.
+    pub fn records(&mut self) -> &mut Writer<std::io::BufWriter<std::fs::File>> {
+        &mut self.w
+    }
+
+    /// Finishes the file with `header` and makes it durable at its path (atomically: a
+    /// crash leaves the previous file). Returns its size in bytes.
+    pub fn finish(self, header: Header) -> std::io::Result<u64> {
+        let (body, prefix, crc) = self.w.end(header)?;
+        let mut body = body.into_inner().map_err(|e| e.into_error())?;
+        body.flush()?;
+        drop(body);
+        let tmp = self.path.with_extension("tmp");
+        let mut out = std::fs::File::create(&tmp)?;
+        out.write_all(&prefix)?;
+        // A copy inside the kernel (copy_file_range on Linux), not through this process.
+        let copied = std::io::copy(&mut std::fs::File::open(&self.body_path.0)?, &mut out)?;
+        out.write_all(&crc.to_le_bytes())?;
+        out.sync_all()?;
+        drop(out);
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(prefix.len() as u64 + copied + 4)
     }
 }
 
@@ -262,8 +359,8 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut w = Writer::new();
-        w.record(b"k1", b"v1");
-        w.record(b"k2", b"");
+        w.record(b"k1", b"v1").unwrap();
+        w.record(b"k2", b"").unwrap();
         w.finish(header())
     }
 
@@ -271,7 +368,7 @@ mod tests {
     fn round_trip_across_many_chunks() {
         let mut w = Writer::new();
         for i in 0..5000u32 {
-            w.record(&i.to_be_bytes(), &[7u8; 40]);
+            w.record(&i.to_be_bytes(), &[7u8; 40]).unwrap();
         }
         let bytes = w.finish(header());
         let mut n = 0u32;
@@ -282,6 +379,46 @@ mod tests {
         })
         .unwrap();
         assert_eq!((h.record_count, total, h.revision), (5000, 5000, 7));
+    }
+
+    #[test]
+    fn a_file_streamed_to_disk_is_the_file_built_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("current.snap");
+        std::fs::write(&path, b"the previous snapshot").unwrap();
+        let records = |w: &mut dyn FnMut(&[u8], &[u8])| {
+            for i in 0..3000u32 {
+                w(&i.to_be_bytes(), &vec![(i % 251) as u8; (i % 97) as usize]);
+            }
+        };
+        let mut mem = Writer::new();
+        records(&mut |k, v| mem.record(k, v).unwrap());
+        let expected = mem.finish(header());
+        let mut file = FileWriter::create(&path).unwrap();
+        records(&mut |k, v| file.records().record(k, v).unwrap());
+        let len = file.finish(header()).unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(len, written.len() as u64);
+        assert!(written == expected, "streamed and in-memory files differ");
+        assert_eq!(verify(&written).unwrap().record_count, 3000);
+        // Only the snapshot is left: no side file, no temp file.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("current.snap")]);
+    }
+
+    #[test]
+    fn a_streamed_file_given_up_half_way_leaves_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("current.snap");
+        std::fs::write(&path, b"the previous snapshot").unwrap();
+        let mut file = FileWriter::create(&path).unwrap();
+        file.records().record(b"k", b"v").unwrap();
+        drop(file);
+        assert_eq!(std::fs::read(&path).unwrap(), b"the previous snapshot");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -196,7 +196,7 @@ proptest! {
     ) {
         let mut w = Writer::new();
         for (k, v) in &records {
-            w.record(k, v);
+            w.record(k, v).unwrap();
         }
         let good = w.finish(header());
         prop_assert!(snapshot::verify(&good).is_ok());
