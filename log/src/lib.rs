@@ -73,6 +73,12 @@ impl Db {
         opts.create_missing_column_families(true);
         // Bounded background work: this runs on small machines beside other services.
         opts.increase_parallelism(2);
+        // RocksDB's own LOG: at its default level it writes a line for every WAL fsync (one per
+        // group commit: gigabytes a day under steady writes, and a formatted write on the
+        // commit path). Flushes, compactions and errors are logged at INFO and above.
+        opts.set_log_level(rocksdb::LogLevel::Info);
+        opts.set_max_log_file_size(16 << 20);
+        opts.set_keep_log_file_num(4);
         // The views are read by point lookups on every apply (the previous record of each key):
         // bloom filters in the memtable and the tables skip most of the work of a miss.
         let mut state = Options::default();
