@@ -56,6 +56,11 @@ pub struct Common {
     /// Where the temporary data dirs go (default: the system temp dir); they are removed
     #[arg(long)]
     pub data_root: Option<PathBuf>,
+    /// Also write every measured request slower than this many milliseconds, with the
+    /// wall-clock time it ended, to `slow.tsv` in --out (with each `compare` cell's window): lines stalls
+    /// up with the servers' logs
+    #[arg(long, value_name = "MS")]
+    pub slow_ms: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]

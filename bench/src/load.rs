@@ -15,6 +15,45 @@ use crate::args::{key, watch_prefixes, Workload};
 use crate::cluster::{Cluster, Conn};
 use crate::procs::cpu_seconds;
 
+/// Where requests slower than a threshold are written (`--slow-ms`), once set.
+struct SlowLog {
+    threshold: Duration,
+    out: std::sync::Mutex<std::io::LineWriter<std::fs::File>>,
+}
+
+static SLOW: std::sync::OnceLock<SlowLog> = std::sync::OnceLock::new();
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// From now on, writes every measured request slower than `threshold` to `path`: the
+/// wall-clock time it ended (Unix seconds) and its latency (ms), one per line, with a comment
+/// line per cell naming its measured window.
+pub fn log_slow(threshold: Duration, path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let file = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
+    let mut out = std::io::LineWriter::new(file);
+    writeln!(out, "# unix_time_s\tlatency_ms")?;
+    let log = SlowLog {
+        threshold,
+        out: std::sync::Mutex::new(out),
+    };
+    SLOW.set(log)
+        .map_err(|_| anyhow::anyhow!("the slow-request log is already set"))
+}
+
+fn slow_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Some(log) = SLOW.get() {
+        if let Ok(mut out) = log.out.lock() {
+            let _ = out.write_fmt(line);
+        }
+    }
+}
+
 /// Latencies are recorded in microseconds, up to 60 s, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
@@ -84,6 +123,9 @@ impl Tally {
                 if measured {
                     self.ops += 1;
                     let us = (t1 - t0).as_micros().clamp(1, 60_000_000) as u64;
+                    if SLOW.get().is_some_and(|s| t1 - t0 > s.threshold) {
+                        slow_line(format_args!("{:.3}\t{:.1}\n", unix_now(), us as f64 / 1e3));
+                    }
                     self.hist.saturating_record(us);
                 }
             }
@@ -216,6 +258,16 @@ pub async fn run_cell(cluster: &mut Cluster, cell: &Cell) -> anyhow::Result<Cell
     let start = Instant::now();
     let measure_from = start + cell.warmup;
     let end = measure_from + cell.duration;
+    let unix_from = unix_now() + cell.warmup.as_secs_f64();
+    slow_line(format_args!(
+        "# {} {} clients={} conns={} measured {:.3} .. {:.3}\n",
+        cluster.target.name(),
+        cell.workload.name(),
+        cell.clients,
+        cell.conns,
+        unix_from,
+        unix_from + cell.duration.as_secs_f64()
+    ));
 
     let mut tasks = Vec::new();
     for (i, conn) in conns.into_iter().enumerate() {

@@ -82,6 +82,19 @@ async fn signals() -> &'static str {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let common = match &cli.cmd {
+        Cmd::Compare(a) => &a.common,
+        Cmd::Streams(a) => &a.common,
+        Cmd::Size(a) => &a.common,
+        Cmd::Services(a) => &a.common,
+    };
+    if let Some(ms) = common.slow_ms {
+        std::fs::create_dir_all(&common.out)?;
+        load::log_slow(
+            std::time::Duration::from_millis(ms),
+            &common.out.join("slow.tsv"),
+        )?;
+    }
     match cli.cmd {
         Cmd::Compare(a) => compare(a).await,
         Cmd::Streams(a) => streams::run(a).await,
