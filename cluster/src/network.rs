@@ -206,21 +206,17 @@ impl Peer {
                 *slot = ForwardSlot::Unsupported;
                 Ok(None)
             }
-            Err(e) => {
-                let why = match &e {
-                    CallError::Unreachable(m) | CallError::Failed(m) => m.clone(),
-                    CallError::TimedOut(_) => e.to_string(),
-                };
-                *slot = ForwardSlot::Failed(tokio::time::Instant::now(), why);
-                Err(e)
+            Err(why) => {
+                *slot = ForwardSlot::Failed(tokio::time::Instant::now(), why.clone());
+                Err(CallError::Unreachable(why))
             }
         }
     }
 
     /// Opens a peer stream with room for `capacity` requests queued; `Ok(None)` if the peer
     /// runs a version without it (UNIMPLEMENTED). Nothing is sent before it opens, so every
-    /// failure is `Unreachable`. No grpc-timeout on the stream: it lives as long as its user,
-    /// and each exchange on it has its own deadline.
+    /// failure (the `Err` reason) means unreachable. No grpc-timeout on the stream: it lives
+    /// as long as its user, and each exchange on it has its own deadline.
     async fn open_stream(
         &self,
         kind: StreamKind,
@@ -231,7 +227,7 @@ impl Peer {
             tokio::sync::mpsc::Sender<Payload>,
             tonic::Streaming<Payload>,
         )>,
-        CallError,
+        String,
     > {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -244,15 +240,9 @@ impl Peer {
             }
         };
         match tokio::time::timeout(timeout, open).await {
-            Err(_) => Err(CallError::Unreachable(format!(
-                "the stream did not open within {timeout:?}"
-            ))),
+            Err(_) => Err(format!("the stream did not open within {timeout:?}")),
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(None),
-            Ok(Err(status)) => Err(CallError::Unreachable(format!(
-                "{}: {}",
-                status.code(),
-                status.message()
-            ))),
+            Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
             Ok(Ok(resp)) => Ok(Some((tx, resp.into_inner()))),
         }
     }
@@ -318,7 +308,10 @@ impl Peer {
         timeout: Duration,
     ) -> Result<Option<ReplicationStream>, CallError> {
         // One message in flight: openraft 0.9 waits for each answer before the next request.
-        let opened = self.open_stream(StreamKind::Replicate, 1, timeout).await?;
+        let opened = self
+            .open_stream(StreamKind::Replicate, 1, timeout)
+            .await
+            .map_err(CallError::Unreachable)?;
         Ok(opened.map(|(tx, rx)| ReplicationStream::new(tx, rx)))
     }
 
@@ -562,12 +555,7 @@ impl RaftPeer {
             // As a plain network error it retries at once: a peer that accepts connections and
             // drops them (a dying process, a proxy) was hit thousands of times a second.
             // Raft RPCs are idempotent, so nothing is lost by treating "no answer" this way.
-            .map_err(|e| match e {
-                CallError::Unreachable(m) | CallError::Failed(m) => {
-                    RPCError::Unreachable(Unreachable::new(&Msg(m)))
-                }
-                e @ CallError::TimedOut(_) => RPCError::Unreachable(Unreachable::new(&e)),
-            })?;
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -689,9 +677,8 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             res = send => match res {
-                Err(CallError::Unreachable(m)) => Err(StreamingError::Unreachable(Unreachable::new(&Msg(m)))),
-                Err(CallError::Failed(m)) => Err(StreamingError::Network(NetworkError::new(&Msg(m)))),
-                Err(e @ CallError::TimedOut(_)) => Err(StreamingError::Network(NetworkError::new(&Msg(e.to_string())))),
+                Err(e @ CallError::Unreachable(_)) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+                Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
                 Ok(Err(remote)) => Err(StreamingError::Network(NetworkError::new(&Msg(remote)))),
                 Ok(Ok(resp)) => Ok(resp),
             }
@@ -756,6 +743,11 @@ mod tests {
         codec::encode(&r)
     }
 
+    /// The scripted peer's answers, as they are sent on `rx`'s channel.
+    fn answers(rx: tokio::sync::mpsc::Receiver<Result<Payload, Status>>) -> Response<Answers> {
+        Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     fn echo(p: &Payload, id: u64) -> Payload {
         Payload {
             data: p.data.clone(),
@@ -787,18 +779,13 @@ mod tests {
             let streamed = self.streamed.clone();
             let mut input = req.into_inner();
             let (tx, rx) = tokio::sync::mpsc::channel(4);
-            match self.script {
-                Script::SilentReplicate => {
-                    tokio::spawn(async move {
-                        while let Ok(Some(_)) = input.message().await {}
-                        drop(tx);
-                    });
-                    return Ok(Response::new(Box::pin(
-                        tokio_stream::wrappers::ReceiverStream::new(rx),
-                    )));
-                }
-                Script::LateSecond { echo_ids } if first => {
-                    tokio::spawn(async move {
+            let script = self.script;
+            tokio::spawn(async move {
+                match script {
+                    // Reads and never answers; `tx` lives as long as this task, so the stream
+                    // stays open.
+                    Script::SilentReplicate => while let Ok(Some(_)) = input.message().await {},
+                    Script::LateSecond { echo_ids } if first => {
                         let id = |m: &Payload| if echo_ids { m.id } else { 0 };
                         let Ok(Some(m)) = input.message().await else {
                             return;
@@ -825,32 +812,26 @@ mod tests {
                             let _ = tx.send(Ok(p)).await;
                         }
                         while let Ok(Some(_)) = input.message().await {}
-                    });
-                    return Ok(Response::new(Box::pin(
-                        tokio_stream::wrappers::ReceiverStream::new(rx),
-                    )));
-                }
-                _ => {}
-            }
-            tokio::spawn(async move {
-                // Answers two requests, then ends the stream.
-                for _ in 0..2 {
-                    let Ok(Some(_)) = input.message().await else {
-                        return;
-                    };
-                    streamed.fetch_add(1, Ordering::SeqCst);
-                    let a = Payload {
-                        data: ok_append(),
-                        ..Default::default()
-                    };
-                    if tx.send(Ok(a)).await.is_err() {
-                        return;
+                    }
+                    // Answers two requests, then ends the stream.
+                    _ => {
+                        for _ in 0..2 {
+                            let Ok(Some(_)) = input.message().await else {
+                                return;
+                            };
+                            streamed.fetch_add(1, Ordering::SeqCst);
+                            let a = Payload {
+                                data: ok_append(),
+                                ..Default::default()
+                            };
+                            if tx.send(Ok(a)).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
             });
-            Ok(Response::new(Box::pin(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            )))
+            Ok(answers(rx))
         }
 
         async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
@@ -888,9 +869,7 @@ mod tests {
                     }
                 }
             });
-            Ok(Response::new(Box::pin(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            )))
+            Ok(answers(rx))
         }
 
         async fn vote(&self, _: Request<Payload>) -> Result<Response<Payload>, Status> {
