@@ -77,20 +77,10 @@ impl StateMachine {
     }
 }
 
-/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
+/// Writes `bytes` to `path` atomically and durably (see [`snapshot::replace_durably`]).
 pub(crate) fn write_file_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    snapshot::replace_durably(path, |f| f.write_all(bytes))
 }
 
 /// Builds snapshots from a consistent point-in-time view of the keyspace, so writes go on

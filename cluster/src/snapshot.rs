@@ -211,20 +211,33 @@ impl FileWriter {
         let mut body = body.into_inner().map_err(|e| e.into_error())?;
         body.flush()?;
         drop(body);
-        let tmp = self.path.with_extension("tmp");
-        let mut out = std::fs::File::create(&tmp)?;
-        out.write_all(&prefix)?;
-        // A copy inside the kernel (copy_file_range on Linux), not through this process.
-        let copied = std::io::copy(&mut std::fs::File::open(&self.body_path.0)?, &mut out)?;
-        out.write_all(&crc.to_le_bytes())?;
-        out.sync_all()?;
-        drop(out);
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(prefix.len() as u64 + copied + 4)
+        replace_durably(&self.path, |out| {
+            out.write_all(&prefix)?;
+            // A copy inside the kernel (copy_file_range on Linux), not through this process.
+            let copied = std::io::copy(&mut std::fs::File::open(&self.body_path.0)?, out)?;
+            out.write_all(&crc.to_le_bytes())?;
+            Ok(prefix.len() as u64 + copied + 4)
+        })
     }
+}
+
+/// Replaces the file at `path` with what `fill` writes, atomically and durably: a temp file
+/// beside it, fsynced, renamed over it, and the directory fsynced. A crash leaves the old file
+/// or the new one, never a mix.
+pub(crate) fn replace_durably<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    let out = fill(&mut f)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(out)
 }
 
 fn take<'a>(b: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], Error> {
