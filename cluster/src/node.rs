@@ -1025,8 +1025,7 @@ fn compaction_step(inner: &Inner) -> Result<Option<u64>, micro_state::StorageErr
     if target <= first {
         return Ok(None);
     }
-    let to = target.min(first + history::MAX_COMPACT_STEP);
-    history::compact_step(db, first, to, history::MAX_COMPACT_CHANGES).map(Some)
+    history::compact_step(db, first, target, history::MAX_COMPACT_CHANGES).map(Some)
 }
 
 #[cfg(test)]

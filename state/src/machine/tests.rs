@@ -1205,6 +1205,9 @@ mod kernel {
         assert_eq!(step(&s, 1, 8, 100), 8);
         assert_eq!(step(&s, 6, 8, 4), 8);
         assert_eq!(step(&s, 3, 4, 1), 4);
+        // Never past what one command drops.
+        let far = 1 + history::MAX_COMPACT_STEP;
+        assert_eq!(step(&s, 1, far + 5, usize::MAX), far);
         // Each step applied in turn reaches the target with no change left below it.
         let mut first = 1;
         let mut index = 8;

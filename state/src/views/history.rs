@@ -80,15 +80,17 @@ pub const MAX_COMPACT_STEP: u64 = 10_000;
 pub const MAX_COMPACT_CHANGES: usize = 2_048;
 
 /// Where a compaction from `from` towards `to` should stop so that it drops at most
-/// `max_changes` changes: whole revisions, and at least one revision however many changes it
-/// holds. Whoever proposes a compaction picks its step with this; the command itself only
-/// names a revision, so applying it does not depend on the step rule.
+/// `max_changes` changes: whole revisions, at least one revision however many changes it
+/// holds, and no more than one command drops ([`MAX_COMPACT_STEP`] revisions). Whoever
+/// proposes a compaction picks its step with this; the command itself only names a revision,
+/// so applying it does not depend on the step rule.
 pub fn compact_step<S: Read + ?Sized>(
     s: &S,
     from: u64,
     to: u64,
     max_changes: usize,
 ) -> Result<u64, StorageError> {
+    let to = to.min(from.saturating_add(MAX_COMPACT_STEP));
     if to <= from.saturating_add(1) {
         return Ok(to);
     }
