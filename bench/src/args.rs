@@ -73,8 +73,8 @@ pub struct StreamsArgs {
         default_value = "micro,jetstream"
     )]
     pub target: Vec<StreamTarget>,
-    /// Concurrent closed-loop publishers per cell, comma separated (publisher i talks to node
-    /// i % 3 over its own connection)
+    /// Concurrent closed-loop publishers per cell, comma separated, each over its own connection
+    /// (Micro: dealt to the followers first, then the leader; JetStream: node i % 3)
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     pub clients: Vec<usize>,
     /// Measured publish time per cell (one target, one publisher count)
@@ -361,7 +361,8 @@ pub struct CompareArgs {
         default_value = "put,get,get-serializable,mixed"
     )]
     pub workload: Vec<Workload>,
-    /// Concurrent closed-loop clients per cell, comma separated (client i talks to node i % 3)
+    /// Concurrent closed-loop clients per cell, comma separated (dealt round-robin to the
+    /// followers first, then the leader: client 0 is on a follower in both systems)
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     pub clients: Vec<usize>,
     /// Connections the clients share per node, comma separated: 0 gives every client its

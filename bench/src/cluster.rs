@@ -56,10 +56,27 @@ pub fn nodes_log_tails(nodes: &[Node]) -> String {
         .join("\n")
 }
 
+/// The node (index) worker `i` talks to: workers are dealt round-robin to the followers first,
+/// then the leader. Both systems get the same placement relative to their leader whichever
+/// node won the election, so the first client is always on a follower (as most clients of a
+/// 3-node cluster are) and the leader serves the smallest share.
+pub fn worker_node(i: usize, nodes: usize, leader: usize) -> usize {
+    let k = i % nodes;
+    if k == nodes - 1 {
+        leader
+    } else if k < leader {
+        k
+    } else {
+        k + 1
+    }
+}
+
 /// A running cluster. Fields drop in order: the nodes are killed before their data dir goes.
 pub struct Cluster {
     pub target: Target,
     pub nodes: Vec<Node>,
+    /// Index in `nodes` of the leader every node named when the cluster came up.
+    pub leader: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -126,6 +143,7 @@ impl Cluster {
         let mut c = Cluster {
             target,
             nodes,
+            leader: 0,
             _dir: dir,
         };
         let addrs: Vec<(u64, String)> = (1..).zip(c.nodes.iter().map(|n| n.addr.clone())).collect();
@@ -153,6 +171,8 @@ impl Cluster {
                 && leaders[0] != 0
                 && leaders.iter().all(|l| *l == leaders[0])
             {
+                // Node ids are 1, 2, 3 in `nodes` order.
+                self.leader = (leaders[0] - 1) as usize;
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -215,6 +235,7 @@ impl Cluster {
         let mut c = Cluster {
             target: Target::Etcd,
             nodes,
+            leader: 0,
             _dir: dir,
         };
         c.wait_etcd_ready().await?;
@@ -225,6 +246,7 @@ impl Cluster {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let mut leaders = Vec::new();
+            let mut members = Vec::new();
             let mut reads = 0;
             for n in &mut self.nodes {
                 n.proc.check_running()?;
@@ -233,7 +255,9 @@ impl Cluster {
                 };
                 let mut m = pb::maintenance_client::MaintenanceClient::new(ch.clone());
                 if let Ok(s) = m.status(pb::StatusRequest {}).await {
-                    leaders.push(s.into_inner().leader);
+                    let s = s.into_inner();
+                    leaders.push(s.leader);
+                    members.push(s.header.map_or(0, |h| h.member_id));
                 }
                 let mut kv = pb::kv_client::KvClient::new(ch);
                 let probe = pb::RangeRequest {
@@ -249,7 +273,10 @@ impl Cluster {
                 && leaders[0] != 0
                 && leaders.iter().all(|l| *l == leaders[0])
             {
-                return Ok(());
+                if let Some(i) = members.iter().position(|m| *m == leaders[0]) {
+                    self.leader = i;
+                    return Ok(());
+                }
             }
             if Instant::now() > deadline {
                 bail!(
@@ -291,12 +318,12 @@ impl Cluster {
         nodes_peak_rss_mib(&self.nodes)
     }
 
-    /// The client address of the node that worker `i` talks to.
+    /// The client address of the node that worker `i` talks to (see [`worker_node`]).
     pub fn addr_for_worker(&self, i: usize) -> &str {
-        &self.nodes[i % self.nodes.len()].addr
+        &self.nodes[worker_node(i, self.nodes.len(), self.leader)].addr
     }
 
-    /// A connection for each worker, worker `i` to node `i % 3`: its own when `per_node` is 0,
+    /// A connection for each worker, worker `i` to [`worker_node`]: its own when `per_node` is 0,
     /// else one of `per_node` channels to that node, shared round-robin with the node's other
     /// workers.
     pub async fn connect_shared(
@@ -309,14 +336,14 @@ impl Cluster {
         }
         let nodes = self.nodes.len();
         let shared = self.connect(nodes * per_node).await?;
-        // shared[j] is on node j % nodes; worker i (node i % nodes) takes the
+        // shared[j] is on worker j's node; worker i (on the same node as i % nodes) takes the
         // ((i / nodes) % per_node)-th channel of its node.
         Ok((0..workers)
             .map(|i| shared[(i % nodes) + nodes * ((i / nodes) % per_node)].clone())
             .collect())
     }
 
-    /// One connection per worker, worker `i` to node `i % 3`.
+    /// One connection per worker, worker `i` to [`worker_node`].
     pub async fn connect(&self, workers: usize) -> anyhow::Result<Vec<Conn>> {
         let conns = futures::future::join_all(
             (0..workers).map(|i| Conn::open(self.target, self.addr_for_worker(i).to_string())),
@@ -325,7 +352,7 @@ impl Cluster {
         conns.into_iter().collect()
     }
 
-    /// Watcher `i` (on node `i % 3`) of every key starting with `prefix`, from now on. It is
+    /// Watcher `i` (on worker `i`'s node) of every key starting with `prefix`, from now on. It is
     /// established (the server has accepted it) when this returns.
     pub async fn watch(&self, i: usize, prefix: &str) -> anyhow::Result<Watcher> {
         let addr = self.addr_for_worker(i).to_string();
@@ -686,4 +713,22 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .context("this executable is not in a cargo target dir")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_node;
+
+    #[test]
+    fn workers_go_to_the_followers_first_then_the_leader() {
+        for leader in 0..3 {
+            let order: Vec<usize> = (0..6).map(|i| worker_node(i, 3, leader)).collect();
+            assert_eq!(order[2], leader, "leader {leader}: {order:?}");
+            assert_ne!(order[0], leader);
+            assert_ne!(order[1], leader);
+            assert_ne!(order[0], order[1]);
+            assert_eq!(order[..3], order[3..], "round-robin");
+        }
+        assert_eq!(worker_node(0, 1, 0), 0);
+    }
 }

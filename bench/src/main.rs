@@ -318,8 +318,9 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
                 .context("start the etcd cluster")?,
         };
         eprintln!(
-            "{}: 3 nodes up with a leader in {:.1} s",
+            "{}: 3 nodes up with a leader (n{}) in {:.1} s",
             t.name(),
+            c.leader + 1,
             t0.elapsed().as_secs_f64()
         );
         clusters.push(c);

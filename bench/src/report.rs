@@ -474,7 +474,7 @@ impl Report {
         let _ = writeln!(
             s,
             "- Workload: {} keys of {} B, values of {} B; {:.0} s measured per cell after {:.0} s warmup; \
-             3 nodes each, client i → node i % 3; both systems fsync every commit",
+             3 nodes each, clients dealt round-robin to the followers, then the leader; both systems fsync every commit",
             p.keys, p.key_size, p.value_size, p.duration_s, p.warmup_s
         );
         if !self.preload_seconds.is_empty() {

@@ -1,7 +1,8 @@
 //! `micro-bench streams`: Micro's event streams side by side with NATS JetStream.
 //!
 //! Publish: for every publisher count, Micro then JetStream (alternating rounds), closed-loop
-//! publishers each on its own connection to node i % 3, every publish awaited until acked
+//! publishers each on its own connection (Micro: the followers first, then the leader; JetStream:
+//! node i % 3), every publish awaited until acked
 //! (Micro: after a quorum fsync and apply; JetStream: see [`crate::nats::Durability`]).
 //! Replay: N events are loaded into a fresh topic / stream, then one client per node reads them
 //! all from the first event (Micro: a plain consumer from sequence 1 that stops at the end;
