@@ -16,6 +16,7 @@
 mod batch;
 pub mod broker;
 pub mod config;
+mod elect;
 pub mod error;
 pub mod feed;
 mod machine;

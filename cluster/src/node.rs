@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     reads: Mutex<ReadBatch>,
     broker_rr: std::sync::atomic::AtomicU64,
     feed: crate::feed::Sender,
+    /// When a leader last reached this node (for the election watchdog).
+    contact: Arc<crate::elect::Contact>,
 }
 
 /// A handle to the running node; cheap to clone.
@@ -143,6 +145,12 @@ impl Node {
         ));
         let network = Network { pool: pool.clone() };
         let raft = Raft::new(cfg.node_id, Arc::new(raft_config), network, log_store, sm).await?;
+        // Stands in for openraft's timers stuck in a split-vote lockstep (see `elect`): only the
+        // watchdog elects. Debug builds only, for the test that proves the watchdog does.
+        #[cfg(debug_assertions)]
+        if std::env::var_os("MICRO_TEST_NO_TIMED_ELECTIONS").is_some() {
+            raft.runtime_config().elect(false);
+        }
 
         let inner = Arc::new(Inner {
             raft: raft.clone(),
@@ -153,6 +161,7 @@ impl Node {
             reads: Mutex::new(ReadBatch::default()),
             broker_rr: Default::default(),
             feed,
+            contact: Arc::new(crate::elect::Contact::new()),
         });
 
         let listener = tokio::net::TcpListener::bind(cfg.peer_addr)
@@ -218,6 +227,13 @@ impl Node {
         }
 
         tasks.push(tokio::spawn(ticker(inner.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(crate::elect::watchdog(
+            raft.clone(),
+            cfg.node_id,
+            cfg.election_timeout,
+            inner.contact.clone(),
+            stop_rx.clone(),
+        )));
         let node = Node {
             inner,
             proposer,
@@ -623,6 +639,9 @@ impl crate::peer::Handler for Inner {
     }
     fn self_status(&self) -> MemberStatus {
         Inner::self_status(self)
+    }
+    fn heard_from_leader(&self) {
+        self.contact.heard()
     }
 }
 

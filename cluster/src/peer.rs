@@ -5,7 +5,8 @@ use std::sync::Arc;
 use micro_proto::raft::peer_server::{Peer, PeerServer};
 use micro_proto::raft::{Chunk, Payload};
 use micro_state::codec;
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 use openraft::{BasicNode, Snapshot, SnapshotMeta, Vote};
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
@@ -30,6 +31,20 @@ pub(crate) trait Handler: Send + Sync + 'static {
     async fn change_here(&self, op: MembershipOp) -> Result<(), ForwardError>;
     fn deliver(&self, d: &crate::broker::Delivery) -> std::collections::BTreeSet<String>;
     fn self_status(&self) -> MemberStatus;
+    /// A leader of the current term reached this node (see `elect`).
+    fn heard_from_leader(&self);
+}
+
+/// Answers an AppendEntries, noting when it came from a current leader.
+async fn append<H: Handler>(
+    node: &H,
+    rpc: AppendEntriesRequest<TypeConfig>,
+) -> Result<AppendEntriesResponse<u64>, RaftError<u64>> {
+    let res = node.raft().append_entries(rpc).await;
+    if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+        node.heard_from_leader();
+    }
+    res
 }
 
 pub(crate) struct PeerService<H: Handler> {
@@ -142,7 +157,7 @@ pub(crate) fn server<H: Handler>(
 impl<H: Handler> Peer for PeerService<H> {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
-        reply(&self.node.raft().append_entries(rpc).await)
+        reply(&append(&*self.node, rpc).await)
     }
 
     type ReplicateStream = Answers;
@@ -152,13 +167,13 @@ impl<H: Handler> Peer for PeerService<H> {
         &self,
         req: Request<Streaming<Payload>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
-        let raft = self.node.raft().clone();
+        let node = self.node.clone();
         let answers = serve_stream(req.into_inner(), self.stop.clone(), 1, move |msg| {
             let rpc: AppendEntriesRequest<TypeConfig> = decode(&msg)?;
-            let raft = raft.clone();
+            let node = node.clone();
             Ok(async move {
                 Payload {
-                    data: codec::encode(&raft.append_entries(rpc).await),
+                    data: codec::encode(&append(&*node, rpc).await),
                     id: msg.id,
                     ..Default::default()
                 }

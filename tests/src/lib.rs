@@ -99,6 +99,8 @@ pub struct TestCluster {
     pub token: String,
     initial_cluster: String,
     extra_args: Vec<String>,
+    /// Environment variables for every `micro server` this cluster starts.
+    env: Vec<(String, String)>,
     /// Per-node extra flags (e.g. `--join`), appended after the common ones.
     node_args: BTreeMap<u64, Vec<String>>,
     /// The CLI config dir of this cluster (MICRO_CONFIG_DIR of its servers and CLI runs).
@@ -160,6 +162,7 @@ impl TestCluster {
             token: "test-cluster-token".into(),
             initial_cluster,
             extra_args: Vec::new(),
+            env: Vec::new(),
             node_args: BTreeMap::new(),
             config_dir: dir.path().join("config"),
             admin: tokio::sync::OnceCell::new(),
@@ -243,6 +246,12 @@ impl TestCluster {
         self
     }
 
+    /// An environment variable for every `micro server` this cluster starts.
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// The data dir root of this cluster's nodes.
     pub fn root(&self) -> &Path {
         self.dir.as_ref().expect("temp dir").path()
@@ -275,7 +284,8 @@ impl TestCluster {
             .args(["--cluster-token", &self.token])
             .args(&self.extra_args)
             .env("MICRO_LOG", "info,openraft=info")
-            .env("MICRO_CONFIG_DIR", &self.config_dir);
+            .env("MICRO_CONFIG_DIR", &self.config_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(extra) = self.node_args.get(&id) {
             cmd.args(extra);
         } else if !self.initial_cluster.is_empty() {

@@ -407,3 +407,43 @@ async fn concurrent_cas_increments_through_every_node_lose_nothing() -> anyhow::
     assert_eq!(rec.mod_revision, *all.last().expect("wins"));
     Ok(())
 }
+
+/// openraft 0.9 can repeat a split vote between two survivors for a long time (its timers
+/// campaign in lockstep; see the cluster crate's `elect`). With openraft's timed elections off
+/// altogether (a debug-build switch), the election watchdog alone must elect a leader, at
+/// bootstrap and after the leader is killed, and the survivors then take writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_elects_when_raft_timers_never_campaign() -> anyhow::Result<()> {
+    let mut c = TestCluster::new(3).with_env("MICRO_TEST_NO_TIMED_ELECTIONS", "1");
+    for id in 1..=3 {
+        c.spawn(id)?;
+    }
+    let leader = c.wait_leader(LONG).await?;
+    let store = c.client(follower_of(leader, &[1, 2, 3])).await?.store();
+    store.write("before", b"1".to_vec()).await?;
+
+    let campaigns = |c: &TestCluster| -> usize {
+        c.running()
+            .iter()
+            .map(|id| {
+                c.log(*id)
+                    .matches("starting an election at a fresh random time")
+                    .count()
+            })
+            .sum()
+    };
+    c.kill(leader);
+    let before = campaigns(&c);
+    let new_leader = c.wait_leader(LONG * 2).await?;
+    assert_ne!(new_leader, leader);
+    assert!(
+        campaigns(&c) > before,
+        "a survivor was elected without the watchdog"
+    );
+    let survivor = c.client(follower_of(leader, &[1, 2, 3])).await?.store();
+    survivor.write("after", b"2".to_vec()).await?;
+    let q = Query::default();
+    assert_eq!(survivor.query("before", q.clone()).await?.len(), 1);
+    assert_eq!(survivor.query("after", q).await?.len(), 1);
+    Ok(())
+}
