@@ -45,6 +45,7 @@ const RECORDED: &[(&str, &str)] = &[
     ("micro_snapshot_build_seconds", "Time to build a snapshot of the state (its count is the snapshot count)"),
     ("micro_snapshot_bytes", "Size of the last snapshot built"),
     ("micro_raft_leader_changes_total", "Times this node saw a new leader"),
+    ("micro_watchdog_elections_total", "Elections this node started after hearing from no leader for twice the maximum election timeout (should stay 0)"),
     ("micro_watchers", "Open watches (store, registry, locks) on this node"),
     ("micro_consumers", "Open event consumers on this node"),
 ];
@@ -103,6 +104,7 @@ pub fn start(node: &Node) {
     // leader change or write still shows them.
     metrics::counter!("micro_raft_leader_changes_total").increment(0);
     metrics::counter!("micro_forwarded_writes_total").increment(0);
+    metrics::counter!("micro_watchdog_elections_total").increment(0);
     metrics::gauge!("micro_watchers").increment(0.0);
     metrics::gauge!("micro_consumers").increment(0.0);
     let mut server = node.raft().server_metrics();

@@ -146,6 +146,7 @@ async fn metrics_health_and_request_ids_on_three_nodes() -> anyhow::Result<()> {
             "micro_raft_purged_index ",
             "micro_raft_log_entries ",
             "micro_raft_leader_changes_total ",
+            "micro_watchdog_elections_total ",
             "micro_apply_seconds_bucket",
             "micro_log_fsync_seconds_count ",
             "micro_rocksdb_bytes{cf=\"log\",kind=\"sst\"} ",
