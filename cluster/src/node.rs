@@ -81,7 +81,7 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
-    proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
+    queue: crate::batch::Queue,
     stop: watch::Sender<bool>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
@@ -168,13 +168,13 @@ impl Node {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for peers on {}: {e}", cfg.peer_addr))?;
         let (stop, stop_rx) = watch::channel(false);
-        let (proposer, queued) = tokio::sync::mpsc::unbounded_channel();
+        let (queue, queued) = crate::batch::Queue::new();
         let mut tasks = Vec::new();
         {
             let svc = crate::peer::server(
                 inner.clone(),
                 stop_rx.clone(),
-                proposer.clone(),
+                queue.clone(),
                 cfg.cluster_token.clone(),
             );
             let mut rx = stop_rx.clone();
@@ -236,11 +236,11 @@ impl Node {
         )));
         let node = Node {
             inner,
-            proposer,
+            queue: queue.clone(),
             stop,
             tasks: Arc::new(Mutex::new(tasks)),
         };
-        let batcher = tokio::spawn(crate::batch::run(node.clone(), queued, stop_rx));
+        let batcher = tokio::spawn(crate::batch::run(node.clone(), queue, queued, stop_rx));
         node.tasks.lock().expect("task list lock").push(batcher);
         Ok(node)
     }
@@ -297,7 +297,10 @@ impl Node {
         if let Err(Outcome::Rejected { field, reason }) = cmd.validate() {
             return Err(Error::Invalid { field, reason });
         }
-        let (index, mut out) = crate::batch::submit(&self.proposer, vec![cmd]).await?;
+        let (index, mut out) = match self.queue.idle_slot() {
+            Some(_slot) => self.propose(vec![cmd]).await?,
+            None => crate::batch::submit(&self.queue, vec![cmd]).await?,
+        };
         match out.pop() {
             Some(Outcome::Rejected { field, reason }) => Err(Error::Invalid { field, reason }),
             Some(Outcome::Refused { field, reason }) => Err(Error::Refused { field, reason }),

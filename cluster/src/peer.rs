@@ -53,7 +53,7 @@ pub(crate) struct PeerService<H: Handler> {
     /// graceful shutdown is not held open by them.
     stop: tokio::sync::watch::Receiver<bool>,
     /// The node's write batcher: forwarded writes join the leader's own batches.
-    proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
+    queue: crate::batch::Queue,
 }
 
 /// The answers of a peer stream (`Replicate`, `Forwards`).
@@ -65,7 +65,7 @@ impl<H: Handler> Clone for PeerService<H> {
         PeerService {
             node: self.node.clone(),
             stop: self.stop.clone(),
-            proposer: self.proposer.clone(),
+            queue: self.queue.clone(),
         }
     }
 }
@@ -126,7 +126,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 pub(crate) fn server<H: Handler>(
     node: Arc<H>,
     stop: tokio::sync::watch::Receiver<bool>,
-    proposer: tokio::sync::mpsc::UnboundedSender<crate::batch::Pending>,
+    queue: crate::batch::Queue,
     token: String,
 ) -> tonic::service::interceptor::InterceptedService<
     PeerServer<PeerService<H>>,
@@ -143,13 +143,9 @@ pub(crate) fn server<H: Handler>(
             )),
         }
     };
-    let svc = PeerServer::new(PeerService {
-        node,
-        stop,
-        proposer,
-    })
-    .max_decoding_message_size(MAX_MESSAGE)
-    .max_encoding_message_size(MAX_MESSAGE);
+    let svc = PeerServer::new(PeerService { node, stop, queue })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
     tonic::service::interceptor::InterceptedService::new(svc, check)
 }
 
@@ -292,7 +288,8 @@ impl<H: Handler> PeerService<H> {
             .await
     }
 
-    /// Proposed here through the batcher if this node leads.
+    /// Proposed here through the batcher if this node leads (directly when nothing else is
+    /// on its way: see `batch`).
     async fn forward_here(
         &self,
         cmds: Vec<micro_state::Command>,
@@ -301,7 +298,10 @@ impl<H: Handler> PeerService<H> {
             // Raft answers with the leader it knows, for the follower to retry there.
             return self.node.propose_here(cmds).await;
         }
-        match crate::batch::submit(&self.proposer, cmds).await {
+        if let Some(_slot) = self.queue.idle_slot() {
+            return self.node.propose_here(cmds).await;
+        }
+        match crate::batch::submit(&self.queue, cmds).await {
             Ok(r) => Ok(r),
             Err(crate::Error::Invalid { field, reason }) => {
                 Err(ForwardError::Invalid { field, reason })
