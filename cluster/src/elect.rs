@@ -62,11 +62,11 @@ pub(crate) fn quiet(election_timeout: (Duration, Duration)) -> Duration {
 /// A campaign time after a quiet spell: `quiet` plus a random part of the maximum timeout,
 /// drawn anew each time (what openraft 0.9 does not do).
 fn next_campaign(from: Instant, election_timeout: (Duration, Duration)) -> Instant {
-    let mut b = [0u8; 8];
-    // Without randomness the delay is the maximum: still a campaign, just not desynchronised.
-    let r = getrandom::fill(&mut b).map_or(u64::MAX, |()| u64::from_le_bytes(b));
     let max_ms = election_timeout.1.as_millis().max(1) as u64;
-    from + quiet(election_timeout) + Duration::from_millis(r % max_ms)
+    let mut b = [0u8; 8];
+    // Without randomness the delay is the longest: still a campaign, just not desynchronised.
+    let extra = getrandom::fill(&mut b).map_or(max_ms - 1, |()| u64::from_le_bytes(b) % max_ms);
+    from + quiet(election_timeout) + Duration::from_millis(extra)
 }
 
 /// Runs until `stop`: starts an election when this voter has known no leader, or heard from
