@@ -58,6 +58,10 @@ pub struct Stages {
     pub replicate_ms: Option<f64>,
     /// Forward calls from followers to the leader per request.
     pub forwards_per_request: Option<f64>,
+    /// Follower: mean time of one forwarded batch, sent to the leader until answered (the
+    /// leader's proposal plus the hop there and back).
+    #[serde(default)]
+    pub forward_ms: Option<f64>,
     /// Snapshots built during the cell, on all nodes (each reads the whole keyspace and
     /// fsyncs a file: the usual suspect for a tail).
     #[serde(default)]
@@ -105,6 +109,7 @@ pub fn stages(before: &Scrape, after: &Scrape, method: &str) -> Stages {
         append_ms: mean_ms("micro_log_append_seconds"),
         replicate_ms: mean_ms("micro_raft_append_entries_seconds"),
         forwards_per_request: ratio(d("micro_forwarded_writes_total"), requests),
+        forward_ms: mean_ms("micro_forward_seconds"),
         snapshots: Some(d("micro_snapshot_build_seconds_count")),
         snapshot_ms: mean_ms("micro_snapshot_build_seconds"),
     }
@@ -124,7 +129,8 @@ mod tests {
             parse("micro_proposal_seconds_sum 1.2\nmicro_proposal_seconds_count 110\nmicro_proposal_commands_sum 410\n\
                    micro_grpc_request_seconds_sum{method=\"/store.Store/Write\"} 2\n\
                    micro_grpc_request_seconds_count{method=\"/store.Store/Write\"} 400\n"),
-            parse("micro_log_fsync_seconds_sum 0.7\nmicro_log_fsync_seconds_count 300\nmicro_forwarded_writes_total 40\n"),
+            parse("micro_log_fsync_seconds_sum 0.7\nmicro_log_fsync_seconds_count 300\nmicro_forwarded_writes_total 40\n\
+                   micro_forward_seconds_sum 0.08\nmicro_forward_seconds_count 40\n"),
         ]);
         let s = stages(&before, &after, "/store.Store/Write");
         assert_eq!(s.proposal_ms.map(|v| (v * 1e3).round()), Some(2000.0));
@@ -132,6 +138,7 @@ mod tests {
         assert_eq!(s.fsyncs_per_entry, Some(2.0));
         assert_eq!(s.fsync_ms.map(|v| (v * 1e3).round()), Some(1000.0));
         assert_eq!(s.server_ms, Some(5.0));
+        assert_eq!(s.forward_ms.map(|v| (v * 1e3).round()), Some(2000.0));
         assert_eq!(s.forwards_per_request, Some(0.1));
         assert_eq!(s.apply_ms, None);
         assert_eq!((s.snapshots, s.snapshot_ms), (Some(0.0), None));

@@ -515,11 +515,19 @@ impl Node {
                 tracing::info!(request_id = %ids, leader = %addr, "forwarding a write to the leader");
             }
         }
+        let started = std::time::Instant::now();
         match peer
             .call::<_, Result<T, ForwardError>>(method, payload, REQUEST_DEADLINE)
             .await
         {
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => {
+                if matches!(method, Method::Forward) {
+                    // The leader's proposal plus the hop there and back (see `batch`).
+                    metrics::histogram!("micro_forward_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                Ok(r)
+            }
             Ok(Err(ForwardError::NotLeader { .. })) => Err(None),
             Ok(Err(e)) => Err(Some(e)),
             Err(CallError::Unreachable(_)) => Err(None),

@@ -36,6 +36,7 @@ const RECORDED: &[(&str, &str)] = &[
     ("micro_proposal_seconds", "Leader: time from proposing an entry to its apply (append, replicate to a quorum, fsync, commit, apply)"),
     ("micro_proposal_commands", "Leader: commands per proposed entry (writes batched into one entry)"),
     ("micro_forwarded_writes_total", "Writes this node sent to the leader as a follower"),
+    ("micro_forward_seconds", "Follower: one forwarded batch of writes, from sending it to the leader to its answer (the leader's proposal plus the hop there and back)"),
     ("micro_apply_seconds", "Time to apply a run of committed entries to the state"),
     ("micro_apply_entries", "Entries per apply run"),
     ("micro_log_fsync_seconds", "Time of one fsync of the log's write-ahead log (its count is the fsync count)"),
