@@ -777,7 +777,7 @@ mod tests {
         assert!(markdown_table(&rows).contains("| put | 16 | 8 | micro |"));
         let stages = stages_table(&rows);
         assert!(
-            stages.contains("| put | 16 | 8 | micro | - | - | 1.500 | - | - | - |"),
+            stages.contains("| put | 16 | 8 | micro | - | - | - | 1.500 | - | - | - |"),
             "{stages}"
         );
         assert_eq!(stages.lines().filter(|l| l.starts_with("| put")).count(), 1);
