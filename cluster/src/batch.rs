@@ -66,8 +66,14 @@ impl Queue {
     /// A slot, if no batch is on its way: the caller then proposes its write itself, holding
     /// the slot until it is done (so writes arriving meanwhile batch up as usual).
     pub(crate) fn idle_slot(&self) -> Option<OwnedSemaphorePermit> {
-        let slot = self.slots.clone().try_acquire_owned().ok()?;
-        (self.slots.available_permits() == IN_FLIGHT - 1).then_some(slot)
+        // Looked at before taking: under load most writes find a batch on its way, and taking
+        // a slot only to give it back would lock the semaphore's waiter list on every write.
+        // Another write may take a slot in between; this one then goes out beside it, as a
+        // batch of one would have.
+        if self.slots.available_permits() < IN_FLIGHT {
+            return None;
+        }
+        self.slots.clone().try_acquire_owned().ok()
     }
 }
 

@@ -509,7 +509,8 @@ impl Node {
         payload: &P,
     ) -> Result<T, Option<ForwardError>> {
         let peer = self.inner.peer(addr).map_err(|_| None)?;
-        if matches!(method, Method::Forward) {
+        let forward = matches!(method, Method::Forward);
+        if forward {
             metrics::counter!("micro_forwarded_writes_total").increment(1);
             if let Some(ids) = crate::trace::current() {
                 tracing::info!(request_id = %ids, leader = %addr, "forwarding a write to the leader");
@@ -521,7 +522,7 @@ impl Node {
             .await
         {
             Ok(Ok(r)) => {
-                if matches!(method, Method::Forward) {
+                if forward {
                     // The leader's proposal plus the hop there and back (see `batch`).
                     metrics::histogram!("micro_forward_seconds")
                         .record(started.elapsed().as_secs_f64());
