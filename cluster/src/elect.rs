@@ -19,12 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
-use tokio::sync::watch;
 
 use crate::Raft;
-
-/// How often the watchdog looks.
-const POLL: Duration = Duration::from_millis(100);
 
 /// When this node last heard from a leader (an AppendEntries it accepted or answered with a
 /// conflict, heartbeats included).
@@ -69,52 +65,64 @@ fn next_campaign(from: Instant, election_timeout: (Duration, Duration)) -> Insta
     from + quiet(election_timeout) + Duration::from_millis(extra)
 }
 
-/// Runs until `stop`: starts an election when this voter has known no leader, or heard from
-/// none, for a quiet spell, at a freshly drawn time.
-pub(crate) async fn watchdog(
-    raft: Raft,
-    id: u64,
+/// Decides when a voter starts an election itself; the node's ticker asks it on every tick.
+pub(crate) struct Watchdog {
     election_timeout: (Duration, Duration),
-    contact: std::sync::Arc<Contact>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut due: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = stop.wait_for(|s| *s) => return,
+    /// When to campaign if the leaderless spell lasts; none while a leader is heard.
+    due: Option<Instant>,
+}
+
+impl Watchdog {
+    pub(crate) fn new(election_timeout: (Duration, Duration)) -> Watchdog {
+        Watchdog {
+            election_timeout,
+            due: None,
         }
-        let leaderless = {
-            let m = raft.metrics();
-            let m = m.borrow();
-            let voter = m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|v| v == id);
-            voter
-                && m.state != ServerState::Leader
-                && (m.current_leader.is_none() || contact.silent_for() > quiet(election_timeout))
-        };
+    }
+
+    /// Whether to start an election `now`, given whether this voter is without a leader (see
+    /// [`leaderless`]). Yes once per quiet spell, each time at a freshly drawn time.
+    pub(crate) fn due(&mut self, leaderless: bool, now: Instant) -> bool {
         if !leaderless {
-            due = None;
-            continue;
+            self.due = None;
+            return false;
         }
-        let now = Instant::now();
-        let at = *due.get_or_insert_with(|| next_campaign(now, election_timeout));
+        let t = self.election_timeout;
+        let at = *self.due.get_or_insert_with(|| next_campaign(now, t));
         if now < at {
-            continue;
+            return false;
         }
-        tracing::warn!(
-            silent_ms = contact.silent_for().as_millis() as u64,
-            "no leader for a long while: starting an election at a fresh random time"
-        );
-        metrics::counter!("micro_watchdog_elections_total").increment(1);
-        if let Err(e) = raft.trigger().elect().await {
-            tracing::error!("cannot start an election: {e}");
-            return;
-        }
-        due = Some(next_campaign(Instant::now(), election_timeout));
+        self.due = Some(next_campaign(now, t));
+        true
+    }
+}
+
+/// Whether this node is a voter that knows no leader, or has heard from none for a quiet spell.
+pub(crate) fn leaderless(
+    raft: &Raft,
+    id: u64,
+    contact: &Contact,
+    election_timeout: (Duration, Duration),
+) -> bool {
+    let m = raft.metrics();
+    let m = m.borrow();
+    m.membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == id)
+        && m.state != ServerState::Leader
+        && (m.current_leader.is_none() || contact.silent_for() > quiet(election_timeout))
+}
+
+/// Starts an election (the watchdog said it is due).
+pub(crate) async fn campaign(raft: &Raft, contact: &Contact) {
+    tracing::warn!(
+        silent_ms = contact.silent_for().as_millis() as u64,
+        "no leader for a long while: starting an election at a fresh random time"
+    );
+    metrics::counter!("micro_watchdog_elections_total").increment(1);
+    if let Err(e) = raft.trigger().elect().await {
+        tracing::error!("cannot start an election: {e}");
     }
 }
 
@@ -131,6 +139,25 @@ mod tests {
         assert!(times.iter().all(|d| *d >= quiet(t) && *d < quiet(t) + t.1));
         // Fresh draws: 64 draws over 1,600 ms agree on few values, if any.
         assert!(times.len() > 40, "{times:?}");
+    }
+
+    #[test]
+    fn the_watchdog_campaigns_once_per_quiet_spell_and_never_with_a_leader() {
+        let t = (Duration::from_millis(800), Duration::from_millis(1600));
+        let mut w = Watchdog::new(t);
+        let t0 = Instant::now();
+        assert!(!w.due(false, t0));
+        // Leaderless from t0: nothing before a quiet spell has passed...
+        assert!(!w.due(true, t0));
+        assert!(!w.due(true, t0 + quiet(t) - Duration::from_millis(1)));
+        // ...one campaign once the drawn time has passed, then none until the next spell.
+        let late = t0 + quiet(t) + t.1;
+        assert!(w.due(true, late));
+        assert!(!w.due(true, late + Duration::from_millis(1)));
+        assert!(w.due(true, late + quiet(t) + t.1));
+        // A leader heard resets it: a new spell starts from scratch.
+        assert!(!w.due(false, late + quiet(t) * 3));
+        assert!(!w.due(true, late + quiet(t) * 3));
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub(crate) struct Inner {
     broker_rr: std::sync::atomic::AtomicU64,
     feed: crate::feed::Sender,
     /// When a leader last reached this node (for the election watchdog).
-    contact: Arc<crate::elect::Contact>,
+    contact: crate::elect::Contact,
 }
 
 /// A handle to the running node; cheap to clone.
@@ -161,7 +161,7 @@ impl Node {
             reads: Mutex::new(ReadBatch::default()),
             broker_rr: Default::default(),
             feed,
-            contact: Arc::new(crate::elect::Contact::new()),
+            contact: crate::elect::Contact::new(),
         });
 
         let listener = tokio::net::TcpListener::bind(cfg.peer_addr)
@@ -227,13 +227,6 @@ impl Node {
         }
 
         tasks.push(tokio::spawn(ticker(inner.clone(), stop_rx.clone())));
-        tasks.push(tokio::spawn(crate::elect::watchdog(
-            raft.clone(),
-            cfg.node_id,
-            cfg.election_timeout,
-            inner.contact.clone(),
-            stop_rx.clone(),
-        )));
         let node = Node {
             inner,
             queue: queue.clone(),
@@ -974,15 +967,23 @@ async fn join_cluster(inner: Arc<Inner>, mut addr: String, mut stop: watch::Rece
     }
 }
 
-/// On the leader, proposes an empty entry when a record is due to expire and no other entry
+/// On every node, asks the election watchdog (`elect`) whether to campaign. On the leader,
+/// proposes an empty entry when a record is due to expire and no other entry
 /// would carry the clock forward, so expiry (and what it triggers) happens on time.
 async fn ticker(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_millis(250));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let timeouts = inner.cfg.election_timeout;
+    let mut watchdog = crate::elect::Watchdog::new(timeouts);
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        let leaderless =
+            crate::elect::leaderless(&inner.raft, inner.cfg.node_id, &inner.contact, timeouts);
+        if watchdog.due(leaderless, std::time::Instant::now()) {
+            crate::elect::campaign(&inner.raft, &inner.contact).await;
         }
         if !inner.is_leader() {
             continue;
