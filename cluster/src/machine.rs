@@ -142,11 +142,7 @@ fn scan_into<W: std::io::Write>(
     let mut membership = None;
     let mut cluster_id = None;
     let mut revision = None;
-    let mut failed = None;
     db.for_each_state(|k, v| {
-        if failed.is_some() {
-            return;
-        }
         if k == META_APPLIED {
             applied = Some(v.to_vec());
         } else if k == META_MEMBERSHIP {
@@ -156,14 +152,10 @@ fn scan_into<W: std::io::Write>(
         } else if k == keys::META_REVISION {
             revision = v.try_into().ok().map(u64::from_be_bytes);
         }
-        if let Err(e) = w.record(k, v) {
-            failed = Some(e);
-        }
+        w.record(k, v)
     })
-    .map_err(sm_read)?;
-    if let Some(e) = failed {
-        return Err(snap_err(e));
-    }
+    .map_err(sm_read)?
+    .map_err(snap_err)?;
     let last_log_id: Option<LogId> = match applied {
         Some(b) => codec::decode(&b).map_err(sm_read)?,
         None => None,

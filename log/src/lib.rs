@@ -289,7 +289,12 @@ impl Db {
     }
 
     /// Visits every pair of the keyspace as of one consistent point in time, while writes go on.
-    pub fn for_each_state(&self, mut visit: impl FnMut(&[u8], &[u8])) -> Result<()> {
+    /// An error of `visit` stops the scan and comes back inside: the outer error is the
+    /// store's, the inner the visitor's.
+    pub fn for_each_state<E>(
+        &self,
+        mut visit: impl FnMut(&[u8], &[u8]) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<(), E>> {
         let snap = self.db.snapshot();
         let mut opts = rocksdb::ReadOptions::default();
         // A full scan must not push the working set of apply's point reads out of the block
@@ -300,10 +305,13 @@ impl Db {
         let mut it = snap.raw_iterator_cf_opt(self.cf(CF_STATE), opts);
         it.seek_to_first();
         while let Some((k, v)) = it.item() {
-            visit(k, v);
+            if let Err(e) = visit(k, v) {
+                return Ok(Err(e));
+            }
             it.next();
         }
-        it.status().map_err(|e| self.rocks(e))
+        it.status().map_err(|e| self.rocks(e))?;
+        Ok(Ok(()))
     }
 
     /// RocksDB's own size figures per column family, for metrics: (family, kind, bytes) with

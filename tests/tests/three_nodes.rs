@@ -211,7 +211,8 @@ async fn ttl_expires_everywhere_at_the_same_index() -> anyhow::Result<()> {
         db.for_each_state(|k, v| {
             h.extend_from_slice(k);
             h.extend_from_slice(v);
-        })?;
+            Ok::<_, std::convert::Infallible>(())
+        })??;
         digests.insert(h);
     }
     assert_eq!(digests.len(), 1, "the three views are byte-identical");
