@@ -290,7 +290,7 @@ impl Node {
         if let Err(Outcome::Rejected { field, reason }) = cmd.validate() {
             return Err(Error::Invalid { field, reason });
         }
-        let (index, mut out) = match self.queue.idle_slot() {
+        let (index, mut out) = match self.queue.idle_slot(self.inner.is_leader()) {
             Some(_slot) => self.propose(vec![cmd]).await?,
             None => crate::batch::submit(&self.queue, vec![cmd]).await?,
         };
@@ -619,6 +619,10 @@ impl Node {
 impl crate::batch::Propose for Node {
     async fn propose(&self, cmds: Vec<Command>) -> Result<(u64, Vec<Outcome>), Error> {
         Node::propose(self, cmds).await
+    }
+
+    fn leads(&self) -> bool {
+        self.inner.is_leader()
     }
 }
 

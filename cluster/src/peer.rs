@@ -298,7 +298,7 @@ impl<H: Handler> PeerService<H> {
             // Raft answers with the leader it knows, for the follower to retry there.
             return self.node.propose_here(cmds).await;
         }
-        if let Some(_slot) = self.queue.idle_slot() {
+        if let Some(_slot) = self.queue.idle_slot(true) {
             return self.node.propose_here(cmds).await;
         }
         match crate::batch::submit(&self.queue, cmds).await {
