@@ -251,14 +251,14 @@ pub fn stages_table(rows: &[Row]) -> String {
     }
     let mut s = String::from(
         "\nWhere Micro's time went (means over the cell, from its own metrics; see docs/observability.md):\n\n\
-         | workload | clients | conns/node | target | server ms / request | forwards / request | forward ms (follower) | proposal ms (leader) | commands / entry | append → durable ms | replication round ms | fsync ms | fsyncs / entry (all nodes) | apply ms | snapshots built (ms each) |\n\
-         |---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | workload | clients | conns/node | target | server ms / request | forwards / request | forward ms (follower) | queue ms (leader) | proposal ms (leader) | commands / entry | append → durable ms | replication round ms | fsync ms | fsyncs / entry (all nodes) | apply ms | snapshots built (ms each) |\n\
+         |---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in with {
         let st = r.stages.as_ref().expect("filtered");
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.workload.name(),
             r.clients,
             fmt_conns(r.conns),
@@ -266,6 +266,7 @@ pub fn stages_table(rows: &[Row]) -> String {
             fmt_opt(st.server_ms, 3),
             fmt_opt(st.forwards_per_request, 2),
             fmt_opt(st.forward_ms, 3),
+            fmt_opt(st.leader_queue_ms, 3),
             fmt_opt(st.proposal_ms, 3),
             fmt_opt(st.commands_per_entry, 1),
             fmt_opt(st.append_ms, 3),
@@ -777,7 +778,7 @@ mod tests {
         assert!(markdown_table(&rows).contains("| put | 16 | 8 | micro |"));
         let stages = stages_table(&rows);
         assert!(
-            stages.contains("| put | 16 | 8 | micro | - | - | - | 1.500 | - | - | - |"),
+            stages.contains("| put | 16 | 8 | micro | - | - | - | - | 1.500 | - | - | - |"),
             "{stages}"
         );
         assert_eq!(stages.lines().filter(|l| l.starts_with("| put")).count(), 1);

@@ -62,6 +62,10 @@ pub struct Stages {
     /// leader's proposal plus the hop there and back).
     #[serde(default)]
     pub forward_ms: Option<f64>,
+    /// Leader: mean time a queued write or forwarded batch waited in its batcher for the
+    /// entry on its way to be answered.
+    #[serde(default)]
+    pub leader_queue_ms: Option<f64>,
     /// Snapshots built during the cell, on all nodes (each reads the whole keyspace and
     /// fsyncs a file: the usual suspect for a tail).
     #[serde(default)]
@@ -90,8 +94,15 @@ fn ratio(num: f64, den: f64) -> Option<f64> {
 /// The stages of the cell between `before` and `after`, for requests to gRPC `method`.
 pub fn stages(before: &Scrape, after: &Scrape, method: &str) -> Stages {
     let d = |s: &str| Scrape::delta(before, after, s);
-    let mean_ms =
-        |name: &str| ratio(d(&format!("{name}_sum")), d(&format!("{name}_count"))).map(|s| s * 1e3);
+    // `labels` as they follow the name in the exposition: `{role="leader"}`, or "".
+    let mean_ms_of = |name: &str, labels: &str| {
+        ratio(
+            d(&format!("{name}_sum{labels}")),
+            d(&format!("{name}_count{labels}")),
+        )
+        .map(|s| s * 1e3)
+    };
+    let mean_ms = |name: &str| mean_ms_of(name, "");
     let labels = format!("{{method=\"{method}\"}}");
     let requests = d(&format!("micro_grpc_request_seconds_count{labels}"));
     let entries = d("micro_proposal_seconds_count");
@@ -110,6 +121,7 @@ pub fn stages(before: &Scrape, after: &Scrape, method: &str) -> Stages {
         replicate_ms: mean_ms("micro_raft_append_entries_seconds"),
         forwards_per_request: ratio(d("micro_forwarded_writes_total"), requests),
         forward_ms: mean_ms("micro_forward_seconds"),
+        leader_queue_ms: mean_ms_of("micro_batch_wait_seconds", "{role=\"leader\"}"),
         snapshots: Some(d("micro_snapshot_build_seconds_count")),
         snapshot_ms: mean_ms("micro_snapshot_build_seconds"),
     }
@@ -130,7 +142,9 @@ mod tests {
                    micro_grpc_request_seconds_sum{method=\"/store.Store/Write\"} 2\n\
                    micro_grpc_request_seconds_count{method=\"/store.Store/Write\"} 400\n"),
             parse("micro_log_fsync_seconds_sum 0.7\nmicro_log_fsync_seconds_count 300\nmicro_forwarded_writes_total 40\n\
-                   micro_forward_seconds_sum 0.08\nmicro_forward_seconds_count 40\n"),
+                   micro_forward_seconds_sum 0.08\nmicro_forward_seconds_count 40\n\
+                   micro_batch_wait_seconds_sum{role=\"leader\"} 0.03\nmicro_batch_wait_seconds_count{role=\"leader\"} 20\n\
+                   micro_batch_wait_seconds_sum{role=\"follower\"} 9\nmicro_batch_wait_seconds_count{role=\"follower\"} 1\n"),
         ]);
         let s = stages(&before, &after, "/store.Store/Write");
         assert_eq!(s.proposal_ms.map(|v| (v * 1e3).round()), Some(2000.0));
@@ -140,6 +154,8 @@ mod tests {
         assert_eq!(s.server_ms, Some(5.0));
         assert_eq!(s.forward_ms.map(|v| (v * 1e3).round()), Some(2000.0));
         assert_eq!(s.forwards_per_request, Some(0.1));
+        // The leader's queue only: the follower's series has its own label.
+        assert_eq!(s.leader_queue_ms.map(|v| (v * 1e3).round()), Some(1500.0));
         assert_eq!(s.apply_ms, None);
         assert_eq!((s.snapshots, s.snapshot_ms), (Some(0.0), None));
     }

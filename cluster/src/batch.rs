@@ -117,6 +117,8 @@ pub(crate) struct Pending {
     pub(crate) reply: Reply,
     /// The client's request id, if it gave one (see `trace`).
     pub(crate) request_id: Option<std::sync::Arc<str>>,
+    /// When it was queued: its wait for a batch is a stage of the write path.
+    pub(crate) queued: std::time::Instant,
 }
 
 /// Queues `cmds` on a node's batcher and waits for their entry's index and outcomes.
@@ -133,6 +135,7 @@ pub(crate) async fn submit(
             cmds,
             reply,
             request_id,
+            queued: std::time::Instant::now(),
         })
         .map_err(|_| gone())?;
     rx.await.map_err(|_| gone())?
@@ -165,6 +168,14 @@ fn fill(
     (batch, count, None)
 }
 
+fn role(leads: bool) -> &'static str {
+    if leads {
+        "leader"
+    } else {
+        "follower"
+    }
+}
+
 /// Takes queued writes off `rx` in batches and proposes each batch through `node`.
 pub(crate) async fn run<P: Propose>(
     node: P,
@@ -187,12 +198,17 @@ pub(crate) async fn run<P: Propose>(
         };
         // Wait for a slot first: whatever arrives meanwhile joins this batch. A node that
         // changes role keeps the slots it has; its next batch waits for the other kind.
-        let (slots, _) = queue.slots(node.leads());
+        let leads = node.leads();
+        let (slots, _) = queue.slots(leads);
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         let (batch, count, next) = fill(first, &mut rx);
         carry = next;
+        let wait = metrics::histogram!("micro_batch_wait_seconds", "role" => role(leads));
+        for p in &batch {
+            wait.record(p.queued.elapsed().as_secs_f64());
+        }
         let node = node.clone();
         tokio::spawn(async move {
             let mut cmds = Vec::with_capacity(count);
@@ -249,6 +265,7 @@ mod tests {
             cmds,
             reply: oneshot::channel().0,
             request_id: None,
+            queued: std::time::Instant::now(),
         }
     }
 

@@ -37,6 +37,7 @@ const RECORDED: &[(&str, &str)] = &[
     ("micro_proposal_commands", "Leader: commands per proposed entry (writes batched into one entry)"),
     ("micro_forwarded_writes_total", "Writes this node sent to the leader as a follower"),
     ("micro_forward_seconds", "Follower: one forwarded batch of writes, from sending it to the leader to its answer (the leader's proposal plus the hop there and back)"),
+    ("micro_batch_wait_seconds", "Time a write (or, on the leader, a follower's forwarded batch) queued in the batcher until its batch left, by role (`leader`: waiting for the one entry on its way; `follower`: for a free forward); writes that found nothing on its way leave at once and are not counted"),
     ("micro_apply_seconds", "Time to apply a run of committed entries to the state"),
     ("micro_apply_entries", "Entries per apply run"),
     ("micro_log_fsync_seconds", "Time of one fsync of the log's write-ahead log (its count is the fsync count)"),
