@@ -34,8 +34,9 @@ pub(crate) trait Propose: Clone + Send + Sync + 'static {
         cmds: Vec<Command>,
     ) -> impl std::future::Future<Output = Result<(u64, Vec<Outcome>), Error>> + Send;
 
-    /// Whether the node leads now (a hint: it picks the slots a batch waits for).
-    fn leads(&self) -> bool;
+    /// Whether the node leads now, as the peer service's `Handler::is_leader` (a hint: it
+    /// picks the slots a batch waits for).
+    fn is_leader(&self) -> bool;
 }
 
 /// Batches a leader keeps on their way to the log: one, so that every replication round
@@ -198,7 +199,7 @@ pub(crate) async fn run<P: Propose>(
         };
         // Wait for a slot first: whatever arrives meanwhile joins this batch. A node that
         // changes role keeps the slots it has; its next batch waits for the other kind.
-        let leads = node.leads();
+        let leads = node.is_leader();
         let (slots, _) = queue.slots(leads);
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;

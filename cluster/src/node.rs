@@ -621,7 +621,7 @@ impl crate::batch::Propose for Node {
         Node::propose(self, cmds).await
     }
 
-    fn leads(&self) -> bool {
+    fn is_leader(&self) -> bool {
         self.inner.is_leader()
     }
 }
