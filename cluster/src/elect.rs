@@ -18,6 +18,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 
 use crate::Raft;
@@ -105,7 +106,7 @@ pub(crate) fn leaderless(
     election_timeout: (Duration, Duration),
 ) -> bool {
     let m = raft.metrics();
-    let m = m.borrow();
+    let m = m.borrow_watched();
     m.membership_config
         .membership()
         .voter_ids()
@@ -121,7 +122,7 @@ pub(crate) async fn campaign(raft: &Raft, contact: &Contact) {
         "no leader for a long while: starting an election at a fresh random time"
     );
     metrics::counter!("micro_watchdog_elections_total").increment(1);
-    if let Err(e) = raft.trigger().elect().await {
+    if let Err(e) = raft.trigger().elect(false).await {
         tracing::error!("cannot start an election: {e}");
     }
 }

@@ -9,10 +9,6 @@
 //! What it must never do: contain business logic of a view (that is `micro-state`), or answer a
 //! client before its entry is committed and applied.
 
-// openraft's storage traits return its `StorageError` (224 bytes) by value; our helpers return
-// the same type so `?` works without boxing at every boundary.
-#![allow(clippy::result_large_err)]
-
 mod batch;
 pub mod broker;
 pub mod config;
@@ -36,28 +32,24 @@ pub use node::{Node, TopicWatch};
 pub use watch::{WatchEvent, WatchSpec};
 pub use wire::{MemberStatus, MembershipOp, Status, PROMOTE_MAX_LAG};
 
-use std::io::Cursor;
-
 openraft::declare_raft_types!(
     /// Micro's Raft types: entries carry a [`micro_state::Request`], applying one yields one
-    /// outcome per command, snapshots travel as whole byte buffers.
+    /// outcome per command. Snapshot data (whole byte buffers) is the state machine's type.
     pub TypeConfig:
         D = micro_state::Request,
         R = Vec<micro_state::Outcome>,
         NodeId = u64,
         Node = openraft::BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Vec<u8>,
-        AsyncRuntime = openraft::TokioRuntime,
 );
 
-// `declare_raft_types!` expands to code that names `Cursor`; keep the import used.
-#[allow(dead_code)]
-type _Unused = Cursor<Vec<u8>>;
-
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type LogId = openraft::LogId<u64>;
-pub type Membership = openraft::StoredMembership<u64, openraft::BasicNode>;
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type LeaderId = openraft::alias::LeaderIdOf<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type Membership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type StorageError = openraft::StorageError<TypeConfig>;
 
 /// Wall clock in ms since the Unix epoch. Only the leader's proposals and the readers' expiry
 /// filter use it; apply never does.
@@ -73,11 +65,14 @@ pub use store::{decode_entry_bytes, LogStore};
 
 /// Opens the Raft log and state machine over one database in `dir`, as a node does. Used by
 /// the storage conformance suite and offline tools.
-pub fn open_storage(
-    dir: &std::path::Path,
-) -> Result<(LogStore, StateMachine), openraft::StorageError<u64>> {
-    let db = micro_log::Db::open(&dir.join("db"))
-        .map_err(|e| openraft::StorageIOError::read_logs(&e))?;
+pub fn open_storage(dir: &std::path::Path) -> std::io::Result<(LogStore, StateMachine)> {
+    let db = micro_log::Db::open(&dir.join("db")).map_err(std::io::Error::other)?;
     let sm = StateMachine::open(db.clone(), dir.join("snapshots"))?;
     Ok((LogStore::new(db), sm))
+}
+
+/// Leader: how long ago a quorum last acknowledged it (`None`: never, or not a leader).
+pub fn quorum_ack_age(m: &openraft::RaftMetrics<TypeConfig>) -> Option<std::time::Duration> {
+    use openraft::Instant;
+    m.last_quorum_acked.as_ref().map(|t| t.elapsed())
 }

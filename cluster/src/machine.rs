@@ -4,32 +4,33 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use micro_log::Db;
 use micro_state::{codec, keys, Overlay, Read};
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    Entry, EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
-};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
 
 use crate::snapshot;
-use crate::{LogId, Membership, TypeConfig};
+use crate::{LogId, Membership, SnapshotMeta, TypeConfig};
+
+/// A snapshot as openraft handles it: the meta and the whole file's bytes.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
 
 use keys::{META_APPLIED, META_MEMBERSHIP};
 pub(crate) const SNAPSHOT_FILE: &str = "current.snap";
 
-type SResult<T> = Result<T, StorageError<u64>>;
+type SResult<T> = std::io::Result<T>;
 
-fn sm_read(e: impl std::error::Error + 'static) -> StorageError<u64> {
-    StorageIOError::read_state_machine(&e).into()
+fn sm_read(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
-fn sm_write(e: impl std::error::Error + 'static) -> StorageError<u64> {
-    StorageIOError::write_state_machine(&e).into()
+fn sm_write(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
-fn snap_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
-    StorageIOError::write_snapshot(None, &e).into()
+fn snap_err(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
 /// Reads the applied log id and membership stored in the views keyspace.
@@ -91,7 +92,9 @@ pub struct Builder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
-    async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig>> {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> SResult<Snapshot> {
         let db = self.db.clone();
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || build(&db, &dir))
@@ -100,17 +103,17 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
     }
 }
 
-fn build(db: &Db, dir: &std::path::Path) -> SResult<Snapshot<TypeConfig>> {
+fn build(db: &Db, dir: &std::path::Path) -> SResult<Snapshot> {
     let started = std::time::Instant::now();
     // Streamed to disk as it is read: a snapshot is the whole keyspace (tens of MB and more),
     // and building it in memory took three copies of it, with the reallocations between.
     let mut w = snapshot::FileWriter::create(&dir.join(SNAPSHOT_FILE)).map_err(snap_err)?;
     let (header, meta) = scan_into(db, w.records())?;
-    let bytes = w.finish(header).map_err(snap_err)?;
+    let bytes = w.finish(header.clone()).map_err(snap_err)?;
     metrics::histogram!("micro_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
     metrics::gauge!("micro_snapshot_bytes").set(bytes as f64);
     tracing::info!(
-        snapshot_id = %meta.snapshot_id,
+        snapshot_id = %header.snapshot_id,
         bytes,
         ms = started.elapsed().as_millis() as u64,
         "built snapshot"
@@ -119,14 +122,12 @@ fn build(db: &Db, dir: &std::path::Path) -> SResult<Snapshot<TypeConfig>> {
     // (a lagging follower, `install`) gets it from `get_current_snapshot`, which reads the file.
     Ok(Snapshot {
         meta,
-        snapshot: Box::default(),
+        snapshot: Vec::new(),
     })
 }
 
 /// A snapshot file of the keyspace as of now (a consistent RocksDB snapshot), with its meta.
-pub(crate) fn snapshot_bytes(
-    db: &Db,
-) -> SResult<(Vec<u8>, SnapshotMeta<u64, openraft::BasicNode>)> {
+pub(crate) fn snapshot_bytes(db: &Db) -> SResult<(Vec<u8>, SnapshotMeta)> {
     let mut w = snapshot::Writer::new();
     let (header, meta) = scan_into(db, &mut w)?;
     Ok((w.finish(header), meta))
@@ -137,7 +138,7 @@ pub(crate) fn snapshot_bytes(
 fn scan_into<W: std::io::Write>(
     db: &Db,
     w: &mut snapshot::Writer<W>,
-) -> SResult<(snapshot::Header, SnapshotMeta<u64, openraft::BasicNode>)> {
+) -> SResult<(snapshot::Header, SnapshotMeta)> {
     let mut applied = None;
     let mut membership = None;
     let mut cluster_id = None;
@@ -170,7 +171,7 @@ fn scan_into<W: std::io::Write>(
     };
     let header = snapshot::Header {
         cluster_id: cluster_id.unwrap_or_default(),
-        snapshot_id: snapshot_id.clone(),
+        snapshot_id,
         last_log_id,
         membership: last_membership.clone(),
         // Before the revision counter existed, revisions were log indexes.
@@ -182,45 +183,47 @@ fn scan_into<W: std::io::Write>(
         SnapshotMeta {
             last_log_id,
             last_membership,
-            snapshot_id,
         },
     ))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
     type SnapshotBuilder = Builder;
 
     async fn applied_state(&mut self) -> SResult<(Option<LogId>, Membership)> {
         Ok((self.applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> SResult<Vec<Vec<micro_state::Outcome>>>
+    async fn apply<S>(&mut self, mut entries: S) -> SResult<()>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        S: futures::Stream<Item = SResult<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let started = std::time::Instant::now();
         let db = self.db.clone();
         let mut ov = Overlay::new(&*db);
         let first_revision = micro_state::revision(&ov).map_err(sm_read)? + 1;
+        // Answers go out only after the whole batch is durable in the views.
         let mut out = Vec::new();
         let mut last = None;
-        for entry in entries {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
             let pos = micro_state::LogPos {
                 index: entry.log_id.index,
                 term: entry.log_id.leader_id.term,
             };
             match entry.payload {
-                EntryPayload::Blank => out.push(Vec::new()),
+                EntryPayload::Blank => out.push((responder, Vec::new())),
                 EntryPayload::Normal(req) => {
-                    let res = micro_state::apply(&mut ov, pos, &req)
-                        .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
-                    out.push(res);
+                    let res = micro_state::apply(&mut ov, pos, &req).map_err(|e| {
+                        std::io::Error::other(format!("apply of log {}: {e}", entry.log_id))
+                    })?;
+                    out.push((responder, res));
                 }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
                     ov.put(META_MEMBERSHIP.to_vec(), codec::encode(&self.membership));
-                    out.push(Vec::new());
+                    out.push((responder, Vec::new()));
                 }
             }
             last = Some(entry.log_id);
@@ -242,7 +245,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 topics: feed.topics,
             }));
         }
-        Ok(out)
+        for (responder, res) in out {
+            if let Some(r) = responder {
+                r.send(res);
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -252,24 +260,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Vec<u8>>> {
-        Ok(Box::default())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<u64, openraft::BasicNode>,
-        data: Box<Vec<u8>>,
-    ) -> SResult<()> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> SResult<()> {
         let mut pairs = Vec::new();
         let (header, _) = snapshot::parse(&data, |k, v| pairs.push((k.to_vec(), v.to_vec())))
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         if header.last_log_id != meta.last_log_id {
-            return Err(StorageIOError::read_snapshot(
-                Some(meta.signature()),
-                &snapshot::Error::Header("header and metadata disagree on the last log id".into()),
-            )
-            .into());
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                snapshot::Error::Header("header and metadata disagree on the last log id".into()),
+            ));
         }
         pairs.retain(|(k, _)| k.as_slice() != keys::META_INSTALLED);
         pairs.push((
@@ -289,25 +288,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             changes: Vec::new(),
             topics: Default::default(),
         }));
-        tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
+        tracing::info!(snapshot_id = %header.snapshot_id, "installed snapshot");
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
+    async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot>> {
         let bytes = match std::fs::read(self.file()) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(snap_err(e)),
         };
-        let header =
-            snapshot::verify(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let header = snapshot::verify(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         Ok(Some(Snapshot {
             meta: SnapshotMeta {
                 last_log_id: header.last_log_id,
                 last_membership: header.membership,
-                snapshot_id: header.snapshot_id,
             },
-            snapshot: Box::new(bytes),
+            snapshot: bytes,
         }))
     }
 }

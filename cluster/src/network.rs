@@ -6,20 +6,22 @@ use std::time::Duration;
 use micro_proto::raft::peer_client::PeerClient;
 use micro_proto::raft::{Chunk, Payload};
 use micro_state::codec;
-use openraft::error::{
-    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
-    Unreachable,
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
-use openraft::{BasicNode, OptionalSend, Snapshot, Vote};
+use openraft::{BasicNode, OptionalSend};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::TypeConfig;
+use crate::machine::Snapshot;
+use crate::{TypeConfig, Vote};
 
 /// Metadata key that carries the cluster token on every peer call.
 pub const TOKEN_HEADER: &str = "x-micro-cluster-token";
@@ -301,29 +303,33 @@ impl Peer {
         codec::decode(&resp.data).map_err(|e| CallError::Failed(format!("bad reply: {e}")))
     }
 
-    /// Opens a replication stream (`Replicate`); `Ok(None)` when the peer runs a version
-    /// without it, which is then replicated to by unary calls.
-    pub async fn open_replication(
+    /// Opens a replication stream (`Replicate`) with room for `capacity` requests on their
+    /// way; `Ok(None)` when the peer runs a version without it (then unary calls).
+    async fn open_replication(
         &self,
+        capacity: usize,
         timeout: Duration,
-    ) -> Result<Option<ReplicationStream>, CallError> {
-        // One message in flight: openraft 0.9 waits for each answer before the next request.
-        let opened = self
-            .open_stream(StreamKind::Replicate, 1, timeout)
+    ) -> Result<
+        Option<(
+            tokio::sync::mpsc::Sender<Payload>,
+            tonic::Streaming<Payload>,
+        )>,
+        CallError,
+    > {
+        self.open_stream(StreamKind::Replicate, capacity, timeout)
             .await
-            .map_err(CallError::Unreachable)?;
-        Ok(opened.map(|(tx, rx)| ReplicationStream::new(tx, rx)))
+            .map_err(CallError::Unreachable)
     }
 
     /// Streams a whole snapshot to the peer in checksummed chunks.
     pub async fn send_snapshot(
         &self,
-        vote: Vote<u64>,
-        snapshot: Snapshot<TypeConfig>,
+        vote: Vote,
+        snapshot: Snapshot,
         timeout: Duration,
-    ) -> Result<Result<SnapshotResponse<u64>, String>, CallError> {
+    ) -> Result<Result<SnapshotResponse<TypeConfig>, String>, CallError> {
         let meta = codec::encode(&(vote, snapshot.meta.clone()));
-        let data = *snapshot.snapshot;
+        let data = snapshot.snapshot;
         let mut chunks = vec![Chunk {
             meta,
             data: Vec::new(),
@@ -344,97 +350,6 @@ impl Peer {
             Ok(Ok(r)) => r.into_inner(),
         };
         codec::decode(&resp.data).map_err(|e| CallError::Failed(format!("bad reply: {e}")))
-    }
-}
-
-/// The leader's end of a `Replicate` stream to one follower: one request, then its answer.
-///
-/// Requests carry increasing ids that the peer echoes, so after a request was given up on
-/// (timed out, or the caller's future dropped) its late answer is recognised and skipped
-/// instead of being taken for the next request's: an old `Success` read as the answer to a
-/// longer request would make the leader count entries the follower does not have.
-pub struct ReplicationStream {
-    tx: tokio::sync::mpsc::Sender<Payload>,
-    rx: tonic::Streaming<Payload>,
-    /// The id of the last request sent.
-    sent: u64,
-    /// The last request sent has had its answer.
-    answered: bool,
-    /// The peer echoes ids (versions before the ids answer 0): only then can the stream
-    /// outlive a request that was not answered.
-    echoes_ids: bool,
-}
-
-impl ReplicationStream {
-    fn new(tx: tokio::sync::mpsc::Sender<Payload>, rx: tonic::Streaming<Payload>) -> Self {
-        ReplicationStream {
-            tx,
-            rx,
-            sent: 0,
-            answered: true,
-            echoes_ids: false,
-        }
-    }
-
-    /// Whether the stream can carry another request: an unanswered one's late answer could
-    /// not be told apart from the next one's unless the peer echoes ids.
-    pub fn usable(&self) -> bool {
-        self.answered || self.echoes_ids
-    }
-
-    /// Sends one bincode request and waits for its answer, skipping late answers to earlier
-    /// requests. After an error other than [`CallError::TimedOut`] the stream is broken: drop
-    /// it and open another.
-    pub async fn exchange(
-        &mut self,
-        data: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, CallError> {
-        let fut = async {
-            let id = self.sent + 1;
-            self.tx
-                .send(Payload {
-                    data,
-                    id,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|_| CallError::Failed("replication stream closed".into()))?;
-            self.sent = id;
-            self.answered = false;
-            loop {
-                match self.rx.message().await {
-                    Ok(Some(p)) if p.id == id => {
-                        self.answered = true;
-                        self.echoes_ids = true;
-                        return Ok(p.data);
-                    }
-                    // A peer from before the ids: the stream carries one request at a time.
-                    Ok(Some(p)) if p.id == 0 && !self.echoes_ids => {
-                        self.answered = true;
-                        return Ok(p.data);
-                    }
-                    // The late answer to a request given up on.
-                    Ok(Some(p)) if p.id != 0 && p.id < id => continue,
-                    Ok(Some(p)) => {
-                        return Err(CallError::Failed(format!(
-                            "answer {} to request {id} on the replication stream",
-                            p.id
-                        )))
-                    }
-                    Ok(None) => {
-                        return Err(CallError::Failed(
-                            "replication stream closed by the peer".into(),
-                        ))
-                    }
-                    Err(status) => return Err(classify(status)),
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, fut).await {
-            Err(_) => Err(CallError::TimedOut(timeout)),
-            Ok(r) => r,
-        }
     }
 }
 
@@ -504,34 +419,54 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         RaftPeer {
             target,
             peer: self.pool.get(&node.addr),
-            stream: None,
             unary_only: false,
-            timeouts: 0,
+        }
+    }
+
+    /// Heartbeats are single-request streams every heartbeat interval (and on demand for
+    /// linearizable reads): unary calls, not a `Replicate` stream opened and closed each time.
+    async fn new_heartbeat_client(&mut self, target: u64, node: &BasicNode) -> RaftPeer {
+        RaftPeer {
+            target,
+            peer: self.pool.get(&node.addr),
+            unary_only: true,
         }
     }
 }
 
+/// AppendEntries requests a replication stream keeps on their way to one follower before it
+/// waits for answers. openraft 0.10 sends the next request as soon as the leader has new
+/// entries, without waiting for the previous answer; this bounds the entries in flight.
+const REPLICATION_WINDOW: usize = 64;
+
+/// How long a replication stream with requests on their way may go without an answer before
+/// it is given up (and reopened by openraft). Generous: a follower busy with an fsync or a
+/// snapshot answers late, and giving up resends everything in flight.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// openraft's view of one peer.
 ///
-/// openraft keeps one client per replication task for the task's life, and makes a fresh one
-/// for every heartbeat and leadership check. A client opens a replication stream with its
-/// first AppendEntries that carries entries (only replication tasks send those) and sends all
-/// its later AppendEntries over it: a message on an open HTTP/2 stream instead of a unary
-/// call's new stream, headers, trailers and server task per request. Fresh clients (heartbeats,
-/// votes) stay unary, so a read's leadership check never pays for opening a stream.
+/// openraft keeps one client per replication task for the task's life and streams
+/// AppendEntries through [`RaftNetworkV2::stream_append`]: requests go out over one
+/// `Replicate` stream as openraft produces them (up to [`REPLICATION_WINDOW`] unanswered), and
+/// the answers come back in order. Heartbeats, votes and leadership checks are unary calls.
 pub struct RaftPeer {
     target: u64,
     peer: Result<Peer, String>,
-    stream: Option<ReplicationStream>,
-    /// The peer answered UNIMPLEMENTED (an older version): unary calls for this client.
+    /// Unary calls only: a heartbeat client, or the peer answered UNIMPLEMENTED (a version
+    /// without `Replicate`).
     unary_only: bool,
-    /// Replication requests in a row that got no answer in time.
-    timeouts: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Msg(String);
+
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
+
+fn unreachable(m: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&Msg(m.to_string())))
+}
 
 impl RaftPeer {
     async fn call<Req, Resp>(
@@ -539,16 +474,13 @@ impl RaftPeer {
         method: Method,
         req: &Req,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64>>>
+    ) -> RpcResult<Resp>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        let peer = self
-            .peer
-            .as_ref()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e.clone()))))?;
-        let res: Result<Resp, RaftError<u64>> = peer
+        let peer = self.peer.as_ref().map_err(unreachable)?;
+        let res: Result<Resp, RaftError<TypeConfig>> = peer
             .call(method, req, option.hard_ttl())
             .await
             // Every transport failure counts as Unreachable, which makes openraft back off.
@@ -556,93 +488,31 @@ impl RaftPeer {
             // drops them (a dying process, a proxy) was hit thousands of times a second.
             // Raft RPCs are idempotent, so nothing is lost by treating "no answer" this way.
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        // The peer's Raft stopped (shutting down): as good as gone.
+        res.map_err(unreachable)
     }
 }
 
-fn unreachable(m: String) -> RPCError<u64, BasicNode, RaftError<u64>> {
-    RPCError::Unreachable(Unreachable::new(&Msg(m)))
+/// What the leader's side of a `Replicate` stream tracks: the ids sent and not yet answered,
+/// each with when it left (for the round-trip metric).
+#[derive(Default)]
+struct Unanswered {
+    ids: std::collections::VecDeque<(u64, std::time::Instant)>,
+    /// The request stream ended (openraft stopped the session) or the send failed.
+    done: bool,
 }
 
-impl RaftPeer {
-    /// AppendEntries over this client's replication stream, opened on first use; unary when
-    /// the peer has no such stream.
-    ///
-    /// A request the follower does not answer in time is a `Timeout` for openraft, which
-    /// sends it again at once: a follower slowed for a moment (its disk or CPU busy with a
-    /// snapshot, a loaded machine) catches up as soon as it answers. As `Unreachable`, openraft
-    /// would stop replicating to it for 500 ms, and if the other follower was slow at the same
-    /// time every write waited those 500 ms. A second timeout in a row is `Unreachable`: a
-    /// peer that stays silent (paused, cut off) is backed off like a gone one.
-    async fn append_streamed(
-        &mut self,
-        rpc: &AppendEntriesRequest<TypeConfig>,
-        option: &RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        // openraft drops the call at hard_ttl; finish by soft_ttl so the stream's state is known.
-        let deadline = tokio::time::Instant::now() + option.soft_ttl();
-        if self.stream.as_ref().is_some_and(|s| !s.usable()) {
-            self.stream = None;
-        }
-        if self.stream.is_none() {
-            let peer = self.peer.as_ref().map_err(|e| unreachable(e.clone()))?;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match peer.open_replication(left).await {
-                Ok(Some(s)) => self.stream = Some(s),
-                Ok(None) => {
-                    self.unary_only = true;
-                    return self.call(Method::AppendEntries, rpc, option).await;
-                }
-                // As for unary calls: every transport failure counts as Unreachable.
-                Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
-            }
-        }
-        let stream = self.stream.as_mut().expect("opened above");
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let answer = stream
-            .exchange(codec::encode(rpc), left)
-            .await
-            .and_then(|bytes| {
-                codec::decode::<Result<AppendEntriesResponse<u64>, RaftError<u64>>>(&bytes)
-                    .map_err(|e| CallError::Failed(format!("bad reply: {e}")))
-            });
-        match answer {
-            Ok(res) => {
-                self.timeouts = 0;
-                res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Err(CallError::TimedOut(timeout)) if self.timeouts == 0 => {
-                self.timeouts = 1;
-                Err(RPCError::Timeout(openraft::error::Timeout {
-                    action: openraft::RPCTypes::AppendEntries,
-                    id: rpc.vote.leader_id().voted_for().unwrap_or_default(),
-                    target: self.target,
-                    timeout,
-                }))
-            }
-            Err(e) => {
-                self.timeouts = 0;
-                self.stream = None;
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
-        }
-    }
-}
+impl RaftNetworkV2<TypeConfig> for RaftPeer {
+    type SnapshotData = Vec<u8>;
 
-impl RaftNetwork<TypeConfig> for RaftPeer {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
         let started = std::time::Instant::now();
         let entries = rpc.entries.len();
-        let streamed = !self.unary_only && (entries > 0 || self.stream.is_some());
-        let res = if streamed {
-            self.append_streamed(&rpc, &option).await
-        } else {
-            self.call(Method::AppendEntries, &rpc, &option).await
-        };
+        let res = self.call(Method::AppendEntries, &rpc, &option).await;
         // Heartbeats carry no entries: only replication rounds say what a round costs.
         if entries > 0 {
             metrics::histogram!("micro_raft_append_entries_seconds")
@@ -651,21 +521,61 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         res
     }
 
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, RpcResult<BoxStream<'s, RpcResult<StreamAppendResult<TypeConfig>>>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
+    {
+        Box::pin(async move {
+            if self.unary_only {
+                return openraft::network::stream_append_sequential(self, input, option).await;
+            }
+            let peer = self.peer.as_ref().map_err(unreachable)?.clone();
+            let opened = peer
+                .open_replication(REPLICATION_WINDOW, option.soft_ttl().max(OPEN_TIMEOUT))
+                .await
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            let Some((tx, answers)) = opened else {
+                self.unary_only = true;
+                return openraft::network::stream_append_sequential(self, input, option).await;
+            };
+            let unanswered = std::sync::Arc::new(std::sync::Mutex::new(Unanswered::default()));
+            let window = std::sync::Arc::new(tokio::sync::Semaphore::new(REPLICATION_WINDOW));
+            tokio::spawn(send_requests(input, tx, unanswered.clone(), window.clone()));
+            let target = self.target;
+            let state = Some((answers, unanswered, window));
+            let out = futures::stream::unfold(state, move |state| async move {
+                let (answers, unanswered, window) = state?;
+                let (item, more) = next_answer(answers, &unanswered, target).await?;
+                // An answer frees its request's place in the window.
+                window.add_permits(1);
+                Some((item, more.map(|a| (a, unanswered, window))))
+            });
+            Ok(Box::pin(out) as BoxStream<'s, _>)
+        })
+    }
+
     async fn vote(
         &mut self,
-        rpc: VoteRequest<u64>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
         self.call(Method::Vote, &rpc, &option).await
     }
 
     async fn full_snapshot(
         &mut self,
-        vote: Vote<u64>,
-        snapshot: Snapshot<TypeConfig>,
+        vote: Vote,
+        snapshot: Snapshot,
         cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
-    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let peer = self
             .peer
             .as_ref()
@@ -686,6 +596,108 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
     }
 }
 
+/// Sends openraft's requests down a `Replicate` stream as they come, numbered from 1, with at
+/// most [`REPLICATION_WINDOW`] unanswered: the next is taken from openraft only when there is
+/// room, so behind a slow follower openraft puts more entries in each request instead of
+/// queueing requests.
+async fn send_requests<S>(
+    mut input: S,
+    tx: tokio::sync::mpsc::Sender<Payload>,
+    unanswered: std::sync::Arc<std::sync::Mutex<Unanswered>>,
+    window: std::sync::Arc<tokio::sync::Semaphore>,
+) where
+    S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    use futures::StreamExt;
+    let mut id = 0;
+    loop {
+        let Ok(room) = window.acquire().await else {
+            break;
+        };
+        room.forget();
+        let Some(rpc) = input.next().await else {
+            break;
+        };
+        id += 1;
+        let data = codec::encode(&rpc);
+        unanswered
+            .lock()
+            .expect("unanswered lock")
+            .ids
+            .push_back((id, std::time::Instant::now()));
+        let msg = Payload {
+            data,
+            id,
+            ..Default::default()
+        };
+        if tx.send(msg).await.is_err() {
+            break;
+        }
+    }
+    unanswered.lock().expect("unanswered lock").done = true;
+}
+
+/// The next answer on a `Replicate` stream, in request order, and the stream to read the one
+/// after it from (none after an error: the session ends and openraft opens another). `None`
+/// once openraft's requests ended and every one was answered: the session is over.
+async fn next_answer(
+    mut answers: tonic::Streaming<Payload>,
+    unanswered: &std::sync::Mutex<Unanswered>,
+    target: u64,
+) -> Option<(
+    RpcResult<StreamAppendResult<TypeConfig>>,
+    Option<tonic::Streaming<Payload>>,
+)> {
+    let finished = || {
+        let u = unanswered.lock().expect("unanswered lock");
+        u.done && u.ids.is_empty()
+    };
+    let end = |e: RPCError<TypeConfig>| Some((Err(e), None));
+    loop {
+        if finished() {
+            return None;
+        }
+        let waiting = !unanswered.lock().expect("unanswered lock").ids.is_empty();
+        // A stream with requests on their way must answer within ANSWER_TIMEOUT; an idle one
+        // (nothing sent) waits as long as it takes, looking again now and then.
+        let msg = match tokio::time::timeout(ANSWER_TIMEOUT, answers.message()).await {
+            Ok(m) => m,
+            Err(_) if !waiting => continue,
+            Err(_) => {
+                return end(RPCError::Timeout(openraft::errors::Timeout {
+                    action: openraft::RPCTypes::AppendEntries,
+                    id: 0,
+                    target,
+                    timeout: ANSWER_TIMEOUT,
+                }))
+            }
+        };
+        let p = match msg {
+            Ok(Some(p)) => p,
+            // The peer ends its side after ours: fine once everything was answered.
+            Ok(None) if finished() => return None,
+            Ok(None) => return end(unreachable("replication stream closed by the peer")),
+            Err(status) => return end(RPCError::Unreachable(Unreachable::new(&classify(status)))),
+        };
+        let expected = unanswered.lock().expect("unanswered lock").ids.pop_front();
+        let Some((_, sent)) = expected.filter(|(id, _)| *id == p.id) else {
+            return end(unreachable(format!(
+                "answer {} out of order on the replication stream",
+                p.id
+            )));
+        };
+        metrics::histogram!("micro_raft_append_entries_seconds")
+            .record(sent.elapsed().as_secs_f64());
+        let res =
+            codec::decode::<Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>>(&p.data);
+        return match res {
+            Ok(Ok(r)) => Some((Ok(r), Some(answers))),
+            Ok(Err(fatal)) => end(unreachable(fatal)),
+            Err(e) => end(unreachable(format!("bad reply: {e}"))),
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The peer streams against a scripted peer on a real socket: answers matched by id,
@@ -696,7 +708,7 @@ mod tests {
     use std::sync::Arc;
 
     use micro_proto::raft::peer_server::{Peer as PeerApi, PeerServer};
-    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+    use openraft::EntryPayload;
     use tonic::{Request, Response, Status, Streaming};
 
     use super::*;
@@ -715,10 +727,11 @@ mod tests {
         Old,
         /// Accepts `Forwards` and never answers (a paused process).
         Silent,
-        /// The first `Replicate` stream answers its first request at once, its second
-        /// (`Conflict`) only after the third arrives, then the third (`Success`); ids echoed,
-        /// or 0 as before the ids.
-        LateSecond { echo_ids: bool },
+        /// `Replicate` answers nothing until three requests arrived, then those three in
+        /// order (ids echoed), then ends the stream.
+        HoldThree,
+        /// `Replicate` answers its first request with another request's id.
+        WrongId,
         /// Accepts `Replicate` streams and never answers.
         SilentReplicate,
     }
@@ -732,15 +745,21 @@ mod tests {
     }
 
     fn ok_append() -> Vec<u8> {
-        let r: Result<AppendEntriesResponse<u64>, RaftError<u64>> =
+        let r: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> =
             Ok(AppendEntriesResponse::Success);
         codec::encode(&r)
     }
 
-    fn conflict_append() -> Vec<u8> {
-        let r: Result<AppendEntriesResponse<u64>, RaftError<u64>> =
-            Ok(AppendEntriesResponse::Conflict);
-        codec::encode(&r)
+    /// A follower's answer on a `Replicate` stream: it holds the request's entries.
+    fn stream_ok(request: &Payload) -> Payload {
+        let rpc: AppendEntriesRequest<TypeConfig> = codec::decode(&request.data).unwrap();
+        let last = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
+        let r: Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>> = Ok(Ok(last));
+        Payload {
+            data: codec::encode(&r),
+            id: request.id,
+            ..Default::default()
+        }
     }
 
     /// The scripted peer's answers, as they are sent on `rx`'s channel.
@@ -775,7 +794,7 @@ mod tests {
             if self.script == Script::Old {
                 return Err(Status::unimplemented("no Replicate here"));
             }
-            let first = self.opened.fetch_add(1, Ordering::SeqCst) == 0;
+            self.opened.fetch_add(1, Ordering::SeqCst);
             let streamed = self.streamed.clone();
             let mut input = req.into_inner();
             let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -785,46 +804,26 @@ mod tests {
                     // Reads and never answers; `tx` lives as long as this task, so the stream
                     // stays open.
                     Script::SilentReplicate => while let Ok(Some(_)) = input.message().await {},
-                    Script::LateSecond { echo_ids } if first => {
-                        let id = |m: &Payload| if echo_ids { m.id } else { 0 };
+                    Script::WrongId => {
                         let Ok(Some(m)) = input.message().await else {
                             return;
                         };
-                        let p = Payload {
-                            data: ok_append(),
-                            id: id(&m),
-                            ..Default::default()
-                        };
-                        let _ = tx.send(Ok(p)).await;
-                        let Ok(Some(a)) = input.message().await else {
-                            return;
-                        };
-                        let Ok(Some(b)) = input.message().await else {
-                            return;
-                        };
-                        streamed.fetch_add(2, Ordering::SeqCst);
-                        for (m, data) in [(a, conflict_append()), (b, ok_append())] {
-                            let p = Payload {
-                                data,
-                                id: id(&m),
-                                ..Default::default()
-                            };
-                            let _ = tx.send(Ok(p)).await;
-                        }
+                        let mut a = stream_ok(&m);
+                        a.id += 6;
+                        let _ = tx.send(Ok(a)).await;
                         while let Ok(Some(_)) = input.message().await {}
                     }
-                    // Answers two requests, then ends the stream.
                     _ => {
-                        for _ in 0..2 {
-                            let Ok(Some(_)) = input.message().await else {
+                        let mut held = Vec::new();
+                        while held.len() < 3 {
+                            let Ok(Some(m)) = input.message().await else {
                                 return;
                             };
                             streamed.fetch_add(1, Ordering::SeqCst);
-                            let a = Payload {
-                                data: ok_append(),
-                                ..Default::default()
-                            };
-                            if tx.send(Ok(a)).await.is_err() {
+                            held.push(m);
+                        }
+                        for m in &held {
+                            if tx.send(Ok(stream_ok(m))).await.is_err() {
                                 return;
                             }
                         }
@@ -988,14 +987,18 @@ mod tests {
         assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
     }
 
-    fn append(entries: u64) -> AppendEntriesRequest<TypeConfig> {
-        let leader = CommittedLeaderId::new(1, 1);
+    /// An AppendEntries carrying entries `from..=to` (none if `to < from`).
+    fn append(from: u64, to: u64) -> AppendEntriesRequest<TypeConfig> {
+        let leader = crate::LeaderId {
+            term: 1,
+            node_id: 1,
+        };
         AppendEntriesRequest {
             vote: Vote::new_committed(1, 1),
-            prev_log_id: None,
-            entries: (1..=entries)
-                .map(|i| Entry {
-                    log_id: openraft::LogId::new(leader, i),
+            prev_log_id: (from > 1).then(|| crate::LogId::new(leader, from - 1)),
+            entries: (from..=to)
+                .map(|i| crate::Entry {
+                    log_id: crate::LogId::new(leader, i),
                     payload: EntryPayload::Blank,
                 })
                 .collect(),
@@ -1008,96 +1011,114 @@ mod tests {
         let client = RaftPeer {
             target: 2,
             peer: Ok(peer),
-            stream: None,
             unary_only: false,
-            timeouts: 0,
         };
         (fake, client)
     }
 
-    #[tokio::test]
-    async fn replication_goes_over_one_stream_and_reopens_it_after_a_break() {
-        let (fake, mut client) = raft_peer(Script::Streams).await;
-        let opt = || RPCOption::new(T);
-        // A heartbeat of a fresh client stays unary.
-        assert!(client.append_entries(append(0), opt()).await.is_ok());
-        assert_eq!(fake.unary.load(Ordering::SeqCst), 1);
-        // Entries open the stream; the next (even empty) request uses it.
-        assert!(client.append_entries(append(2), opt()).await.is_ok());
-        assert!(client.append_entries(append(0), opt()).await.is_ok());
-        assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
-        assert_eq!(fake.streamed.load(Ordering::SeqCst), 2);
-        // The peer ended the stream after two: this request fails and openraft retries it.
-        let cut = client.append_entries(append(1), opt()).await;
-        assert!(matches!(cut, Err(RPCError::Unreachable(_))), "{cut:?}");
-        assert!(client.append_entries(append(1), opt()).await.is_ok());
-        assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
-        assert_eq!(fake.unary.load(Ordering::SeqCst), 1);
+    /// The answers of one `stream_append` session over `requests`, until it ends.
+    async fn session(
+        client: &mut RaftPeer,
+        requests: Vec<AppendEntriesRequest<TypeConfig>>,
+    ) -> Vec<RpcResult<StreamAppendResult<TypeConfig>>> {
+        use futures::StreamExt;
+        let input = futures::stream::iter(requests).chain(futures::stream::pending());
+        match client
+            .stream_append(Box::pin(input), RPCOption::new(T))
+            .await
+        {
+            Ok(answers) => answers.collect().await,
+            Err(e) => vec![Err(e)],
+        }
     }
 
-    fn is_success(r: &Result<AppendEntriesResponse<u64>, impl std::fmt::Debug>) -> bool {
-        matches!(r, Ok(AppendEntriesResponse::Success))
-    }
-
-    #[tokio::test]
-    async fn a_late_answer_is_skipped_not_taken_for_the_next_requests() {
-        let (fake, mut client) = raft_peer(Script::LateSecond { echo_ids: true }).await;
-        let short = RPCOption::new(Duration::from_millis(200));
-        assert!(is_success(
-            &client.append_entries(append(1), short.clone()).await
-        ));
-        // No answer in time: a Timeout (openraft sends again at once), not Unreachable (which
-        // would stop replication to this follower for 500 ms).
-        let slow = client.append_entries(append(1), short.clone()).await;
-        assert!(matches!(slow, Err(RPCError::Timeout(_))), "{slow:?}");
-        // The first request's late answer (Conflict) arrives first on the same stream: it
-        // must not be read as the answer to this one.
-        let next = client.append_entries(append(2), RPCOption::new(T)).await;
-        assert!(is_success(&next), "{next:?}");
-        assert_eq!(fake.opened.load(Ordering::SeqCst), 1, "the stream was kept");
+    fn acked(r: &RpcResult<StreamAppendResult<TypeConfig>>) -> Option<u64> {
+        match r {
+            Ok(Ok(Some(l))) => Some(l.index),
+            _ => None,
+        }
     }
 
     #[tokio::test]
-    async fn after_a_timeout_a_peer_without_ids_gets_a_new_stream() {
-        let (fake, mut client) = raft_peer(Script::LateSecond { echo_ids: false }).await;
-        let short = RPCOption::new(Duration::from_millis(200));
-        assert!(is_success(
-            &client.append_entries(append(1), short.clone()).await
-        ));
-        let slow = client.append_entries(append(1), short).await;
-        assert!(matches!(slow, Err(RPCError::Timeout(_))), "{slow:?}");
-        // Answers without ids cannot be told apart: the old stream is dropped, a new one
-        // carries the request.
-        let next = client.append_entries(append(2), RPCOption::new(T)).await;
-        assert!(is_success(&next), "{next:?}");
-        assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn a_follower_that_stays_silent_is_backed_off_after_the_second_timeout() {
-        let (_fake, mut client) = raft_peer(Script::SilentReplicate).await;
-        let short = || RPCOption::new(Duration::from_millis(100));
-        let first = client.append_entries(append(1), short()).await;
-        assert!(matches!(first, Err(RPCError::Timeout(_))), "{first:?}");
-        let second = client.append_entries(append(1), short()).await;
+    async fn replication_sends_ahead_of_answers_and_reopens_the_stream_after_a_break() {
+        let (fake, mut client) = raft_peer(Script::HoldThree).await;
+        // The peer answers only once three requests are in: the client must send them without
+        // waiting for answers. Then it ends the stream with the fourth unanswered.
+        let reqs = vec![append(1, 2), append(3, 3), append(4, 6), append(7, 7)];
+        let answers = session(&mut client, reqs).await;
+        assert_eq!(answers.len(), 4, "{answers:?}");
+        let acks: Vec<_> = answers[..3].iter().map(acked).collect();
+        assert_eq!(acks, [Some(2), Some(3), Some(6)]);
         assert!(
-            matches!(second, Err(RPCError::Unreachable(_))),
-            "{second:?}"
+            matches!(answers[3], Err(RPCError::Unreachable(_))),
+            "{:?}",
+            answers[3]
         );
-        // And the count starts again: a follower that answers late once is retried at once.
-        let third = client.append_entries(append(1), short()).await;
-        assert!(matches!(third, Err(RPCError::Timeout(_))), "{third:?}");
+        assert_eq!(fake.streamed.load(Ordering::SeqCst), 3);
+        // openraft starts another session, which opens a new stream.
+        let again = session(&mut client, vec![append(7, 7), append(8, 8), append(9, 9)]).await;
+        assert_eq!(acked(&again[0]), Some(7));
+        assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+        assert_eq!(fake.unary.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_requests_ended_ends_cleanly_once_all_are_answered() {
+        use futures::StreamExt;
+        let (_fake, mut client) = raft_peer(Script::HoldThree).await;
+        let input = futures::stream::iter(vec![append(1, 1), append(2, 2), append(3, 3)]);
+        let answers: Vec<_> = client
+            .stream_append(Box::pin(input), RPCOption::new(T))
+            .await
+            .expect("opens")
+            .collect()
+            .await;
+        // Three answers and the end of the stream: no error after them (openraft's heartbeat
+        // worker, for one, reads on to the end and reports anything more).
+        let acks: Vec<_> = answers.iter().map(acked).collect();
+        assert_eq!(acks, [Some(1), Some(2), Some(3)], "{answers:?}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_with_another_requests_id_ends_the_session() {
+        let (_fake, mut client) = raft_peer(Script::WrongId).await;
+        let answers = session(&mut client, vec![append(1, 1), append(2, 2)]).await;
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(
+            matches!(answers[0], Err(RPCError::Unreachable(_))),
+            "{:?}",
+            answers[0]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_stays_silent_times_out_the_session() {
+        let (_fake, mut client) = raft_peer(Script::SilentReplicate).await;
+        let answers = session(&mut client, vec![append(1, 1)]).await;
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(
+            matches!(answers[0], Err(RPCError::Timeout(_))),
+            "{:?}",
+            answers[0]
+        );
     }
 
     #[tokio::test]
     async fn an_older_peer_is_replicated_to_by_unary_calls() {
+        use futures::StreamExt;
         let (fake, mut client) = raft_peer(Script::Old).await;
-        for n in [3, 0, 1] {
-            assert!(client
-                .append_entries(append(n), RPCOption::new(T))
-                .await
-                .is_ok());
-        }
+        let input = futures::stream::iter(vec![append(1, 3), append(4, 3), append(4, 4)]);
+        let answers: Vec<_> = client
+            .stream_append(Box::pin(input), RPCOption::new(T))
+            .await
+            .expect("opens")
+            .collect()
+            .await;
+        assert_eq!(answers.len(), 3, "{answers:?}");
+        assert!(
+            answers.iter().all(|a| matches!(a, Ok(Ok(_)))),
+            "{answers:?}"
+        );
         assert_eq!(fake.unary.load(Ordering::SeqCst), 3);
         assert!(client.unary_only);
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use micro_log::Db;
 use micro_state::views::{history, meta};
 use micro_state::{Command, Outcome, Request, View};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -337,7 +338,7 @@ impl Node {
 
     /// Publishes a broker message to every member's subscribers (at most once, not logged).
     pub async fn broker_publish(&self, topic: &str, message: crate::broker::Message) {
-        let m = self.inner.raft.metrics().borrow().clone();
+        let m = self.inner.raft.metrics().borrow_watched().clone();
         let members: Vec<(u64, String)> = m
             .membership_config
             .membership()
@@ -536,7 +537,7 @@ impl Node {
 
     /// Members, leader and progress, asking each member for its own view.
     pub async fn status(&self) -> Status {
-        let m = self.inner.raft.metrics().borrow().clone();
+        let m = self.inner.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership().clone();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         let mut members = Vec::new();
@@ -731,6 +732,15 @@ impl Inner {
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ForwardError::Unavailable(e.to_string()))
             }
+            // Appended, then dropped by a new leader: it may still commit, so not a retry.
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(ForwardError::Unavailable(
+                    "leader changed; the write may or may not have been applied".into(),
+                ))
+            }
+            Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))) => {
+                Err(ForwardError::Unavailable(e.to_string()))
+            }
             Err(RaftError::Fatal(e)) => {
                 Err(ForwardError::Unavailable(format!("raft stopped: {e}")))
             }
@@ -740,14 +750,14 @@ impl Inner {
     /// Whether this node believes it leads (a hint: Raft decides at proposal time).
     pub(crate) fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         m.state == ServerState::Leader && m.current_leader == Some(self.cfg.node_id)
     }
 
     /// The peer address of the leader, if this node knows one and it is another node.
     fn known_other_leader(&self) -> Option<String> {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         let leader = m.current_leader.filter(|l| *l != self.cfg.node_id)?;
         m.membership_config
             .membership()
@@ -757,7 +767,7 @@ impl Inner {
 
     /// The leader as this node knows it, for a NotLeader answer.
     fn not_leader(&self) -> ForwardError {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let leader = m.current_leader.and_then(|l| {
             m.membership_config
                 .membership()
@@ -769,7 +779,7 @@ impl Inner {
 
     /// Executes a membership change if this node is the leader.
     pub(crate) async fn change_here(&self, op: MembershipOp) -> Result<(), ForwardError> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         if m.current_leader != Some(self.cfg.node_id) {
             return Err(self.not_leader());
         }
@@ -882,6 +892,15 @@ impl Inner {
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(invalid(e.to_string()))
             }
+            // Appended, then dropped by a new leader: it may still commit, so not a retry.
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(ForwardError::Unavailable(
+                    "leader changed; the write may or may not have been applied".into(),
+                ))
+            }
+            Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))) => {
+                Err(ForwardError::Unavailable(e.to_string()))
+            }
             Err(RaftError::Fatal(e)) => {
                 Err(ForwardError::Unavailable(format!("raft stopped: {e}")))
             }
@@ -890,18 +909,18 @@ impl Inner {
 
     /// The read index, if this node is the leader and still has a quorum.
     pub(crate) async fn read_index_here(&self) -> Result<u64, ForwardError> {
-        let fut = self.raft.get_read_log_id();
+        let fut = self.raft.get_read_log_id(openraft::ReadPolicy::ReadIndex);
         match tokio::time::timeout(PEER_TIMEOUT, fut).await {
             Err(_) => Err(ForwardError::Unavailable(
                 "leader could not reach a quorum".into(),
             )),
-            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            Ok(Ok((read, _applied))) => Ok(read.index()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
                 Err(self.leader_hint(f.leader_id, f.leader_node))
             }
             // Heartbeat acks did not come back in time (a busy machine, a partition): nothing
             // was read, so the caller may retry until its deadline.
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => {
                 tracing::debug!("read index: {e}");
                 Err(ForwardError::NotLeader { leader: None })
             }
@@ -912,7 +931,7 @@ impl Inner {
     }
 
     pub(crate) fn self_status(&self) -> MemberStatus {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         MemberStatus {
             id: self.cfg.node_id,
             peer_address: self.cfg.advertised_peer(),

@@ -5,15 +5,15 @@ use std::sync::Arc;
 use micro_proto::raft::peer_server::{Peer, PeerServer};
 use micro_proto::raft::{Chunk, Payload};
 use micro_state::codec;
-use openraft::error::RaftError;
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
-use openraft::{BasicNode, Snapshot, SnapshotMeta, Vote};
+use openraft::errors::RaftError;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, VoteRequest};
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::machine::Snapshot;
 use crate::network::{MAX_MESSAGE, TOKEN_HEADER};
 use crate::wire::{ForwardError, MemberStatus, MembershipOp};
-use crate::{Raft, TypeConfig};
+use crate::{Raft, SnapshotMeta, TypeConfig, Vote};
 
 /// What the peer server asks of the node it serves. A trait so this module does not depend
 /// on the node (which starts the server).
@@ -39,7 +39,7 @@ pub(crate) trait Handler: Send + Sync + 'static {
 async fn append<H: Handler>(
     node: &H,
     rpc: AppendEntriesRequest<TypeConfig>,
-) -> Result<AppendEntriesResponse<u64>, RaftError<u64>> {
+) -> Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> {
     let res = node.raft().append_entries(rpc).await;
     if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
         node.heard_from_leader();
@@ -158,28 +158,72 @@ impl<H: Handler> Peer for PeerService<H> {
 
     type ReplicateStream = Answers;
 
-    /// AppendEntries requests from one leader's replication task, answered in order.
+    /// AppendEntries requests from one leader's replication task, pipelined: openraft takes
+    /// each as it arrives (`Raft::stream_append`) and the answers go back in request order,
+    /// each with its request's id.
     async fn replicate(
         &self,
         req: Request<Streaming<Payload>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
+        use futures::StreamExt;
         let node = self.node.clone();
-        let answers = serve_stream(req.into_inner(), self.stop.clone(), 1, move |msg| {
-            let rpc: AppendEntriesRequest<TypeConfig> = decode(&msg)?;
-            let node = node.clone();
-            Ok(async move {
-                Payload {
-                    data: codec::encode(&append(&*node, rpc).await),
-                    id: msg.id,
-                    ..Default::default()
+        let ids = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let failed: Arc<std::sync::Mutex<Option<Status>>> = Default::default();
+        let requests = {
+            let (ids, failed) = (ids.clone(), failed.clone());
+            let stop = self.stop.clone();
+            futures::stream::unfold((req.into_inner(), stop), move |(mut input, mut stop)| {
+                let (ids, failed) = (ids.clone(), failed.clone());
+                async move {
+                    let msg = tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return None,
+                        m = input.message() => m,
+                    };
+                    let rpc = match msg {
+                        Ok(Some(m)) => {
+                            decode::<AppendEntriesRequest<TypeConfig>>(&m).map(|rpc| (m.id, rpc))
+                        }
+                        Ok(None) => return None,
+                        Err(status) => Err(status),
+                    };
+                    match rpc {
+                        Ok((id, rpc)) => {
+                            ids.lock().expect("ids lock").push_back(id);
+                            Some((rpc, (input, stop)))
+                        }
+                        Err(status) => {
+                            *failed.lock().expect("failed lock") = Some(status);
+                            None
+                        }
+                    }
                 }
             })
+        };
+        let answers = node.raft().stream_append(requests).map(move |res| {
+            let id = ids
+                .lock()
+                .expect("ids lock")
+                .pop_front()
+                .unwrap_or_default();
+            if matches!(&res, Ok(r) if !matches!(r, Err(StreamAppendError::HigherVote(_)))) {
+                node.heard_from_leader();
+            }
+            Ok(Payload {
+                data: codec::encode(&res),
+                id,
+                ..Default::default()
+            })
         });
-        Ok(Response::new(answers))
+        // A request that did not decode ends the stream with its error, after the answers to
+        // the requests before it.
+        let tail = futures::stream::iter(std::iter::from_fn(move || {
+            failed.lock().expect("failed lock").take().map(Err)
+        }));
+        Ok(Response::new(Box::pin(answers.chain(tail))))
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let rpc: VoteRequest<u64> = decode(req.get_ref())?;
+        let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
         reply(&self.node.raft().vote(rpc).await)
     }
 
@@ -189,7 +233,7 @@ impl<H: Handler> Peer for PeerService<H> {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let (vote, meta): (Vote<u64>, SnapshotMeta<u64, BasicNode>) = codec::decode(&first.meta)
+        let (vote, meta): (Vote, SnapshotMeta) = codec::decode(&first.meta)
             .map_err(|e| Status::invalid_argument(format!("bad snapshot metadata: {e}")))?;
         let mut data = Vec::new();
         let mut n = 0u64;
@@ -204,7 +248,7 @@ impl<H: Handler> Peer for PeerService<H> {
         }
         let snapshot = Snapshot {
             meta,
-            snapshot: Box::new(data),
+            snapshot: data,
         };
         let res = self
             .node

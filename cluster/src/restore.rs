@@ -73,8 +73,11 @@ pub fn restore(
         .iter()
         .map(|(id, addr)| (*id, BasicNode::new(addr)))
         .collect();
-    let membership =
-        StoredMembership::new(Some(last), openraft::Membership::new(vec![voters], nodes));
+    let membership = StoredMembership::new(
+        Some(last),
+        openraft::Membership::new(vec![voters], nodes)
+            .map_err(|e| anyhow::anyhow!("bad membership: {e}"))?,
+    );
 
     for (k, v) in pairs.iter_mut() {
         if k.as_slice() == keys::META_MEMBERSHIP {

@@ -7,23 +7,23 @@ use std::sync::Arc;
 
 use micro_log::Db;
 use micro_state::codec;
-use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{Entry, OptionalSend, RaftLogId, StorageError, StorageIOError, Vote};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
 
-use crate::{LogId, TypeConfig};
+use crate::{Entry, LogId, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const PURGED: &[u8] = b"purged";
 
-type SResult<T> = Result<T, StorageError<u64>>;
+type SResult<T> = std::io::Result<T>;
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
-    StorageIOError::read_logs(&e).into()
+fn read_err(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
-fn write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
-    StorageIOError::write_logs(&e).into()
+fn write_err(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
 /// The Raft log of one node. Clones share the same database.
@@ -46,7 +46,7 @@ impl LogStore {
 
     /// Whether this node has ever voted or stored an entry (an existing member).
     pub fn is_initialized(&self) -> SResult<bool> {
-        Ok(self.meta::<Vote<u64>>(VOTE)?.is_some()
+        Ok(self.meta::<Vote>(VOTE)?.is_some()
             || self.db.last_log().map_err(read_err)?.is_some()
             || self.meta::<LogId>(PURGED)?.is_some())
     }
@@ -116,12 +116,12 @@ pub(crate) fn stand_for_election(db: &Db, node_id: u64) -> anyhow::Result<()> {
     let Some(bytes) = db.get_meta(VOTE)? else {
         return Ok(());
     };
-    let vote: Vote<u64> = codec::decode(&bytes)?;
-    if vote.is_committed() && vote.leader_id().voted_for() == Some(node_id) {
-        let candidate = Vote::new(vote.leader_id().get_term(), node_id);
+    let vote: Vote = codec::decode(&bytes)?;
+    if vote.is_committed() && vote.leader_id().node_id == node_id {
+        let candidate = Vote::new(vote.leader_id().term, node_id);
         db.put_meta(VOTE, &codec::encode(&candidate), true)?;
         tracing::info!(
-            term = vote.leader_id().get_term(),
+            term = vote.leader_id().term,
             "led before the restart: standing for election instead of resuming as leader"
         );
     }
@@ -129,7 +129,7 @@ pub(crate) fn stand_for_election(db: &Db, node_id: u64) -> anyhow::Result<()> {
 }
 
 /// Encodes a log entry in the current format ([`micro_state::command::ENTRY_VERSION`]).
-pub(crate) fn encode_entry(e: &Entry<TypeConfig>) -> Vec<u8> {
+pub(crate) fn encode_entry(e: &Entry) -> Vec<u8> {
     codec::encode_as(micro_state::command::ENTRY_VERSION, e)
 }
 
@@ -149,7 +149,7 @@ enum PayloadV1 {
 
 /// Decodes a log entry of any supported format: version 1 through the frozen release-1
 /// types, version 2 directly.
-pub fn decode_entry_bytes(payload: &[u8]) -> Result<Entry<TypeConfig>, codec::Error> {
+pub fn decode_entry_bytes(payload: &[u8]) -> Result<Entry, codec::Error> {
     let (version, body) = codec::split(payload)?;
     match version {
         1 => {
@@ -168,16 +168,12 @@ pub fn decode_entry_bytes(payload: &[u8]) -> Result<Entry<TypeConfig>, codec::Er
     }
 }
 
-pub(crate) fn decode_entry(index: u64, payload: &[u8]) -> SResult<Entry<TypeConfig>> {
+pub(crate) fn decode_entry(index: u64, payload: &[u8]) -> SResult<Entry> {
     decode_entry_bytes(payload).map_err(|e| {
-        StorageIOError::read_log_at_index(
-            index,
-            &micro_log::Error::Rocks {
-                path: String::new(),
-                message: format!("log record {index} does not decode: {e}"),
-            },
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("log record {index} does not decode: {e}"),
         )
-        .into()
     })
 }
 
@@ -185,7 +181,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> SResult<Vec<Entry<TypeConfig>>> {
+    ) -> SResult<Vec<Entry>> {
         let from = match range.start_bound() {
             Bound::Included(&x) => x,
             Bound::Excluded(&x) => x + 1,
@@ -203,6 +199,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map(|(i, p)| decode_entry(*i, p))
             .collect()
     }
+
+    async fn read_vote(&mut self) -> SResult<Option<Vote>> {
+        self.meta(VOTE)
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -211,7 +211,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> SResult<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId> = self.meta(PURGED)?;
         let last = match self.db.last_log().map_err(read_err)? {
-            Some((i, p)) => Some(*decode_entry(i, &p)?.get_log_id()),
+            Some((i, p)) => Some(decode_entry(i, &p)?.log_id),
             None => last_purged_log_id,
         };
         Ok(LogState {
@@ -224,15 +224,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<u64>) -> SResult<()> {
+    async fn save_vote(&mut self, vote: &Vote) -> SResult<()> {
         // A vote must survive a crash, or a node could vote twice in one term.
         self.db
             .put_meta(VOTE, &codec::encode(vote), true)
-            .map_err(|e| StorageIOError::write_vote(&e).into())
-    }
-
-    async fn read_vote(&mut self) -> SResult<Option<Vote<u64>>> {
-        self.meta(VOTE)
+            .map_err(write_err)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> SResult<()> {
@@ -247,9 +243,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> SResult<()>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> SResult<()>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
@@ -265,13 +261,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db.sync_then(move |r| {
             // From the append call to durable: encode, write, wait for and do the fsync.
             metrics::histogram!("micro_log_append_seconds").record(started.elapsed().as_secs_f64());
-            callback.log_io_completed(r.map_err(std::io::Error::other));
+            callback.io_completed(r.map_err(std::io::Error::other));
         });
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> SResult<()> {
-        self.db.truncate_log(log_id.index).map_err(write_err)
+    async fn truncate_after(&mut self, last: Option<LogId>) -> SResult<()> {
+        // Keeps `last` itself; with none, the whole log goes.
+        self.db
+            .truncate_log(last.map_or(0, |l| l.index + 1))
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> SResult<()> {
@@ -287,7 +286,13 @@ mod tests {
     use micro_state::keys::{META_APPLIED, META_INSTALLED};
 
     fn log_id(index: u64) -> LogId {
-        LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+        LogId::new(
+            crate::LeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        )
     }
 
     fn set_state(db: &Db, key: &[u8], value: Vec<u8>) {
@@ -335,27 +340,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
         let read =
-            |db: &Db| -> Vote<u64> { codec::decode(&db.get_meta(VOTE).unwrap().unwrap()).unwrap() };
+            |db: &Db| -> Vote { codec::decode(&db.get_meta(VOTE).unwrap().unwrap()).unwrap() };
         stand_for_election(&db, 1).unwrap(); // no vote yet: nothing to do
         assert!(db.get_meta(VOTE).unwrap().is_none());
 
         // Another node's committed leadership stays as it is.
-        db.put_meta(
-            VOTE,
-            &codec::encode(&Vote::<u64>::new_committed(4, 2)),
-            true,
-        )
-        .unwrap();
+        db.put_meta(VOTE, &codec::encode(&Vote::new_committed(4, 2)), true)
+            .unwrap();
         stand_for_election(&db, 1).unwrap();
         assert_eq!(read(&db), Vote::new_committed(4, 2));
 
         // Its own: the same term, no longer committed, so it must win an election.
-        db.put_meta(
-            VOTE,
-            &codec::encode(&Vote::<u64>::new_committed(5, 1)),
-            true,
-        )
-        .unwrap();
+        db.put_meta(VOTE, &codec::encode(&Vote::new_committed(5, 1)), true)
+            .unwrap();
         stand_for_election(&db, 1).unwrap();
         assert_eq!(read(&db), Vote::new(5, 1));
         assert!(!read(&db).is_committed());

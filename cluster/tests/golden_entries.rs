@@ -3,7 +3,7 @@
 //! decode fails here: they must keep decoding to the same meaning forever (or through a
 //! tested upgrade). The version-2 bytes pin what this release writes.
 
-use micro_cluster::{decode_entry_bytes, TypeConfig};
+use micro_cluster::decode_entry_bytes;
 use micro_state::codec;
 use micro_state::views::{events as ev, meta, store};
 
@@ -115,27 +115,36 @@ pub fn sample_request() -> micro_state::Request {
     }
 }
 
-fn log_id() -> openraft::LogId<u64> {
-    openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 42)
+fn log_id() -> micro_cluster::LogId {
+    micro_cluster::LogId::new(
+        micro_cluster::LeaderId {
+            term: 3,
+            node_id: 1,
+        },
+        42,
+    )
 }
 
-fn entries() -> Vec<openraft::Entry<TypeConfig>> {
-    let normal = openraft::Entry::<TypeConfig> {
+fn entries() -> Vec<micro_cluster::Entry> {
+    let normal = micro_cluster::Entry {
         log_id: log_id(),
         payload: openraft::EntryPayload::Normal(sample_request()),
     };
-    let blank = openraft::Entry::<TypeConfig> {
+    let blank = micro_cluster::Entry {
         log_id: log_id(),
         payload: openraft::EntryPayload::Blank,
     };
-    let membership = openraft::Entry::<TypeConfig> {
+    let membership = micro_cluster::Entry {
         log_id: log_id(),
-        payload: openraft::EntryPayload::Membership(openraft::Membership::new(
-            vec![[1u64, 2, 3].into()],
-            (1u64..=4)
-                .map(|i| (i, openraft::BasicNode::new(format!("127.0.0.1:{i}"))))
-                .collect::<std::collections::BTreeMap<_, _>>(),
-        )),
+        payload: openraft::EntryPayload::Membership(
+            openraft::Membership::new(
+                vec![[1u64, 2, 3].into()],
+                (1u64..=4)
+                    .map(|i| (i, openraft::BasicNode::new(format!("127.0.0.1:{i}"))))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+            .unwrap(),
+        ),
     };
     vec![normal, blank, membership]
 }
@@ -238,7 +247,7 @@ const V2_KERNEL: &str = "0203012a01fd00505c18a30100000a020007fbb80b0201070202070
 
 /// Checks that an entry of `request` encodes to exactly `expected` (hex) and decodes back.
 fn assert_pinned(request: micro_state::Request, expected: &str) {
-    let e = openraft::Entry::<TypeConfig> {
+    let e = micro_cluster::Entry {
         log_id: log_id(),
         payload: openraft::EntryPayload::Normal(request),
     };

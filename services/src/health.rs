@@ -13,6 +13,7 @@
 //! A `grpc.health.v1.Health` call that names a user's service (`micro-service` header) is
 //! that service's, and goes to it through the proxy.
 
+use openraft::async_runtime::WatchReceiver;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -50,7 +51,7 @@ pub struct Readiness {
 
 /// Whether `node` is ready to serve, and why not.
 pub fn readiness(node: &Node) -> Readiness {
-    let m = node.raft().metrics().borrow().clone();
+    let m = node.raft().metrics().borrow_watched().clone();
     let last_log = m.last_log_index.unwrap_or(0);
     let applied = m.last_applied.map_or(0, |l| l.index);
     let reason = if let Err(e) = &m.running_state {
@@ -58,8 +59,7 @@ pub fn readiness(node: &Node) -> Readiness {
     } else if m.current_leader.is_none() {
         "no leader known (an election is under way, or this node cannot reach a majority)".into()
     } else if m.state == ServerState::Leader
-        && m.millis_since_quorum_ack
-            .is_none_or(|ms| ms > QUORUM_ACK_MAX.as_millis() as u64)
+        && micro_cluster::quorum_ack_age(&m).is_none_or(|age| age > QUORUM_ACK_MAX)
     {
         format!(
             "leader without a quorum's acknowledgement for over {} s",

@@ -9,6 +9,7 @@
 //!   pending acks) is read when scraped and written here, so no series goes stale when, say, a
 //!   leader becomes a follower and has no followers to report on.
 
+use openraft::async_runtime::WatchReceiver;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -189,7 +190,7 @@ fn escape(v: &str) -> String {
 
 fn scrape_time(node: &Node, out: &mut String) {
     let started = Instant::now();
-    let m = node.raft().metrics().borrow().clone();
+    let m = node.raft().metrics().borrow_watched().clone();
     let mut f = Family { out };
     f.gauge(
         "micro_raft_term",
@@ -291,11 +292,11 @@ fn scrape_time(node: &Node, out: &mut String) {
                 lag as f64,
             );
         }
-        if let Some(ms) = m.millis_since_quorum_ack {
+        if let Some(age) = micro_cluster::quorum_ack_age(&m) {
             f.gauge(
                 "micro_raft_quorum_ack_age_seconds",
                 "Leader: time since a quorum last acknowledged this leader",
-                ms as f64 / 1000.0,
+                age.as_secs_f64(),
             );
         }
     }

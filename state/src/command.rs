@@ -24,6 +24,19 @@ pub struct Request {
     pub cmds: Vec<Command>,
 }
 
+/// Short form for logs (openraft prints entries): the size, not the contents, which may be
+/// secrets or large values.
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request(t={}, {} commands)",
+            self.time_ms,
+            self.cmds.len()
+        )
+    }
+}
+
 /// Compare-and-swap across views: if every guard holds, apply `success`, else `failure`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Txn {

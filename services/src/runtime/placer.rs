@@ -5,6 +5,7 @@
 //! leader's status probe (twice a second); a new leader counts every member as seen when it took over, so an
 //! election alone never moves an instance.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ pub async fn run(node: Node, grace: Duration) {
         if *stopping.borrow() {
             return;
         }
-        let leading = node.raft().metrics().borrow().current_leader == Some(node.id());
+        let leading = node.raft().metrics().borrow_watched().current_leader == Some(node.id());
         if !leading {
             seen.clear();
             feed = None;
