@@ -10,8 +10,9 @@
 //!
 //! On the leader, batches forwarded by followers join the same queue, so the whole cluster's
 //! concurrent writes leave in one entry per replication round. One entry at a time is what
-//! openraft 0.9 replicates best: it keeps one AppendEntries in flight per follower, so a second
-//! entry proposed meanwhile would only wait for that round and then cost a round of its own.
+//! openraft 0.9 replicated best (one AppendEntries in flight per follower: a second entry
+//! proposed meanwhile only waited for that round and then cost a round of its own), and with
+//! 0.10's pipelined appends it still measures as fast or faster than more (smaller) entries.
 //! A follower keeps more forwards on their way, so that its writes reach the leader's next
 //! entry instead of waiting for an answer to the previous forward.
 //!

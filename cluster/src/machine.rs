@@ -118,7 +118,7 @@ fn build(db: &Db, dir: &std::path::Path) -> SResult<Snapshot> {
         ms = started.elapsed().as_millis() as u64,
         "built snapshot"
     );
-    // openraft (0.9) keeps only the meta of a snapshot it had built; whoever needs the data
+    // openraft keeps only the meta of a snapshot it had built; whoever needs the data
     // (a lagging follower, `install`) gets it from `get_current_snapshot`, which reads the file.
     Ok(Snapshot {
         meta,

@@ -533,9 +533,19 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             + 'static,
     {
         Box::pin(async move {
+            use futures::StreamExt;
             if self.unary_only {
                 return openraft::network::stream_append_sequential(self, input, option).await;
             }
+            // The first request before the stream: openraft sleeps out its backoff after a
+            // failed session inside its request stream, so opening first would redial a peer
+            // that is down in a tight loop (thousands of times a second in a partition). And a
+            // session with nothing to send opens nothing.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            };
+            let input = futures::stream::iter([first]).chain(input);
             let peer = self.peer.as_ref().map_err(unreachable)?.clone();
             let opened = peer
                 .open_replication(REPLICATION_WINDOW, option.soft_ttl().max(OPEN_TIMEOUT))
@@ -1016,20 +1026,30 @@ mod tests {
         (fake, client)
     }
 
-    /// The answers of one `stream_append` session over `requests`, until it ends.
+    /// The answers of one `stream_append` session over `input`, until the session ends.
+    async fn answers_to<S>(
+        client: &mut RaftPeer,
+        input: S,
+    ) -> Vec<RpcResult<StreamAppendResult<TypeConfig>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        use futures::StreamExt;
+        match client.stream_append(input, RPCOption::new(T)).await {
+            Ok(answers) => answers.collect().await,
+            Err(e) => vec![Err(e)],
+        }
+    }
+
+    /// A session over `requests` that openraft keeps open after them (as a replication session
+    /// waiting for new entries does).
     async fn session(
         client: &mut RaftPeer,
         requests: Vec<AppendEntriesRequest<TypeConfig>>,
     ) -> Vec<RpcResult<StreamAppendResult<TypeConfig>>> {
         use futures::StreamExt;
         let input = futures::stream::iter(requests).chain(futures::stream::pending());
-        match client
-            .stream_append(Box::pin(input), RPCOption::new(T))
-            .await
-        {
-            Ok(answers) => answers.collect().await,
-            Err(e) => vec![Err(e)],
-        }
+        answers_to(client, Box::pin(input)).await
     }
 
     fn acked(r: &RpcResult<StreamAppendResult<TypeConfig>>) -> Option<u64> {
@@ -1064,19 +1084,28 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_whose_requests_ended_ends_cleanly_once_all_are_answered() {
-        use futures::StreamExt;
         let (_fake, mut client) = raft_peer(Script::HoldThree).await;
         let input = futures::stream::iter(vec![append(1, 1), append(2, 2), append(3, 3)]);
-        let answers: Vec<_> = client
-            .stream_append(Box::pin(input), RPCOption::new(T))
-            .await
-            .expect("opens")
-            .collect()
-            .await;
+        let answers = answers_to(&mut client, input).await;
         // Three answers and the end of the stream: no error after them (openraft's heartbeat
         // worker, for one, reads on to the end and reports anything more).
         let acks: Vec<_> = answers.iter().map(acked).collect();
         assert_eq!(acks, [Some(1), Some(2), Some(3)], "{answers:?}");
+    }
+
+    #[tokio::test]
+    async fn a_session_opens_its_stream_only_with_a_request_to_send() {
+        // openraft's backoff after a failed session is a sleep inside its request stream:
+        // dialling before taking a request would redial a gone peer without pause.
+        let (fake, mut client) = raft_peer(Script::HoldThree).await;
+        let answers = answers_to(&mut client, futures::stream::empty()).await;
+        assert!(answers.is_empty(), "{answers:?}");
+        assert_eq!(fake.opened.load(Ordering::SeqCst), 0);
+        let requests = vec![append(1, 1), append(2, 2), append(3, 3)];
+        let answers = answers_to(&mut client, futures::stream::iter(requests)).await;
+        let acks: Vec<_> = answers.iter().map(acked).collect();
+        assert_eq!(acks, [Some(1), Some(2), Some(3)], "{answers:?}");
+        assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -1105,15 +1134,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_older_peer_is_replicated_to_by_unary_calls() {
-        use futures::StreamExt;
         let (fake, mut client) = raft_peer(Script::Old).await;
         let input = futures::stream::iter(vec![append(1, 3), append(4, 3), append(4, 4)]);
-        let answers: Vec<_> = client
-            .stream_append(Box::pin(input), RPCOption::new(T))
-            .await
-            .expect("opens")
-            .collect()
-            .await;
+        let answers = answers_to(&mut client, input).await;
         assert_eq!(answers.len(), 3, "{answers:?}");
         assert!(
             answers.iter().all(|a| matches!(a, Ok(Ok(_)))),

@@ -44,7 +44,7 @@ const RECORDED: &[(&str, &str)] = &[
     ("micro_log_fsync_seconds", "Time of one fsync of the log's write-ahead log (its count is the fsync count)"),
     ("micro_log_fsync_waiters", "Writes made durable by one fsync (group commit)"),
     ("micro_log_append_seconds", "Time from a log append to its entries being durable (write, then wait for and do the group fsync)"),
-    ("micro_raft_append_entries_seconds", "Leader: one replication round trip to a follower (send, follower append and fsync, answer), for messages with entries"),
+    ("micro_raft_append_entries_seconds", "Leader: one replication round trip to a follower (send, follower append and fsync, answer; pipelined, so queueing on the follower included), for messages with entries"),
     ("micro_snapshot_build_seconds", "Time to build a snapshot of the state (its count is the snapshot count)"),
     ("micro_snapshot_bytes", "Size of the last snapshot built"),
     ("micro_raft_leader_changes_total", "Times this node saw a new leader"),
