@@ -66,6 +66,12 @@ enum ForwardSlot {
 
 type Answer = tokio::sync::oneshot::Sender<Result<Vec<u8>, CallError>>;
 
+/// An open peer stream: where requests go, and the answers.
+type Opened = (
+    tokio::sync::mpsc::Sender<Payload>,
+    tonic::Streaming<Payload>,
+);
+
 /// Requests in flight on one `Forwards` stream, matched to their answers by id.
 struct Mux {
     tx: tokio::sync::mpsc::Sender<Payload>,
@@ -224,13 +230,7 @@ impl Peer {
         kind: StreamKind,
         capacity: usize,
         timeout: Duration,
-    ) -> Result<
-        Option<(
-            tokio::sync::mpsc::Sender<Payload>,
-            tonic::Streaming<Payload>,
-        )>,
-        String,
-    > {
+    ) -> Result<Option<Opened>, String> {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
         let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         req.metadata_mut().insert(TOKEN_HEADER, self.token.clone());
@@ -309,13 +309,7 @@ impl Peer {
         &self,
         capacity: usize,
         timeout: Duration,
-    ) -> Result<
-        Option<(
-            tokio::sync::mpsc::Sender<Payload>,
-            tonic::Streaming<Payload>,
-        )>,
-        CallError,
-    > {
+    ) -> Result<Option<Opened>, CallError> {
         self.open_stream(StreamKind::Replicate, capacity, timeout)
             .await
             .map_err(CallError::Unreachable)
