@@ -1,6 +1,7 @@
 //! openraft's state machine: applies entries with [`micro_state::apply`] and commits each
 //! applied batch, with the applied log id and membership, in one atomic write.
 
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,28 +20,16 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
 use keys::{META_APPLIED, META_MEMBERSHIP};
 pub(crate) const SNAPSHOT_FILE: &str = "current.snap";
 
-type SResult<T> = std::io::Result<T>;
-
-fn sm_read(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
-    std::io::Error::other(e)
-}
-
-fn sm_write(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
-    std::io::Error::other(e)
-}
-
-fn snap_err(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
-    std::io::Error::other(e)
-}
+type SResult<T> = io::Result<T>;
 
 /// Reads the applied log id and membership stored in the views keyspace.
 pub(crate) fn applied_meta<S: Read + ?Sized>(s: &S) -> SResult<(Option<LogId>, Membership)> {
-    let applied = match s.get(META_APPLIED).map_err(sm_read)? {
-        Some(b) => codec::decode(&b).map_err(sm_read)?,
+    let applied = match s.get(META_APPLIED).map_err(io::Error::other)? {
+        Some(b) => codec::decode(&b).map_err(io::Error::other)?,
         None => None,
     };
-    let membership = match s.get(META_MEMBERSHIP).map_err(sm_read)? {
-        Some(b) => codec::decode(&b).map_err(sm_read)?,
+    let membership = match s.get(META_MEMBERSHIP).map_err(io::Error::other)? {
+        Some(b) => codec::decode(&b).map_err(io::Error::other)?,
         None => StoredMembership::default(),
     };
     Ok((applied, membership))
@@ -62,7 +51,7 @@ impl StateMachine {
     /// Opens the state machine announcing every applied batch on `feed` (after it is durable
     /// in the views), for watchers and live consumers.
     pub fn with_feed(db: Arc<Db>, dir: PathBuf, feed: crate::feed::Sender) -> SResult<Self> {
-        std::fs::create_dir_all(&dir).map_err(snap_err)?;
+        std::fs::create_dir_all(&dir).map_err(io::Error::other)?;
         let (applied, membership) = applied_meta(&*db)?;
         Ok(StateMachine {
             db,
@@ -99,7 +88,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || build(&db, &dir))
             .await
-            .map_err(snap_err)?
+            .map_err(io::Error::other)?
     }
 }
 
@@ -107,9 +96,9 @@ fn build(db: &Db, dir: &std::path::Path) -> SResult<Snapshot> {
     let started = std::time::Instant::now();
     // Streamed to disk as it is read: a snapshot is the whole keyspace (tens of MB and more),
     // and building it in memory took three copies of it, with the reallocations between.
-    let mut w = snapshot::FileWriter::create(&dir.join(SNAPSHOT_FILE)).map_err(snap_err)?;
+    let mut w = snapshot::FileWriter::create(&dir.join(SNAPSHOT_FILE)).map_err(io::Error::other)?;
     let (header, meta) = scan_into(db, w.records())?;
-    let bytes = w.finish(header.clone()).map_err(snap_err)?;
+    let bytes = w.finish(header.clone()).map_err(io::Error::other)?;
     metrics::histogram!("micro_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
     metrics::gauge!("micro_snapshot_bytes").set(bytes as f64);
     tracing::info!(
@@ -155,14 +144,14 @@ fn scan_into<W: std::io::Write>(
         }
         w.record(k, v)
     })
-    .map_err(sm_read)?
-    .map_err(snap_err)?;
+    .map_err(io::Error::other)?
+    .map_err(io::Error::other)?;
     let last_log_id: Option<LogId> = match applied {
-        Some(b) => codec::decode(&b).map_err(sm_read)?,
+        Some(b) => codec::decode(&b).map_err(io::Error::other)?,
         None => None,
     };
     let last_membership: Membership = match membership {
-        Some(b) => codec::decode(&b).map_err(sm_read)?,
+        Some(b) => codec::decode(&b).map_err(io::Error::other)?,
         None => StoredMembership::default(),
     };
     let snapshot_id = match &last_log_id {
@@ -202,7 +191,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = std::time::Instant::now();
         let db = self.db.clone();
         let mut ov = Overlay::new(&*db);
-        let first_revision = micro_state::revision(&ov).map_err(sm_read)? + 1;
+        let first_revision = micro_state::revision(&ov).map_err(io::Error::other)? + 1;
         // Answers go out only after the whole batch is durable in the views.
         let mut out = Vec::new();
         let mut last = None;
@@ -216,7 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => out.push((responder, Vec::new())),
                 EntryPayload::Normal(req) => {
                     let res = micro_state::apply(&mut ov, pos, &req).map_err(|e| {
-                        std::io::Error::other(format!("apply of log {}: {e}", entry.log_id))
+                        io::Error::other(format!("apply of log {}: {e}", entry.log_id))
                     })?;
                     out.push((responder, res));
                 }
@@ -229,10 +218,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last = Some(entry.log_id);
         }
         if let Some(last) = last {
-            let last_revision = micro_state::revision(&ov).map_err(sm_read)?;
+            let last_revision = micro_state::revision(&ov).map_err(io::Error::other)?;
             ov.put(META_APPLIED.to_vec(), codec::encode(&Some(last)));
             let (writes, feed) = ov.into_parts();
-            self.db.commit_state(writes).map_err(sm_write)?;
+            self.db.commit_state(writes).map_err(io::Error::other)?;
             self.applied = Some(last);
             metrics::histogram!("micro_apply_seconds").record(started.elapsed().as_secs_f64());
             metrics::histogram!("micro_apply_entries").record(out.len() as f64);
@@ -263,24 +252,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> SResult<()> {
         let mut pairs = Vec::new();
         let (header, _) = snapshot::parse(&data, |k, v| pairs.push((k.to_vec(), v.to_vec())))
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            .map_err(io::Error::other)?;
         if header.last_log_id != meta.last_log_id {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                snapshot::Error::Header("header and metadata disagree on the last log id".into()),
-            ));
+            return Err(io::Error::other(snapshot::Error::Header(
+                "header and metadata disagree on the last log id".into(),
+            )));
         }
         pairs.retain(|(k, _)| k.as_slice() != keys::META_INSTALLED);
         pairs.push((
             keys::META_INSTALLED.to_vec(),
             codec::encode(&meta.last_log_id),
         ));
-        self.db.replace_state(pairs).map_err(sm_write)?;
-        write_file_durably(&self.file(), &data).map_err(snap_err)?;
+        self.db.replace_state(pairs).map_err(io::Error::other)?;
+        write_file_durably(&self.file(), &data).map_err(io::Error::other)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         // Watchers cannot follow a state that jumped: tell them to re-read the history.
-        let revision = micro_state::revision(&*self.db).map_err(sm_read)?;
+        let revision = micro_state::revision(&*self.db).map_err(io::Error::other)?;
         let _ = self.feed.send(std::sync::Arc::new(crate::feed::Applied {
             index: meta.last_log_id.map_or(0, |l| l.index),
             first_revision: u64::MAX,
@@ -296,10 +284,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = match std::fs::read(self.file()) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(snap_err(e)),
+            Err(e) => return Err(io::Error::other(e)),
         };
-        let header = snapshot::verify(&bytes)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let header = snapshot::verify(&bytes).map_err(io::Error::other)?;
         Ok(Some(Snapshot {
             meta: SnapshotMeta {
                 last_log_id: header.last_log_id,

@@ -2,6 +2,7 @@
 //! vote, committed and purged markers live in the `raft` column family.
 
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
@@ -16,15 +17,7 @@ const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const PURGED: &[u8] = b"purged";
 
-type SResult<T> = std::io::Result<T>;
-
-fn read_err(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
-    std::io::Error::other(e)
-}
-
-fn write_err(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
-    std::io::Error::other(e)
-}
+type SResult<T> = io::Result<T>;
 
 /// The Raft log of one node. Clones share the same database.
 #[derive(Clone, Debug)]
@@ -38,8 +31,8 @@ impl LogStore {
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> SResult<Option<T>> {
-        match self.db.get_meta(key).map_err(read_err)? {
-            Some(b) => Ok(Some(codec::decode(&b).map_err(read_err)?)),
+        match self.db.get_meta(key).map_err(io::Error::other)? {
+            Some(b) => Ok(Some(codec::decode(&b).map_err(io::Error::other)?)),
             None => Ok(None),
         }
     }
@@ -47,7 +40,7 @@ impl LogStore {
     /// Whether this node has ever voted or stored an entry (an existing member).
     pub fn is_initialized(&self) -> SResult<bool> {
         Ok(self.meta::<Vote>(VOTE)?.is_some()
-            || self.db.last_log().map_err(read_err)?.is_some()
+            || self.db.last_log().map_err(io::Error::other)?.is_some()
             || self.meta::<LogId>(PURGED)?.is_some())
     }
 }
@@ -169,12 +162,8 @@ pub fn decode_entry_bytes(payload: &[u8]) -> Result<Entry, codec::Error> {
 }
 
 pub(crate) fn decode_entry(index: u64, payload: &[u8]) -> SResult<Entry> {
-    decode_entry_bytes(payload).map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("log record {index} does not decode: {e}"),
-        )
-    })
+    decode_entry_bytes(payload)
+        .map_err(|e| io::Error::other(format!("log record {index} does not decode: {e}")))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -194,7 +183,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         self.db
             .read_log(from, to)
-            .map_err(read_err)?
+            .map_err(io::Error::other)?
             .iter()
             .map(|(i, p)| decode_entry(*i, p))
             .collect()
@@ -210,7 +199,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> SResult<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId> = self.meta(PURGED)?;
-        let last = match self.db.last_log().map_err(read_err)? {
+        let last = match self.db.last_log().map_err(io::Error::other)? {
             Some((i, p)) => Some(decode_entry(i, &p)?.log_id),
             None => last_purged_log_id,
         };
@@ -228,7 +217,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A vote must survive a crash, or a node could vote twice in one term.
         self.db
             .put_meta(VOTE, &codec::encode(vote), true)
-            .map_err(write_err)
+            .map_err(io::Error::other)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> SResult<()> {
@@ -236,7 +225,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // it rides on the next fsync instead of paying for its own.
         self.db
             .put_meta(COMMITTED, &codec::encode(&committed), false)
-            .map_err(write_err)
+            .map_err(io::Error::other)
     }
 
     async fn read_committed(&mut self) -> SResult<Option<LogId>> {
@@ -255,13 +244,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect();
         self.db
             .append(encoded.iter().map(|(i, p)| (*i, p.as_slice())))
-            .map_err(write_err)?;
+            .map_err(io::Error::other)?;
         // Durable only after the group-commit fsync; openraft waits for the callback before
         // counting these entries towards a quorum.
         self.db.sync_then(move |r| {
             // From the append call to durable: encode, write, wait for and do the fsync.
             metrics::histogram!("micro_log_append_seconds").record(started.elapsed().as_secs_f64());
-            callback.io_completed(r.map_err(std::io::Error::other));
+            callback.io_completed(r.map_err(io::Error::other));
         });
         Ok(())
     }
@@ -270,13 +259,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Keeps `last` itself; with none, the whole log goes.
         self.db
             .truncate_log(last.map_or(0, |l| l.index + 1))
-            .map_err(write_err)
+            .map_err(io::Error::other)
     }
 
     async fn purge(&mut self, log_id: LogId) -> SResult<()> {
         self.db
             .purge_log(log_id.index, (PURGED, &codec::encode(&log_id)))
-            .map_err(write_err)
+            .map_err(io::Error::other)
     }
 }
 
