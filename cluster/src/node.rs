@@ -17,7 +17,7 @@ use crate::machine::StateMachine;
 use crate::network::{CallError, Method, Network, Peer, PeerPool};
 use crate::store::LogStore;
 use crate::wire::{ForwardError, MemberStatus, MembershipOp, Status, PROMOTE_MAX_LAG};
-use crate::{now_ms, Error, NodeConfig, Raft};
+use crate::{now_ms, Error, NodeConfig, Raft, TypeConfig};
 
 /// How long a client request may wait for a leader or a quorum before it is told the cluster
 /// is unavailable.
@@ -726,24 +726,30 @@ impl Inner {
                 }
                 Ok((resp.log_id.index, resp.data))
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(self.leader_hint(f.leader_id, f.leader_node))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ForwardError::Unavailable(e.to_string()))
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    /// What a failed `client_write` tells the caller (a membership change's own rejection
+    /// aside, which `change_here` answers as invalid input).
+    fn write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ForwardError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                self.leader_hint(f.leader_id, f.leader_node)
             }
             // Appended, then dropped by a new leader: it may still commit, so not a retry.
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(ForwardError::Unavailable(
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+                ForwardError::Unavailable(
                     "leader changed; the write may or may not have been applied".into(),
-                ))
+                )
             }
-            Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))) => {
-                Err(ForwardError::Unavailable(e.to_string()))
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ForwardError::Unavailable(e.to_string())
             }
-            Err(RaftError::Fatal(e)) => {
-                Err(ForwardError::Unavailable(format!("raft stopped: {e}")))
+            RaftError::APIError(ClientWriteError::PreconditionFailed(e)) => {
+                ForwardError::Unavailable(e.to_string())
             }
+            RaftError::Fatal(e) => ForwardError::Unavailable(format!("raft stopped: {e}")),
         }
     }
 
@@ -886,24 +892,10 @@ impl Inner {
                     .await;
                 Ok(())
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(self.leader_hint(f.leader_id, f.leader_node))
-            }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(invalid(e.to_string()))
             }
-            // Appended, then dropped by a new leader: it may still commit, so not a retry.
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(ForwardError::Unavailable(
-                    "leader changed; the write may or may not have been applied".into(),
-                ))
-            }
-            Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))) => {
-                Err(ForwardError::Unavailable(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => {
-                Err(ForwardError::Unavailable(format!("raft stopped: {e}")))
-            }
+            Err(e) => Err(self.write_error(e)),
         }
     }
 
