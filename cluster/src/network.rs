@@ -303,18 +303,6 @@ impl Peer {
         codec::decode(&resp.data).map_err(|e| CallError::Failed(format!("bad reply: {e}")))
     }
 
-    /// Opens a replication stream (`Replicate`) with room for `capacity` requests on their
-    /// way; `Ok(None)` when the peer runs a version without it (then unary calls).
-    async fn open_replication(
-        &self,
-        capacity: usize,
-        timeout: Duration,
-    ) -> Result<Option<Opened>, CallError> {
-        self.open_stream(StreamKind::Replicate, capacity, timeout)
-            .await
-            .map_err(CallError::Unreachable)
-    }
-
     /// Streams a whole snapshot to the peer in checksummed chunks.
     pub async fn send_snapshot(
         &self,
@@ -541,10 +529,13 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             };
             let input = futures::stream::iter([first]).chain(input);
             let peer = self.peer.as_ref().map_err(unreachable)?.clone();
+            let timeout = option.soft_ttl().max(OPEN_TIMEOUT);
+            // Nothing is sent before the stream opens: any failure means unreachable; `None`
+            // is a peer without `Replicate` (then unary calls).
             let opened = peer
-                .open_replication(REPLICATION_WINDOW, option.soft_ttl().max(OPEN_TIMEOUT))
+                .open_stream(StreamKind::Replicate, REPLICATION_WINDOW, timeout)
                 .await
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+                .map_err(unreachable)?;
             let Some((tx, answers)) = opened else {
                 self.unary_only = true;
                 return openraft::network::stream_append_sequential(self, input, option).await;
