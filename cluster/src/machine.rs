@@ -190,7 +190,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let started = std::time::Instant::now();
         let db = self.db.clone();
-        let mut ov = Overlay::new(&*db);
+        let reader = db.apply_reader();
+        let mut ov = Overlay::new(&reader);
         let first_revision = micro_state::revision(&ov).map_err(io::Error::other)? + 1;
         // Answers go out only after the whole batch is durable in the views.
         let mut out = Vec::new();

@@ -107,6 +107,65 @@ fn state_scan_matches_the_memory_store() {
     }
 }
 
+/// Model test of the apply cache: whatever mix of commits, snapshot installs and reads, with a
+/// cache so small that values are evicted or refused, apply reads what was last committed.
+mod apply_cache {
+    use super::*;
+    use micro_state::{MemStore, Read};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Commit(Vec<(u8, Option<Vec<u8>>)>),
+        Install(Vec<(u8, Vec<u8>)>),
+        Read(u8),
+    }
+
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        // Up to past the whole cache's size: some are never admitted.
+        (0usize..6000, any::<u8>()).prop_map(|(n, b)| vec![b; n])
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            prop::collection::vec((0u8..6, prop::option::of(value())), 1..4).prop_map(Op::Commit),
+            prop::collection::vec((0u8..6, value()), 0..3).prop_map(Op::Install),
+            (0u8..6).prop_map(Op::Read),
+            (0u8..6).prop_map(Op::Read),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn apply_reads_what_was_last_committed(ops in prop::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open_with_cache(dir.path(), 4096).unwrap();
+            let mut mem = MemStore::default();
+            for op in ops {
+                match op {
+                    Op::Commit(writes) => {
+                        let ws: WriteSet = writes.into_iter().map(|(k, v)| (vec![k], v)).collect();
+                        db.commit_state(ws.clone()).unwrap();
+                        mem.commit(ws);
+                    }
+                    Op::Install(pairs) => {
+                        let pairs: Vec<_> = pairs.into_iter().map(|(k, v)| (vec![k], v)).collect();
+                        db.replace_state(pairs.clone()).unwrap();
+                        mem.map = pairs.into_iter().collect();
+                    }
+                    Op::Read(k) => {
+                        prop_assert_eq!(db.apply_reader().get(&[k]).unwrap(), mem.get(&[k]).unwrap());
+                    }
+                }
+            }
+            for k in 0u8..6 {
+                prop_assert_eq!(db.apply_reader().get(&[k]).unwrap(), mem.get(&[k]).unwrap(), "key {}", k);
+            }
+        }
+    }
+}
+
 mod fuzz {
     use proptest::prelude::*;
 
