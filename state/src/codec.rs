@@ -65,3 +65,44 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     }
     Ok(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    /// The byte fields of persisted types are `#[serde(with = "serde_bytes")]`: one copy
+    /// instead of a call per byte. bincode writes both forms as a length and the bytes, so
+    /// values written before (and release 1's) read the same; this pins that.
+    #[test]
+    fn serde_bytes_fields_encode_as_plain_byte_vectors() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Plain {
+            key: Vec<u8>,
+            value: Option<Vec<u8>>,
+            n: u64,
+        }
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Bytes {
+            #[serde(with = "serde_bytes")]
+            key: Vec<u8>,
+            #[serde(with = "serde_bytes")]
+            value: Option<Vec<u8>>,
+            n: u64,
+        }
+        for (key, value) in [
+            (vec![], None),
+            (vec![0, 1, 255], Some(vec![])),
+            (vec![7; 300], Some(vec![9; 70_000])),
+        ] {
+            let plain = Plain {
+                key: key.clone(),
+                value: value.clone(),
+                n: 42,
+            };
+            let bytes = Bytes { key, value, n: 42 };
+            let encoded = super::encode(&plain);
+            assert_eq!(super::encode(&bytes), encoded);
+            assert_eq!(super::decode::<Bytes>(&encoded).unwrap(), bytes);
+        }
+    }
+}

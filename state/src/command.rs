@@ -271,6 +271,7 @@ pub mod v1 {
         pub db: String,
         pub table: String,
         pub key: String,
+        #[serde(with = "serde_bytes")]
         pub value: Vec<u8>,
         pub metadata: BTreeMap<String, store::MetaField>,
         pub ttl_ms: u64,

@@ -112,6 +112,7 @@ pub struct StoredEvent {
     /// The state clock when the event was appended (orders time-based replay).
     pub log_time_ms: u64,
     pub metadata: BTreeMap<String, String>,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -165,6 +166,7 @@ pub const CONSUMER_TTL_MS: u64 = 60_000;
 pub struct Publish {
     pub topic: String,
     pub metadata: BTreeMap<String, String>,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// Publisher timestamp in ms; 0 means "now" (the log time).
     pub timestamp_ms: u64,

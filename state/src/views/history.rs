@@ -19,8 +19,10 @@ pub struct Change {
     /// The state clock when it happened.
     pub time_ms: u64,
     /// The full keyspace key (its first byte names the view).
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The persisted value after the change; `None` for a delete.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// The revision of the value before the change (0: there was none).
     pub prev_revision: u64,

@@ -30,6 +30,7 @@ pub struct Put {
     pub db: String,
     pub table: String,
     pub key: String,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub metadata: BTreeMap<String, MetaField>,
     /// Time to live in ms from the entry's clock; 0 means no expiry.
@@ -152,6 +153,7 @@ pub const RECORD_VERSION: u8 = 2;
 /// A record as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredRecord {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub metadata: BTreeMap<String, MetaField>,
     /// Absolute expiry on the state clock (ms), if any.
@@ -166,6 +168,7 @@ pub struct StoredRecord {
 /// Release 1's record, frozen: decoded, never written.
 #[derive(Debug, Deserialize)]
 struct StoredRecordV1 {
+    #[serde(with = "serde_bytes")]
     value: Vec<u8>,
     metadata: BTreeMap<String, MetaField>,
     expiry_ms: Option<u64>,
