@@ -10,6 +10,9 @@
 //! [`Db::sync_then`] group-commit thread after one `fsync` of the WAL covers them. Because the
 //! WAL is shared by all column families, that fsync also covers every earlier state write.
 //!
+//! Apply reads the state through [`Db::apply_reader`], a cache of what it last read or wrote
+//! that every commit keeps current; everyone else reads RocksDB.
+//!
 //! What it must never do: interpret log payloads (that is `micro-cluster`'s job) or skip a
 //! corrupt record: a checksum mismatch is an [`Error::Corrupt`] naming the index.
 
