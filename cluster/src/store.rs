@@ -1,10 +1,11 @@
 //! openraft's log storage on [`micro_log::Db`]: entries are bincode in checksummed frames;
 //! vote, committed and purged markers live in the `raft` column family.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use micro_log::Db;
 use micro_state::codec;
@@ -19,15 +20,110 @@ const PURGED: &[u8] = b"purged";
 
 type SResult<T> = io::Result<T>;
 
-/// The Raft log of one node. Clones share the same database.
+/// The Raft log of one node. Clones share the same database (and [`Recent`]).
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Db>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// At most this many bytes (encoded) of the newest entries are kept decoded in [`Recent`].
+const RECENT_BYTES: usize = 8 << 20;
+
+/// The newest entries of the log as they were appended, a contiguous run of indexes. The
+/// leader's replication and every node's apply read back what was appended moments before;
+/// from RocksDB that was a read, a checksum and a decode per entry per reader (~4 % of a node's
+/// CPU at 256 clients). Appends, truncations and purges keep it equal to the log's tail.
+#[derive(Debug)]
+struct Recent {
+    /// Each entry with its encoded size.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, entry: Entry, size: usize) {
+        let follows = self
+            .entries
+            .back()
+            .is_none_or(|(last, _)| last.log_id.index + 1 == entry.log_id.index);
+        if !follows {
+            self.clear();
+        }
+        self.bytes += size;
+        self.entries.push_back((entry, size));
+        while self.bytes > self.max_bytes {
+            match self.entries.pop_front() {
+                Some((_, n)) => self.bytes -= n,
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops the entries after `last` (all of them with `None`).
+    fn truncate_after(&mut self, last: Option<u64>) {
+        while let Some((e, n)) = self.entries.back() {
+            if last.is_some_and(|l| e.log_id.index <= l) {
+                break;
+            }
+            self.bytes -= n;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops the entries up to and including `upto`.
+    fn purge(&mut self, upto: u64) {
+        while let Some((e, n)) = self.entries.front() {
+            if e.log_id.index > upto {
+                break;
+            }
+            self.bytes -= n;
+            self.entries.pop_front();
+        }
+    }
+
+    /// The entries `from..to`, if all of them are here.
+    fn get(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.0.log_id.index;
+        let end = first + self.entries.len() as u64;
+        if from < first || to > end || from >= to {
+            return None;
+        }
+        Some(
+            self.entries
+                .range((from - first) as usize..(to - first) as usize)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
 }
 
 impl LogStore {
     pub fn new(db: Arc<Db>) -> Self {
-        LogStore { db }
+        Self::with_recent_bytes(db, RECENT_BYTES)
+    }
+
+    fn with_recent_bytes(db: Arc<Db>, max_bytes: usize) -> Self {
+        LogStore {
+            db,
+            recent: Arc::new(Mutex::new(Recent {
+                entries: VecDeque::new(),
+                bytes: 0,
+                max_bytes,
+            })),
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // Every change to `Recent` completes before its guard drops: a poisoned lock holds
+        // a consistent value.
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> SResult<Option<T>> {
@@ -181,6 +277,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&x) => x,
             Bound::Unbounded => u64::MAX,
         };
+        if let Some(entries) = self.recent().get(from, to) {
+            return Ok(entries);
+        }
         self.db
             .read_log(from, to)
             .map_err(io::Error::other)?
@@ -238,13 +337,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
-        let encoded: Vec<(u64, Vec<u8>)> = entries
+        let (entries, encoded): (Vec<Entry>, Vec<(u64, Vec<u8>)>) = entries
             .into_iter()
-            .map(|e| (e.log_id.index, encode_entry(&e)))
-            .collect();
-        self.db
-            .append(encoded.iter().map(|(i, p)| (*i, p.as_slice())))
-            .map_err(io::Error::other)?;
+            .map(|e| {
+                let (index, bytes) = (e.log_id.index, encode_entry(&e));
+                (e, (index, bytes))
+            })
+            .unzip();
+        let written = self
+            .db
+            .append(encoded.iter().map(|(i, p)| (*i, p.as_slice())));
+        {
+            let mut recent = self.recent();
+            if written.is_err() {
+                // Which of them reached the log is unknown: read them from it.
+                recent.clear();
+            } else {
+                for (e, (_, bytes)) in entries.into_iter().zip(&encoded) {
+                    recent.push(e, bytes.len());
+                }
+            }
+        }
+        written.map_err(io::Error::other)?;
         // Durable only after the group-commit fsync; openraft waits for the callback before
         // counting these entries towards a quorum.
         self.db.sync_then(move |r| {
@@ -257,12 +371,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> SResult<()> {
         // Keeps `last` itself; with none, the whole log goes.
+        self.recent().truncate_after(last.map(|l| l.index));
         self.db
             .truncate_log(last.map_or(0, |l| l.index + 1))
             .map_err(io::Error::other)
     }
 
     async fn purge(&mut self, log_id: LogId) -> SResult<()> {
+        self.recent().purge(log_id.index);
         self.db
             .purge_log(log_id.index, (PURGED, &codec::encode(&log_id)))
             .map_err(io::Error::other)
@@ -287,6 +403,134 @@ mod tests {
     fn set_state(db: &Db, key: &[u8], value: Vec<u8>) {
         db.commit_state([(key.to_vec(), Some(value))].into_iter().collect())
             .unwrap();
+    }
+
+    /// Model test of the recent entries: whatever mix of appends, truncations, purges and
+    /// reads, with room for only a few entries, reads return what the log holds.
+    mod recent {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Entries of this payload size each, after the last.
+            Append(Vec<usize>),
+            /// Keep this many of the entries after the purge point.
+            Truncate(u64),
+            /// Purge this many of the entries.
+            Purge(u64),
+            /// Read `skip..skip+len` of the entries after the purge point (up to 3 past the last).
+            Read(u64, u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => prop::collection::vec(0usize..700, 1..5).prop_map(Op::Append),
+                1 => (0u64..8).prop_map(Op::Truncate),
+                1 => (0u64..4).prop_map(Op::Purge),
+                3 => (0u64..8, 1u64..6).prop_map(|(a, b)| Op::Read(a, b)),
+            ]
+        }
+
+        fn entry(index: u64, term: u64, size: usize) -> Entry {
+            let put = micro_state::Put {
+                key: format!("k{index}"),
+                value: vec![term as u8; size],
+                ..Default::default()
+            };
+            Entry {
+                log_id: LogId::new(crate::LeaderId { term, node_id: 1 }, index),
+                payload: openraft::EntryPayload::Normal(micro_state::Request {
+                    time_ms: index * 1000 + term,
+                    cmds: vec![micro_state::Command::Store(
+                        micro_state::views::store::Cmd::Put(put),
+                    )],
+                }),
+            }
+        }
+
+        /// Index, term and the request's time (which names both as written).
+        fn summary(entries: &[Entry]) -> Vec<(u64, u64, u64)> {
+            entries
+                .iter()
+                .map(|e| match &e.payload {
+                    openraft::EntryPayload::Normal(r) => {
+                        (e.log_id.index, e.log_id.leader_id.term, r.time_ms)
+                    }
+                    _ => (e.log_id.index, e.log_id.leader_id.term, 0),
+                })
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(24))]
+            #[test]
+            fn reads_return_what_the_log_holds(ops in prop::collection::vec(op(), 1..40)) {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let db = Db::open(dir.path()).unwrap();
+                // Room for about two entries: appends evict, reads fall back to the log.
+                let mut log = LogStore::with_recent_bytes(db.clone(), 1500);
+                let mut model: std::collections::BTreeMap<u64, Entry> = Default::default();
+                let mut purged = 0u64;
+                let mut term = 1u64;
+                rt.block_on(async {
+                    for op in ops {
+                        let last = model.keys().next_back().copied().unwrap_or(purged);
+                        match op {
+                            Op::Append(sizes) => {
+                                let batch: Vec<Entry> = sizes
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, &n)| entry(last + 1 + i as u64, term, n))
+                                    .collect();
+                                for e in &batch {
+                                    model.insert(e.log_id.index, e.clone());
+                                }
+                                log.append(batch, IOFlushed::noop()).await.unwrap();
+                            }
+                            Op::Truncate(keep) => {
+                                let keep_to = (purged + keep).min(last);
+                                let at = (keep_to > 0).then(|| model.get(&keep_to).map_or(log_id(keep_to), |e| e.log_id));
+                                log.truncate_after(at).await.unwrap();
+                                model.retain(|&i, _| i <= keep_to);
+                                // What comes next is a new leader's.
+                                term += 1;
+                            }
+                            Op::Purge(n) => {
+                                let upto = (purged + n).min(last);
+                                if upto > purged {
+                                    log.purge(log_id(upto)).await.unwrap();
+                                    model.retain(|&i, _| i > upto);
+                                    purged = upto;
+                                }
+                            }
+                            Op::Read(skip, len) => {
+                                // Past the end too: the log returns what it has.
+                                let from = purged + 1 + skip;
+                                let to = (from + len).min(last + 4);
+                                if from < to {
+                                    let got = log.try_get_log_entries(from..to).await.unwrap();
+                                    let want: Vec<Entry> = model.range(from..to).map(|(_, e)| e.clone()).collect();
+                                    prop_assert_eq!(summary(&got), summary(&want));
+                                }
+                            }
+                        }
+                    }
+                    // The log itself agrees with the model (the reads above may all have hit).
+                    let last = model.keys().next_back().copied().unwrap_or(purged);
+                    let from_disk: Vec<Entry> = db
+                        .read_log(purged + 1, last + 1)
+                        .unwrap()
+                        .iter()
+                        .map(|(i, p)| decode_entry(*i, p).unwrap())
+                        .collect();
+                    let want: Vec<Entry> = model.values().cloned().collect();
+                    prop_assert_eq!(summary(&from_disk), summary(&want));
+                    Ok(())
+                })?;
+            }
+        }
     }
 
     #[test]
