@@ -49,6 +49,8 @@ impl Recent {
             .back()
             .is_none_or(|(last, _)| last.log_id.index + 1 == entry.log_id.index);
         if !follows {
+            // openraft truncates or purges before it appends elsewhere, which keeps the run
+            // contiguous; should it ever not, a gap must not be served as if it were there.
             self.clear();
         }
         self.bytes += size;
