@@ -106,6 +106,12 @@ impl Db {
         opts.set_log_level(rocksdb::LogLevel::Info);
         opts.set_max_log_file_size(16 << 20);
         opts.set_keep_log_file_num(4);
+        // The WAL is written to its file only when it is synced (the sync thread's group
+        // commit, or a synced write): an append or a state commit is then a memory copy, not a
+        // write(2) on the path to replication. What is not yet synced is only the state's
+        // tail, which the log re-applies after a crash; purging the log is a synced write, so
+        // the state it stands for is on disk first; closing writes out what is left.
+        opts.set_manual_wal_flush(true);
         // The views are read by point lookups on every apply (the previous record of each key):
         // bloom filters in the memtable and the tables skip most of the work of a miss.
         let mut state = Options::default();

@@ -206,3 +206,37 @@ fn rocksdb_does_not_log_every_fsync() {
     let per_sync = log.lines().filter(|l| l.contains("FlushWAL")).count();
     assert_eq!(per_sync, 0, "{per_sync} FlushWAL lines");
 }
+
+/// The WAL reaches its file only when something syncs it (see `Db::open_with_cache`): appends
+/// and state commits stay in memory until then; a purge, being a synced write, takes the state
+/// it stands for to disk first; a clean close loses nothing.
+#[test]
+fn the_wal_reaches_its_file_only_when_synced() {
+    let (dir, db) = open();
+    let on_disk = |marker: &[u8]| {
+        std::fs::read_dir(dir.path()).unwrap().any(|e| {
+            let p = e.unwrap().path();
+            p.extension().is_some_and(|x| x == "log")
+                && std::fs::read(&p)
+                    .unwrap()
+                    .windows(marker.len())
+                    .any(|w| w == marker)
+        })
+    };
+    let commit = |key: &[u8], value: &[u8]| {
+        let mut ws = WriteSet::new();
+        ws.insert(key.to_vec(), Some(value.to_vec()));
+        db.commit_state(ws).unwrap();
+    };
+    commit(b"k1", b"state-marker-one");
+    db.append([(1, b"log-marker-one".as_slice())]).unwrap();
+    assert!(!on_disk(b"state-marker-one") && !on_disk(b"log-marker-one"));
+    db.purge_log(0, (b"purged", b"0")).unwrap();
+    assert!(on_disk(b"state-marker-one") && on_disk(b"log-marker-one"));
+
+    commit(b"k2", b"state-marker-two");
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    use micro_state::Read;
+    assert_eq!(db.get(b"k2").unwrap(), Some(b"state-marker-two".to_vec()));
+}
