@@ -31,6 +31,10 @@ pub enum Cmd {
     /// a node's gRPC proxy and through its HTTP gateway, at several client counts in
     /// alternating rounds
     Services(ServicesArgs),
+    /// One write's critical path across the nodes, from the stamps nodes started with
+    /// MICRO_TIMELINE_DIR=DIR recorded (run `compare --target micro --workload put --clients 1`
+    /// with it set first)
+    Timeline(crate::timeline::TimelineArgs),
 }
 
 /// Options every subcommand shares.

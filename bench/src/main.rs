@@ -20,6 +20,7 @@ mod services;
 mod size;
 mod stages;
 mod streams;
+mod timeline;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,12 +84,13 @@ async fn signals() -> &'static str {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let common = match &cli.cmd {
-        Cmd::Compare(a) => &a.common,
-        Cmd::Streams(a) => &a.common,
-        Cmd::Size(a) => &a.common,
-        Cmd::Services(a) => &a.common,
+        Cmd::Compare(a) => Some(&a.common),
+        Cmd::Streams(a) => Some(&a.common),
+        Cmd::Size(a) => Some(&a.common),
+        Cmd::Services(a) => Some(&a.common),
+        Cmd::Timeline(_) => None,
     };
-    if let Some(ms) = common.slow_ms {
+    if let Some((common, ms)) = common.and_then(|c| Some((c, c.slow_ms?))) {
         std::fs::create_dir_all(&common.out)?;
         load::log_slow(
             std::time::Duration::from_millis(ms),
@@ -100,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Streams(a) => streams::run(a).await,
         Cmd::Size(a) => size::run(a).await,
         Cmd::Services(a) => services::run(a).await,
+        Cmd::Timeline(a) => timeline::run(&a),
     }
 }
 

@@ -189,6 +189,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         S: futures::Stream<Item = SResult<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let started = std::time::Instant::now();
+        crate::trace::timeline::stamp("apply.start");
         let db = self.db.clone();
         let reader = db.apply_reader();
         let mut ov = Overlay::new(&reader);
@@ -222,7 +223,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let last_revision = micro_state::revision(&ov).map_err(io::Error::other)?;
             ov.put(META_APPLIED.to_vec(), codec::encode(&Some(last)));
             let (writes, feed) = ov.into_parts();
+            crate::trace::timeline::stamp("apply.computed");
             self.db.commit_state(writes).map_err(io::Error::other)?;
+            crate::trace::timeline::stamp("apply.committed");
             self.applied = Some(last);
             metrics::histogram!("micro_apply_seconds").record(started.elapsed().as_secs_f64());
             metrics::histogram!("micro_apply_entries").record(out.len() as f64);
@@ -240,6 +243,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 r.send(res);
             }
         }
+        crate::trace::timeline::stamp("apply.done");
         Ok(())
     }
 

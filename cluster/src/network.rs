@@ -111,6 +111,7 @@ impl Mux {
                 .unwrap_or_default(),
         };
         let forget = || self.waiting.lock().expect("mux lock").answers.remove(&id);
+        crate::trace::timeline::stamp("forward.sent");
         if self.tx.send(msg).await.is_err() {
             forget();
             return Err(CallError::Unreachable("the forwarding stream ended".into()));
@@ -131,6 +132,7 @@ impl Mux {
         let why = loop {
             match rx.message().await {
                 Ok(Some(p)) => {
+                    crate::trace::timeline::stamp("forward.answered");
                     let answer = self.waiting.lock().expect("mux lock").answers.remove(&p.id);
                     if let Some(a) = answer {
                         let _ = a.send(Ok(p.data));
@@ -625,6 +627,7 @@ async fn send_requests<S>(
             id,
             ..Default::default()
         };
+        crate::trace::timeline::stamp("replicate.sent");
         if tx.send(msg).await.is_err() {
             break;
         }
@@ -674,6 +677,7 @@ async fn next_answer(
             Ok(None) => return end(unreachable("replication stream closed by the peer")),
             Err(status) => return end(RPCError::Unreachable(Unreachable::new(&classify(status)))),
         };
+        crate::trace::timeline::stamp("replicate.answered");
         let expected = unanswered.lock().expect("unanswered lock").ids.pop_front();
         let Some((_, sent)) = expected.filter(|(id, _)| *id == p.id) else {
             return end(unreachable(format!(

@@ -113,6 +113,7 @@ impl Node {
     pub async fn start(cfg: NodeConfig) -> anyhow::Result<Node> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&cfg.data_dir)?;
+        crate::trace::timeline::start(cfg.node_id);
         let db = Db::open(&cfg.data_dir.join("db"))?;
         // Refuse to serve from a damaged log: name the record and stop.
         let records = db.verify_log()?;
@@ -291,10 +292,12 @@ impl Node {
         if let Err(Outcome::Rejected { field, reason }) = cmd.validate() {
             return Err(Error::Invalid { field, reason });
         }
+        crate::trace::timeline::stamp("write.start");
         let (index, mut out) = match self.queue.idle_slot(self.inner.is_leader()) {
             Some(_slot) => self.propose(vec![cmd]).await?,
             None => crate::batch::submit(&self.queue, vec![cmd]).await?,
         };
+        crate::trace::timeline::stamp("write.done");
         match out.pop() {
             Some(Outcome::Rejected { field, reason }) => Err(Error::Invalid { field, reason }),
             Some(Outcome::Refused { field, reason }) => Err(Error::Refused { field, reason }),
@@ -709,8 +712,10 @@ impl Inner {
         } else {
             tracing::Span::none()
         };
+        crate::trace::timeline::stamp("propose.start");
         let written =
             tracing::Instrument::instrument(self.raft.client_write(req), span.clone()).await;
+        crate::trace::timeline::stamp("propose.done");
         if let Ok(resp) = &written {
             span.record("index", resp.log_id.index);
         }

@@ -188,6 +188,7 @@ impl<H: Handler> Peer for PeerService<H> {
                     };
                     match rpc {
                         Ok((id, rpc)) => {
+                            crate::trace::timeline::stamp("replicate.received");
                             ids.lock().expect("ids lock").push_back(id);
                             Some((rpc, (input, stop)))
                         }
@@ -208,6 +209,7 @@ impl<H: Handler> Peer for PeerService<H> {
             if matches!(&res, Ok(r) if !matches!(r, Err(StreamAppendError::HigherVote(_)))) {
                 node.heard_from_leader();
             }
+            crate::trace::timeline::stamp("replicate.answering");
             Ok(Payload {
                 data: codec::encode(&res),
                 id,
@@ -279,12 +281,15 @@ impl<H: Handler> Peer for PeerService<H> {
     ) -> Result<Response<Self::ForwardsStream>, Status> {
         let this = self.clone();
         let answers = serve_stream(req.into_inner(), self.stop.clone(), 64, move |msg| {
+            crate::trace::timeline::stamp("forward.received");
             let cmds = decode(&msg)?;
             let ids = (!msg.request_id.is_empty()).then(|| msg.request_id.as_str().into());
             let this = this.clone();
             Ok(async move {
+                let answer = this.forwarded(cmds, ids).await;
+                crate::trace::timeline::stamp("forward.answering");
                 Payload {
-                    data: codec::encode(&this.forwarded(cmds, ids).await),
+                    data: codec::encode(&answer),
                     id: msg.id,
                     ..Default::default()
                 }

@@ -339,6 +339,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
+        crate::trace::timeline::stamp("append.start");
         let (entries, encoded): (Vec<Entry>, Vec<(u64, Vec<u8>)>) = entries
             .into_iter()
             .map(|e| {
@@ -363,7 +364,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         written.map_err(io::Error::other)?;
         // Durable only after the group-commit fsync; openraft waits for the callback before
         // counting these entries towards a quorum.
+        crate::trace::timeline::stamp("append.written");
         self.db.sync_then(move |r| {
+            crate::trace::timeline::stamp("append.durable");
             // From the append call to durable: encode, write, wait for and do the fsync.
             metrics::histogram!("micro_log_append_seconds").record(started.elapsed().as_secs_f64());
             callback.io_completed(r.map_err(io::Error::other));

@@ -58,3 +58,68 @@ impl Drop for Open {
         metrics::gauge!(self.0).decrement(1.0);
     }
 }
+
+/// Wall-clock stamps of a write's steps, for `micro-bench timeline` (docs/benchmarks.md,
+/// "Ninth"). With `MICRO_TIMELINE_DIR` set when a node starts, it appends `<unix ns>\t<step>`
+/// lines to `DIR/n<node id>.tsv`; the nodes of one machine share its clock, so their stamps
+/// line up into one write's path across them. Unset (always, outside a benchmark), a stamp
+/// costs one load and a branch.
+pub mod timeline {
+    use std::io::Write;
+    use std::sync::{Mutex, OnceLock};
+
+    static STAMPS: OnceLock<Mutex<Vec<(u128, &'static str)>>> = OnceLock::new();
+
+    /// Starts recording if `MICRO_TIMELINE_DIR` is set (the first node of a process only).
+    pub fn start(node_id: u64) {
+        let Some(dir) = std::env::var_os("MICRO_TIMELINE_DIR") else {
+            return;
+        };
+        if STAMPS.set(Mutex::new(Vec::new())).is_err() {
+            return;
+        }
+        let path = std::path::Path::new(&dir).join(format!("n{node_id}.tsv"));
+        // Written from a thread of its own, a few times a second: the stamps themselves only
+        // push onto a vector.
+        let spawned = std::thread::Builder::new()
+            .name("micro-timeline".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let Some(stamps) = STAMPS.get() else { return };
+                let taken = std::mem::take(&mut *stamps.lock().unwrap_or_else(|e| e.into_inner()));
+                if taken.is_empty() {
+                    continue;
+                }
+                let mut text = String::with_capacity(taken.len() * 32);
+                for (t, step) in taken {
+                    text.push_str(&format!("{t}\t{step}\n"));
+                }
+                let written = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(text.as_bytes()));
+                if let Err(e) = written {
+                    tracing::warn!(path = %path.display(), "timeline stamps not written: {e}");
+                    return;
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("timeline not recorded: {e}");
+        }
+    }
+
+    /// Notes that this node reached `step` now (when recording).
+    #[inline]
+    pub fn stamp(step: &'static str) {
+        if let Some(stamps) = STAMPS.get() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            stamps
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((t, step));
+        }
+    }
+}
