@@ -177,10 +177,22 @@ impl Db {
     /// Writes log records (index, payload) without waiting for the disk; call
     /// [`Db::sync_then`] to learn when they are durable.
     pub fn append<'a>(&self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<()> {
+        self.append_with_meta(records, None)
+    }
+
+    /// [`Db::append`], writing a metadata value (key, value) in the same batch.
+    pub fn append_with_meta<'a>(
+        &self,
+        records: impl IntoIterator<Item = (u64, &'a [u8])>,
+        meta: Option<(&[u8], &[u8])>,
+    ) -> Result<()> {
         let cf = self.cf(CF_LOG);
         let mut batch = WriteBatch::default();
         for (index, payload) in records {
             batch.put_cf(cf, index_key(index), frame::encode(index, payload));
+        }
+        if let Some((key, value)) = meta {
+            batch.put_cf(self.cf(CF_RAFT), key, value);
         }
         self.write(batch, false)
     }
