@@ -362,17 +362,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             committed_bytes.as_deref().map(|c| (COMMITTED, c)),
         );
         if written.is_err() {
+            // Which of them reached the log is unknown: read them from it. The marker waits for
+            // the next append.
+            self.recent().clear();
             self.unsaved_committed = committed;
-        }
-        {
+        } else {
             let mut recent = self.recent();
-            if written.is_err() {
-                // Which of them reached the log is unknown: read them from it.
-                recent.clear();
-            } else {
-                for (e, (_, bytes)) in entries.into_iter().zip(&encoded) {
-                    recent.push(e, bytes.len());
-                }
+            for (e, (_, bytes)) in entries.into_iter().zip(&encoded) {
+                recent.push(e, bytes.len());
             }
         }
         written.map_err(io::Error::other)?;
