@@ -329,3 +329,83 @@ async fn spans_reach_an_otlp_collector() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// With `MICRO_TIMELINE_DIR` set, every node stamps the steps of a write (for `micro-bench
+/// timeline`): a write taken by a follower shows its forward on the follower, the proposal
+/// and apply on the leader, and the replication on the other follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_stamped_on_every_node_it_passes_with_micro_timeline_dir() -> anyhow::Result<()>
+{
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let mut c = TestCluster::new(3).with_env("MICRO_TIMELINE_DIR", &dir.path().to_string_lossy());
+    for id in 1..=3 {
+        c.spawn(id)?;
+    }
+    let leader = c.wait_leader(LONG).await?;
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    let other = (1..=3)
+        .find(|i| *i != leader && *i != follower)
+        .expect("another follower");
+    let token = c.admin_token().await?;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/store/write", c.spec(follower).http))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"record": {"key": "stamped", "value": "aGk="}}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let steps = |id: u64| -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(dir.path().join(format!("n{id}.tsv")))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(t, _)| t.parse::<u128>().is_ok())
+            .map(|(_, step)| step.to_string())
+            .collect()
+    };
+    let expected = [
+        (
+            follower,
+            &[
+                "write.start",
+                "forward.sent",
+                "forward.answered",
+                "write.done",
+            ][..],
+        ),
+        (
+            leader,
+            &[
+                "forward.received",
+                "propose.start",
+                "append.durable",
+                "replicate.sent",
+                "replicate.answered",
+                "apply.done",
+                "propose.done",
+                "forward.answering",
+            ][..],
+        ),
+        (
+            other,
+            &[
+                "replicate.received",
+                "append.durable",
+                "replicate.answering",
+            ][..],
+        ),
+    ];
+    // Each node writes its stamps out a few times a second.
+    eventually("every node's stamps of the write", LONG, || async {
+        Ok(expected
+            .iter()
+            .all(|(id, want)| {
+                let have = steps(*id);
+                want.iter().all(|s| have.contains(*s))
+            })
+            .then_some(()))
+    })
+    .await?;
+    Ok(())
+}
