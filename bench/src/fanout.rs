@@ -108,7 +108,8 @@ async fn watch(h: &Handle, tx: mpsc::UnboundedSender<(Vec<u8>, Instant)>) -> any
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `p` quantile (0..=1) of `sorted` (ascending); 0 when empty.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

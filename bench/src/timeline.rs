@@ -43,8 +43,8 @@ pub struct Timeline {
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.sort_by(f64::total_cmp);
+    crate::fanout::percentile(v, 0.5)
 }
 
 /// The node with the most stamps of `step`, if any has one.

@@ -65,7 +65,8 @@ impl Drop for Open {
 /// line up into one write's path across them. Unset (always, outside a benchmark), a stamp
 /// costs one load and a branch.
 pub mod timeline {
-    use std::io::Write;
+    use std::fmt::Write as _;
+    use std::io::Write as _;
     use std::sync::{Mutex, OnceLock};
 
     static STAMPS: OnceLock<Mutex<Vec<(u128, &'static str)>>> = OnceLock::new();
@@ -75,7 +76,12 @@ pub mod timeline {
         let Some(dir) = std::env::var_os("MICRO_TIMELINE_DIR") else {
             return;
         };
-        if STAMPS.set(Mutex::new(Vec::new())).is_err() {
+        let mut first = false;
+        let stamps = STAMPS.get_or_init(|| {
+            first = true;
+            Mutex::new(Vec::new())
+        });
+        if !first {
             return;
         }
         let path = std::path::Path::new(&dir).join(format!("n{node_id}.tsv"));
@@ -85,14 +91,13 @@ pub mod timeline {
             .name("micro-timeline".into())
             .spawn(move || loop {
                 std::thread::sleep(std::time::Duration::from_millis(200));
-                let Some(stamps) = STAMPS.get() else { return };
                 let taken = std::mem::take(&mut *stamps.lock().unwrap_or_else(|e| e.into_inner()));
                 if taken.is_empty() {
                     continue;
                 }
                 let mut text = String::with_capacity(taken.len() * 32);
                 for (t, step) in taken {
-                    text.push_str(&format!("{t}\t{step}\n"));
+                    let _ = writeln!(text, "{t}\t{step}");
                 }
                 let written = std::fs::OpenOptions::new()
                     .create(true)
